@@ -14,3 +14,32 @@ from quorumlock._cython.includes cimport ql_monotonic_ns, ql_random_take
 IMPLEMENTATION = "cython"
 
 include "_cython/clock.pxi"
+
+import asyncio
+import logging
+
+from hiredis import Reader, ReplyError
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from libc.string cimport memcpy, memset
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
+
+from quorumlock.errors import NodeOutcome
+from quorumlock._scripts import (
+    RELEASE as RELEASE_SCRIPT, RELEASE_SHA, EXTEND as EXTEND_SCRIPT, EXTEND_SHA,
+    ACQUIRE_MANY as ACQUIRE_MANY_SCRIPT, ACQUIRE_MANY_SHA,
+    RELEASE_MANY as RELEASE_MANY_SCRIPT, RELEASE_MANY_SHA, ALL as SCRIPTS,
+)
+
+include "_cython/consts.pxi"
+include "_cython/buffer.pxi"
+
+cdef class Engine
+cdef class Op
+cdef class Lock
+
+include "_cython/node.pxi"
+include "_cython/ops.pxi"
+include "_cython/lock.pxi"
+include "_cython/engine.pxi"

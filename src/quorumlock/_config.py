@@ -1,0 +1,360 @@
+"""Node addresses and option checking, shared by the asyncio and blocking APIs.
+
+Everything here runs once per manager (or once per call for TTLs given per
+call), never per reply: it is plain Python."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import ssl as _ssl
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+DEFAULT_PORT = 6379
+MAX_NODES = 32
+#: Default cap on a TTL: a day.  Longer leases are almost always a unit mistake
+#: (milliseconds given as seconds).
+DEFAULT_MAX_TTL = 86400.0
+#: Default cap on a key's length in bytes (FAULTS.md (d): never send a huge key N times).
+DEFAULT_MAX_KEY_LENGTH = 1024
+
+_SSL_CERT_REQS = {
+    "none": _ssl.CERT_NONE,
+    "optional": _ssl.CERT_OPTIONAL,
+    "required": _ssl.CERT_REQUIRED,
+}
+
+
+@dataclass
+class NodeSpec:
+    """How to reach one Redis master."""
+
+    host: Optional[str] = None
+    port: int = DEFAULT_PORT
+    path: Optional[str] = None  # unix socket
+    username: Optional[str] = None
+    password: Optional[str] = None
+    db: int = 0
+    ssl: Optional[_ssl.SSLContext] = None
+    server_hostname: Optional[str] = None
+    connect_timeout: float = 2.0
+    identity: Tuple[Any, ...] = field(default=(), repr=False)
+
+    @property
+    def name(self) -> str:
+        """Address for messages (never includes the password)."""
+        if self.path:
+            return f"unix://{self.path}"
+        scheme = "rediss" if self.ssl else "redis"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}" + (f"/{self.db}" if self.db else "")
+
+
+def _canonical_host(host: str) -> str:
+    h = host.strip("[]").lower()
+    if h in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return "loopback"
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        return h
+    if ip.is_loopback or ip.is_unspecified:
+        return "loopback"
+    return ip.compressed
+
+
+def _bool_param(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+def _ssl_from_query(q: dict, base: Optional[_ssl.SSLContext]) -> _ssl.SSLContext:
+    if base is not None:
+        return base
+    ca = q.get("ssl_ca_certs", [None])[0]
+    ctx = _ssl.create_default_context(cafile=ca)
+    reqs = q.get("ssl_cert_reqs", ["required"])[0].lower()
+    if reqs not in _SSL_CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs must be one of {sorted(_SSL_CERT_REQS)}, got {reqs!r}")
+    check_hostname = q.get("ssl_check_hostname", [None])[0]
+    if reqs == "none":
+        ctx.check_hostname = False
+    elif check_hostname is not None:
+        ctx.check_hostname = _bool_param(check_hostname)
+    ctx.verify_mode = _SSL_CERT_REQS[reqs]
+    cert = q.get("ssl_certfile", [None])[0]
+    if cert:
+        ctx.load_cert_chain(cert, q.get("ssl_keyfile", [None])[0])
+    return ctx
+
+
+def parse_node(spec: Any, ssl_context: Optional[_ssl.SSLContext] = None, connect_timeout: float = 2.0) -> NodeSpec:
+    """Turn a URL, a ``NodeSpec``, or a redis-py client into a ``NodeSpec``.
+
+    URLs: ``redis://[user[:password]@]host[:port][/db]``, ``rediss://...`` (TLS;
+    ``ssl_ca_certs``, ``ssl_cert_reqs``, ``ssl_certfile``, ``ssl_keyfile``,
+    ``ssl_check_hostname`` query options, or the manager's ``ssl_context``),
+    ``unix:///path[?db=N&password=...]``.  Of a redis-py client only the
+    connection settings are taken: quorumlock owns its connections (redis-py's
+    default retries turned a blackholed node into a 96 s stall, FAULTS.md (c))."""
+    if isinstance(spec, NodeSpec):
+        return spec
+    if isinstance(spec, str):
+        return _parse_url(spec, ssl_context, connect_timeout)
+    pool = getattr(spec, "connection_pool", None)
+    kw = getattr(pool, "connection_kwargs", None)
+    if kw is None:
+        raise TypeError(
+            "each node must be a redis:// / rediss:// / unix:// URL string, a NodeSpec, "
+            f"or a redis-py client; got {type(spec).__name__}"
+        )
+    return _from_redis_py(pool, kw, ssl_context, connect_timeout)
+
+
+def _parse_url(url: str, ssl_context: Optional[_ssl.SSLContext], connect_timeout: float) -> NodeSpec:
+    parts = urlsplit(url)
+    q = parse_qs(parts.query)
+    scheme = parts.scheme.lower()
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if "password" in q:
+        password = q["password"][0]
+    if "username" in q:
+        username = q["username"][0]
+    db = 0
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"node URL {url!r} has no socket path")
+        if "db" in q:
+            db = _parse_db(q["db"][0], url)
+        return NodeSpec(path=parts.path, username=username, password=password, db=db,
+                        connect_timeout=connect_timeout, identity=("unix", parts.path, db))
+    if scheme not in ("redis", "rediss"):
+        raise ValueError(f"node URL {url!r}: scheme must be redis://, rediss:// or unix://")
+    if not parts.hostname:
+        raise ValueError(f"node URL {url!r} has no host")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise ValueError(f"node URL {url!r}: bad port ({exc})") from None
+    path = parts.path.lstrip("/")
+    if path:
+        db = _parse_db(path, url)
+    elif "db" in q:
+        db = _parse_db(q["db"][0], url)
+    ctx = None
+    if scheme == "rediss":
+        ctx = _ssl_from_query(q, ssl_context)
+    host = parts.hostname
+    return NodeSpec(host=host, port=port, username=username, password=password, db=db, ssl=ctx,
+                    server_hostname=host if ctx is not None else None, connect_timeout=connect_timeout,
+                    identity=("tcp", _canonical_host(host), port, db))
+
+
+def _parse_db(text: str, url: str) -> int:
+    try:
+        db = int(text)
+    except ValueError:
+        raise ValueError(f"node URL {url!r}: database must be an integer, got {text!r}") from None
+    if db < 0:
+        raise ValueError(f"node URL {url!r}: database must be >= 0, got {db}")
+    return db
+
+
+def _from_redis_py(pool: Any, kw: dict, ssl_context, connect_timeout: float) -> NodeSpec:
+    ctx = None
+    if kw.get("path"):
+        path = kw["path"]
+        return NodeSpec(path=path, username=kw.get("username"), password=kw.get("password"),
+                        db=int(kw.get("db") or 0), connect_timeout=connect_timeout,
+                        identity=("unix", path, int(kw.get("db") or 0)))
+    conn_cls = getattr(pool, "connection_class", None)
+    if conn_cls is not None and "SSL" in conn_cls.__name__:
+        ctx = ssl_context
+        if ctx is None:
+            ctx = _ssl.create_default_context(cafile=kw.get("ssl_ca_certs"))
+            reqs = kw.get("ssl_cert_reqs", "required")
+            if isinstance(reqs, str):
+                reqs = _SSL_CERT_REQS.get(reqs.lower(), _ssl.CERT_REQUIRED)
+            if reqs == _ssl.CERT_NONE:
+                ctx.check_hostname = False
+            else:
+                ctx.check_hostname = bool(kw.get("ssl_check_hostname", True))
+            ctx.verify_mode = reqs
+            if kw.get("ssl_certfile"):
+                ctx.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"))
+    host = kw.get("host", "localhost")
+    port = int(kw.get("port", DEFAULT_PORT))
+    db = int(kw.get("db") or 0)
+    return NodeSpec(host=host, port=port, username=kw.get("username"), password=kw.get("password"), db=db,
+                    ssl=ctx, server_hostname=host if ctx is not None else None,
+                    connect_timeout=connect_timeout, identity=("tcp", _canonical_host(host), port, db))
+
+
+def parse_nodes(nodes: Any, ssl_context: Optional[_ssl.SSLContext] = None, connect_timeout: float = 2.0) -> List[NodeSpec]:
+    """Parse and check a node list: not empty, at most MAX_NODES, no duplicates.
+
+    Two spellings of one server (``localhost`` and ``127.0.0.1``) are rejected
+    here; two different addresses that reach the same server are caught by
+    ``run_id`` when connecting.  Otherwise one server would vote twice and a
+    "majority" would not be one (FAULTS.md row 20)."""
+    if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
+        if hasattr(nodes, "connection_pool"):
+            nodes = [nodes]
+        elif isinstance(nodes, str):
+            raise TypeError(f"nodes must be a list of URLs, got the string {nodes!r} (wrap it in a list)")
+        else:
+            raise TypeError(f"nodes must be a list of node URLs or clients, got {type(nodes).__name__}")
+    if len(nodes) == 0:
+        raise ValueError("nodes must not be empty: Redlock needs at least one Redis master")
+    if len(nodes) > MAX_NODES:
+        raise ValueError(f"nodes: at most {MAX_NODES} nodes are supported, got {len(nodes)}")
+    specs = [parse_node(n, ssl_context, connect_timeout) for n in nodes]
+    seen = {}
+    for i, s in enumerate(specs):
+        if s.identity in seen:
+            raise ValueError(
+                f"nodes: duplicate node {s.name} (entries {seen[s.identity]} and {i}); "
+                "one server would be counted twice in the quorum"
+            )
+        seen[s.identity] = i
+    if len(specs) > 1 and len(specs) % 2 == 0:
+        warnings.warn(
+            f"{len(specs)} nodes: an even count needs {len(specs) // 2 + 1} for a quorum and tolerates "
+            f"no more failures than {len(specs) - 1} nodes would",
+            stacklevel=3,
+        )
+    return specs
+
+
+def check_seconds(name: str, value: Any, *, minimum: float = 0.0, maximum: float = math.inf,
+                  allow_zero: bool = False) -> float:
+    """A finite number of seconds (not bool) within bounds, else a TypeError/ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if math.isnan(v) or math.isinf(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if v < minimum or (v == 0 and not allow_zero) or (v < 0):
+        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} {minimum if minimum else 0}, got {value!r}")
+    if v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    return v
+
+
+def ttl_to_ms(name: str, value: Any, drift_factor: float, max_ttl: float) -> int:
+    """Seconds (int or float) to whole milliseconds, rounded up.
+
+    A TTL must leave room for the drift allowance (``ttl*drift_factor + 2 ms``)
+    plus at least 1 ms of validity, or no attempt could ever succeed."""
+    v = check_seconds(name, value, maximum=max_ttl)
+    ms = math.ceil(v * 1000.0 - 1e-9)
+    drift_ms = ms * drift_factor + 2.0
+    if ms <= drift_ms + 1.0:
+        raise ValueError(
+            f"{name}={value!r} s is too short: the drift allowance alone is {drift_ms:.1f} ms "
+            f"(ttl*drift_factor + 2 ms), so no acquisition could be valid"
+        )
+    return int(ms)
+
+
+def check_int(name: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass
+class Options:
+    """Checked manager options shared by the asyncio and blocking APIs."""
+
+    ttl: float
+    ttl_ms: int
+    drift_factor: float
+    retry_count: int
+    retry_delay: Tuple[float, float]
+    node_timeout: float
+    connect_timeout: float
+    max_key_length: int
+    max_ttl: float
+    batch_chunk: int
+    restart_guard: Any
+    guard_window: Optional[float]
+
+
+def make_options(
+    *,
+    ttl: Any = 10.0,
+    drift_factor: Any = 0.01,
+    retry_count: Any = 3,
+    retry_delay: Any = (0.1, 0.3),
+    node_timeout: Any = None,
+    connect_timeout: Any = 2.0,
+    max_key_length: Any = DEFAULT_MAX_KEY_LENGTH,
+    max_ttl: Any = DEFAULT_MAX_TTL,
+    batch_chunk: Any = 500,
+    restart_guard: Any = True,
+    guard_window: Any = None,
+) -> Options:
+    """Check every option once, naming the bad one."""
+    if isinstance(drift_factor, bool) or not isinstance(drift_factor, (int, float)) or not math.isfinite(drift_factor):
+        raise TypeError(f"drift_factor must be a finite number, got {drift_factor!r}")
+    if not 0 <= drift_factor < 0.5:
+        raise ValueError(f"drift_factor must be in [0, 0.5), got {drift_factor!r}")
+    max_ttl_v = check_seconds("max_ttl", max_ttl)
+    ttl_ms = ttl_to_ms("ttl", ttl, float(drift_factor), max_ttl_v)
+    retry_count = check_int("retry_count", retry_count, minimum=1)
+    if isinstance(retry_delay, (int, float)) and not isinstance(retry_delay, bool):
+        d = check_seconds("retry_delay", retry_delay, allow_zero=True)
+        delay = (d * 0.5, d * 1.5)
+    elif isinstance(retry_delay, (tuple, list)) and len(retry_delay) == 2:
+        lo = check_seconds("retry_delay[0]", retry_delay[0], allow_zero=True)
+        hi = check_seconds("retry_delay[1]", retry_delay[1], allow_zero=True)
+        if hi < lo:
+            raise ValueError(f"retry_delay must be (low, high) with low <= high, got {retry_delay!r}")
+        delay = (lo, hi)
+    else:
+        raise TypeError(f"retry_delay must be seconds or a (low, high) pair, got {retry_delay!r}")
+    if node_timeout is None:
+        # A reply deadline much smaller than the TTL (DESIGN.md §2.2): a few ms
+        # plus a fraction of the TTL, capped so a dead node is noticed quickly.
+        node_timeout_v = min(0.010 + ttl_ms / 1000.0 * 0.05, 1.0)
+    else:
+        node_timeout_v = check_seconds("node_timeout", node_timeout, maximum=ttl_ms / 1000.0)
+    connect_timeout_v = check_seconds("connect_timeout", connect_timeout, maximum=3600)
+    max_key_length = check_int("max_key_length", max_key_length, minimum=1)
+    batch_chunk = check_int("batch_chunk", batch_chunk, minimum=1)
+    if restart_guard not in (True, False, "strict"):
+        raise ValueError(f"restart_guard must be True, False or 'strict', got {restart_guard!r}")
+    gw = None if guard_window is None else check_seconds("guard_window", guard_window, allow_zero=True)
+    return Options(
+        ttl=ttl_ms / 1000.0,
+        ttl_ms=ttl_ms,
+        drift_factor=float(drift_factor),
+        retry_count=retry_count,
+        retry_delay=delay,
+        node_timeout=node_timeout_v,
+        connect_timeout=connect_timeout_v,
+        max_key_length=max_key_length,
+        max_ttl=max_ttl_v,
+        batch_chunk=batch_chunk,
+        restart_guard=restart_guard,
+        guard_window=gw,
+    )
+
+
+def parse_info(text: Any) -> dict:
+    """``INFO`` reply text -> dict of str fields."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    out = {}
+    for line in str(text).splitlines():
+        if not line or line.startswith("#") or ":" not in line:
+            continue
+        k, _, v = line.partition(":")
+        out[k.strip()] = v.strip()
+    return out

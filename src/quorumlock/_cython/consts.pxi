@@ -1,0 +1,19 @@
+# Constants of the engine (cdef enums: compile-time, no Python lookups).
+
+cdef enum:
+    MAX_NODES = 32          # also quorumlock._config.MAX_NODES
+    INBUF_SIZE = 65536      # read buffer handed to the transport (BufferedProtocol)
+    RING_INITIAL = 256      # pending-reply slots per connection, grows by doubling
+
+# What one node answered for one key of one operation.  The same numbers are
+# used by the pure-Python twin (quorumlock._pycore).
+cdef enum NodeStatus:
+    ST_PENDING = 0
+    ST_OK = 1
+    ST_HELD = 2             # SET NX found the key held / compare-and-* found another token
+    ST_ERROR = 3            # an error reply (OOM, READONLY, WRONGTYPE, BUSY, LOADING, ...)
+    ST_TIMEOUT = 4          # no reply before the per-node deadline
+    ST_DOWN = 5             # not connected when the operation was sent, or the connection died
+    ST_EXCLUDED = 6         # left out by the restart guard
+
+STATUS_NAMES = ("pending", "ok", "held", "error", "timeout", "down", "excluded")

@@ -1,0 +1,389 @@
+# The engine: fan-out of every operation to all nodes at once, auto-pipelined.
+
+
+cdef class Engine:
+    """Quorum fan-out over N node connections on one event loop.
+
+    The engine does not connect by itself: the API layer attaches transports
+    (``make_protocol(i)``), runs the handshake with ``call()``, and marks a
+    node ``ready``.  Every request made during one loop iteration is appended
+    to its node's buffer; one ``_flush`` per iteration writes each buffer with a
+    single ``transport.write``."""
+
+    cdef:
+        public object loop
+        public object owner
+        public list nodes
+        public list node_names
+        public int n
+        public int quorum
+        public uint64_t node_timeout_ns
+        public uint64_t stall_ns
+        public double drift_factor
+        public Py_ssize_t max_key_len
+        public Py_ssize_t batch_chunk
+        public bint guard
+        bint flush_scheduled
+        object _flush_cb
+        object _call_soon
+        object _create_future
+        WriteBuffer scratch
+        WriteBuffer scratch2
+        WriteBuffer scratch_rel
+        WriteBuffer scratch_batch
+        bytes pre_release
+        bytes pre_extend
+        bytes pre_acquire_many
+        bytes pre_release_many
+        object logger
+
+    def __init__(self, loop, names, owner, double node_timeout, double drift_factor,
+                 Py_ssize_t max_key_len=1024, Py_ssize_t batch_chunk=500, stall_timeout=None):
+        cdef int i
+        self.loop = loop
+        self.owner = owner
+        self.node_names = list(names)
+        self.n = len(self.node_names)
+        if self.n < 1 or self.n > MAX_NODES:
+            raise ValueError(f"between 1 and {MAX_NODES} nodes are supported, got {self.n}")
+        self.quorum = self.n // 2 + 1
+        self.node_timeout_ns = <uint64_t>(node_timeout * 1e9)
+        if stall_timeout is None:
+            stall_timeout = max(2.0, 10 * node_timeout)
+        self.stall_ns = <uint64_t>(stall_timeout * 1e9)
+        self.drift_factor = drift_factor
+        self.max_key_len = max_key_len
+        self.batch_chunk = batch_chunk
+        self.guard = True
+        self.flush_scheduled = False
+        self._flush_cb = self._flush
+        self._call_soon = loop.call_soon
+        self._create_future = loop.create_future
+        self.scratch = WriteBuffer(4096)
+        self.scratch2 = WriteBuffer(4096)
+        self.scratch_rel = WriteBuffer(4096)
+        self.scratch_batch = WriteBuffer(65536)
+        self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
+        self.pre_extend = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_SHA + b"\r\n$1\r\n1\r\n"
+        self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
+        self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
+        self.logger = logging.getLogger("quorumlock")
+        self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
+
+    # -- plumbing ----------------------------------------------------------
+
+    def make_protocol(self, int idx):
+        """The protocol object for node ``idx`` (reused across reconnects)."""
+        return self.nodes[idx]
+
+    def _flush(self):
+        cdef NodeConn node
+        self.flush_scheduled = False
+        for node in self.nodes:
+            if node.out.len:
+                if node.connected:
+                    node._write(node.out.take())
+                else:
+                    node.out.clear()
+
+    cdef inline void schedule_flush(self):
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self._call_soon(self._flush_cb)
+
+    def flush(self):
+        """Write everything queued now (normally done once per loop iteration)."""
+        self._flush()
+
+    cdef inline uint64_t drift_ns_for(self, long long ttl_ms):
+        # drift = ttl * drift_factor + 2 ms (the Redlock specification's allowance)
+        return <uint64_t>(<double>ttl_ms * 1e6 * self.drift_factor) + 2000000ULL
+
+    cdef bytes key_bytes(self, object key):
+        cdef bytes kb
+        if type(key) is bytes:
+            kb = <bytes>key
+        elif type(key) is str:
+            try:
+                kb = (<str>key).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"key {key!r} cannot be encoded as UTF-8: {exc}") from None
+        elif isinstance(key, bytes):
+            kb = bytes(key)
+        elif isinstance(key, str):
+            kb = str(key).encode("utf-8")
+        else:
+            raise TypeError(f"key must be str or bytes, got {type(key).__name__} {key!r}")
+        if PyBytes_GET_SIZE(kb) == 0:
+            raise ValueError("key must not be empty")
+        if PyBytes_GET_SIZE(kb) > self.max_key_len:
+            raise ValueError(
+                f"key is {PyBytes_GET_SIZE(kb)} bytes long; max_key_length is {self.max_key_len}")
+        return kb
+
+    cdef int fanout(self, WriteBuffer cmd, Op op, int32_t aux, uint64_t deadline, bint guarded) except -1:
+        """Queue ``cmd`` on every node; nodes that cannot take it fail at once."""
+        cdef NodeConn node
+        cdef int i
+        cdef uint32_t down = 0, excluded = 0
+        cdef uint64_t now = op.t0
+        for i in range(self.n):
+            node = <NodeConn>self.nodes[i]
+            if not node.ready:
+                down |= (1u << i)
+            elif guarded and node.counted_after > now:
+                excluded |= (1u << i)
+            else:
+                node.send(cmd, op, aux, deadline)
+        self.schedule_flush()
+        if down | excluded:
+            for i in range(self.n):
+                if down & (1u << i):
+                    op.on_fail(i, aux, ST_DOWN, None)
+                elif excluded & (1u << i):
+                    op.on_fail(i, aux, ST_EXCLUDED, "restart guard: node restarted recently")
+        return 0
+
+    cdef int send_release(self, bytes key_b, bytes token, object waiter, unsigned char *skip) except -1:
+        """Compare-and-delete on every ready node (except where ``skip`` says
+        the key is held by someone else).  No waiter: replies are drained."""
+        cdef WriteBuffer b = self.scratch_rel
+        cdef NodeConn node
+        cdef SinkOp op
+        cdef int i
+        cdef bint any_sent = False
+        b.clear()
+        b.write_bytes(self.pre_release)
+        b.write_bulk_bytes(key_b)
+        b.write_bulk_bytes(token)
+        op = SinkOp.__new__(SinkOp)
+        op._init(self, None)
+        op.eval_args = (b"EVAL", RELEASE_SCRIPT, b"1", key_b, token)
+        cdef uint64_t deadline = op.t0 + self.node_timeout_ns
+        for i in range(self.n):
+            if skip is not NULL and skip[i] == ST_HELD:
+                continue
+            node = <NodeConn>self.nodes[i]
+            if node.ready:
+                node.send(b, op, 0, deadline)
+                any_sent = True
+        if any_sent:
+            self.schedule_flush()
+        return 0
+
+    cdef int send_release_many_to(self, int idx, list keys_b, list tokens) except -1:
+        cdef NodeConn node = <NodeConn>self.nodes[idx]
+        cdef Py_ssize_t m = len(keys_b), start, end
+        cdef WriteBuffer b = self.scratch_rel
+        cdef SinkOp op
+        if not node.ready:
+            return 0
+        for start in range(0, m, self.batch_chunk):
+            end = min(start + self.batch_chunk, m)
+            op = SinkOp.__new__(SinkOp)
+            op._init(self, None)
+            op.eval_args = (b"EVAL", RELEASE_MANY_SCRIPT, end - start) + tuple(keys_b[start:end]) + tuple(tokens[start:end])
+            b.clear()
+            b.write_command((b"EVALSHA", RELEASE_MANY_SHA) + op.eval_args[2:])
+            node.send(b, op, 0, op.t0 + self.node_timeout_ns)
+        self.schedule_flush()
+        return 0
+
+    cdef int script_missing(self, NodeConn node) except -1:
+        # The node forgot our scripts (restart or SCRIPT FLUSH): reload them
+        # once, so later calls go back to EVALSHA.
+        cdef SinkOp op
+        cdef uint64_t now = now_ns()
+        if node.info is not None and node.info.get("_script_load_at", 0) + 100000000 > now:
+            return 0
+        if node.info is None:
+            node.info = {}
+        node.info["_script_load_at"] = now
+        for body, sha in SCRIPTS:
+            op = SinkOp.__new__(SinkOp)
+            op._init(self, None)
+            op.eval_args = None
+            self.scratch2.clear()
+            self.scratch2.write_command((b"SCRIPT", b"LOAD", body))
+            node.send(self.scratch2, op, 0, now + self.node_timeout_ns)
+        self.schedule_flush()
+        return 0
+
+    def _node_lost(self, int idx, exc):
+        cb = getattr(self.owner, "_node_lost", None)
+        if cb is not None:
+            cb(idx, exc)
+
+    def _log_error(self, name, what, obj):
+        self.logger.warning("quorumlock: %s: %s: %r", name, what, obj)
+
+    # -- operations ------------------------------------------------------
+
+    def attempt(self, key, long long ttl_ms):
+        """One quorum attempt to acquire ``key``.  Returns the operation; its
+        ``waiter`` future resolves to a ``Lock`` or None, and ``outcomes()``
+        says what each node answered."""
+        cdef bytes kb = self.key_bytes(key)
+        cdef AcquireOp op = AcquireOp.__new__(AcquireOp)
+        cdef WriteBuffer b = self.scratch
+        op._init(self, self._create_future())
+        op.key = key
+        op.key_b = kb
+        op.token = new_token_c()
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms)
+        # SET key token NX PX ttl
+        b.clear()
+        b.write(b"*6\r\n$3\r\nSET\r\n", 13)
+        b.write_bulk_bytes(kb)
+        b.write(b"$20\r\n", 5)
+        b.write(PyBytes_AS_STRING(op.token), 20)
+        b.write(b"\r\n$2\r\nNX\r\n$2\r\nPX\r\n", 18)
+        b.write_bulk_int(ttl_ms)
+        self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+        return op
+
+    def try_acquire(self, key, long long ttl_ms):
+        """One quorum attempt: a future of ``Lock`` or None."""
+        return self.attempt(key, ttl_ms).waiter
+
+    def release(self, Lock lock, bint wait=True):
+        """Compare-and-delete on every node: a future of True if our token was
+        still there on a majority.  A second release does no I/O (False)."""
+        cdef ReleaseOp op
+        cdef WriteBuffer b = self.scratch
+        fut = self._create_future()
+        if lock.released:
+            fut.set_result(False)
+            return fut
+        lock.released = True
+        op = ReleaseOp.__new__(ReleaseOp)
+        op._init(self, fut)
+        op.key_b = lock.key_b
+        op.token = lock.token
+        b.clear()
+        b.write_bytes(self.pre_release)
+        b.write_bulk_bytes(lock.key_b)
+        b.write_bulk_bytes(lock.token)
+        self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, False)
+        return fut
+
+    def extend(self, Lock lock, long long ttl_ms):
+        """Compare-and-pexpire on every node: a future of True on success (the
+        lock's validity renewed from this operation's start), else False."""
+        cdef ExtendOp op
+        cdef WriteBuffer b = self.scratch
+        fut = self._create_future()
+        if lock.released:
+            fut.set_result(False)
+            return fut
+        op = ExtendOp.__new__(ExtendOp)
+        op._init(self, fut)
+        op.lock = lock
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms)
+        b.clear()
+        b.write_bytes(self.pre_extend)
+        b.write_bulk_bytes(lock.key_b)
+        b.write_bulk_bytes(lock.token)
+        b.write_bulk_int(ttl_ms)
+        self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+        return fut
+
+    def acquire_many(self, keys, long long ttl_ms):
+        """One attempt per key, all keys in one script call per node per
+        chunk: a future of a list of ``Lock`` or None, in key order."""
+        cdef list keys_l = list(keys)
+        cdef Py_ssize_t m = len(keys_l), start, end, k
+        cdef list keys_b = [self.key_bytes(k_) for k_ in keys_l]
+        cdef AcquireManyOp op = AcquireManyOp.__new__(AcquireManyOp)
+        cdef WriteBuffer b = self.scratch_batch
+        cdef bytes tok
+        op._init(self, self._create_future())
+        if m == 0:
+            op.waiter.set_result([])
+            return op.waiter
+        if len(set(keys_b)) != m:
+            raise ValueError("keys: the same key appears twice in one batch")
+        op.keys = keys_l
+        op.keys_b = keys_b
+        op.tokens = [new_token_c() for k in range(m)]
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms)
+        op.chunk = self.batch_chunk
+        op._alloc(m)
+        cdef uint64_t deadline = op.t0 + self.node_timeout_ns + <uint64_t>m * 2000ULL
+        for start in range(0, m, self.batch_chunk):
+            end = min(start + self.batch_chunk, m)
+            b.clear()
+            b.write_prefixed_int(c'*', 4 + 2 * (end - start))
+            b.write_bytes(self.pre_acquire_many)
+            b.write_bulk_int(end - start)
+            for k in range(start, end):
+                b.write_bulk_bytes(<bytes>keys_b[k])
+            b.write_bulk_int(ttl_ms)
+            for k in range(start, end):
+                tok = <bytes>op.tokens[k]
+                b.write(b"$20\r\n", 5)
+                b.write(PyBytes_AS_STRING(tok), 20)
+                b.write(b"\r\n", 2)
+            self.fanout(b, op, <int32_t>start, deadline, self.guard)
+        return op.waiter
+
+    def release_many(self, locks):
+        """Compare-and-delete many locks with one script call per node per
+        chunk: a future of a list of bools (True where our token was deleted
+        on a majority)."""
+        cdef list locks_l = list(locks)
+        cdef Py_ssize_t m = len(locks_l), start, end, k
+        cdef Lock lk
+        cdef ReleaseManyOp op = ReleaseManyOp.__new__(ReleaseManyOp)
+        cdef WriteBuffer b = self.scratch_batch
+        op._init(self, self._create_future())
+        if m == 0:
+            op.waiter.set_result([])
+            return op.waiter
+        for lk in locks_l:
+            lk.released = True
+        op.keys_b = [(<Lock>lk).key_b for lk in locks_l]
+        op.tokens = [(<Lock>lk).token for lk in locks_l]
+        op.chunk = self.batch_chunk
+        op._alloc(m)
+        cdef uint64_t deadline = op.t0 + self.node_timeout_ns + <uint64_t>m * 2000ULL
+        for start in range(0, m, self.batch_chunk):
+            end = min(start + self.batch_chunk, m)
+            b.clear()
+            b.write_prefixed_int(c'*', 3 + 2 * (end - start))
+            b.write_bytes(self.pre_release_many)
+            b.write_bulk_int(end - start)
+            for k in range(start, end):
+                b.write_bulk_bytes(<bytes>op.keys_b[k])
+            for k in range(start, end):
+                b.write_bulk_bytes(<bytes>op.tokens[k])
+            self.fanout(b, op, <int32_t>start, deadline, False)
+        return op.waiter
+
+    def call(self, int idx, tuple args, timeout=None):
+        """Send one command to node ``idx`` (connected, not necessarily
+        ready): a future of the raw reply."""
+        cdef NodeConn node = <NodeConn>self.nodes[idx]
+        cdef CallOp op = CallOp.__new__(CallOp)
+        cdef uint64_t t
+        op._init(self, self._create_future())
+        if not node.connected:
+            op.on_fail(idx, 0, ST_DOWN, None)
+            return op.waiter
+        t = self.node_timeout_ns if timeout is None else <uint64_t>(timeout * 1e9)
+        self.scratch2.clear()
+        self.scratch2.write_command(args)
+        node.send(self.scratch2, op, 0, op.t0 + t)
+        self.schedule_flush()
+        return op.waiter
+
+    def close(self):
+        """Flush what is queued and close every connection."""
+        cdef NodeConn node
+        self._flush()
+        for node in self.nodes:
+            node.ready = False
+            node.close()

@@ -1,0 +1,85 @@
+# The lock a caller holds.
+
+
+cdef class Lock:
+    """A held lease.
+
+    ``key`` as given, ``token`` (20 random bytes), ``validity`` (seconds left,
+    from CLOCK_MONOTONIC: never from the wall clock), ``valid``, ``nodes`` (how
+    many nodes said OK when the quorum was decided), ``fence`` (an int when the
+    manager uses fencing, else None).  ``release()`` and ``extend()`` go
+    through the manager that made the lock (awaitables in ``quorumlock.aio``,
+    plain calls in the blocking API)."""
+
+    cdef:
+        readonly object key
+        readonly bytes token
+        public object fence
+        public int nodes
+        public object _owner
+        public object _state     # used by the owner (auto-extension, lost-lease events)
+        bytes key_b
+        uint64_t deadline
+        long long ttl_ms
+        public bint released
+
+    @property
+    def validity(self):
+        """Seconds of validity left (0.0 once expired or released)."""
+        cdef uint64_t now
+        if self.released:
+            return 0.0
+        now = now_ns()
+        if now >= self.deadline:
+            return 0.0
+        return <double>(self.deadline - now) / 1e9
+
+    @property
+    def valid(self):
+        """True while the lease is ours by the client's monotonic clock."""
+        return not self.released and now_ns() < self.deadline
+
+    @property
+    def ttl(self):
+        """The TTL (seconds) of the last successful acquire or extend."""
+        return self.ttl_ms / 1000.0
+
+    @property
+    def key_bytes(self):
+        return self.key_b
+
+    @property
+    def deadline_ns(self):
+        """CLOCK_MONOTONIC ns at which validity ends."""
+        return self.deadline
+
+    def _set_deadline_ns(self, uint64_t deadline):
+        self.deadline = deadline
+
+    def release(self):
+        """Release the lock on every node (compare-and-delete)."""
+        return self._owner._release(self)
+
+    def extend(self, ttl=None):
+        """Extend the lease on a majority (compare-and-pexpire), with a fresh validity."""
+        return self._owner._extend(self, ttl)
+
+    def __aenter__(self):
+        return self._owner._lock_aenter(self)
+
+    def __aexit__(self, exc_type, exc, tb):
+        return self._owner._lock_aexit(self, exc_type)
+
+    def __enter__(self):
+        return self._owner._lock_enter(self)
+
+    def __exit__(self, exc_type, exc, tb):
+        return self._owner._lock_exit(self, exc_type)
+
+    def __repr__(self):
+        state = "released" if self.released else ("valid %.3fs" % self.validity if self.valid else "expired")
+        fence = "" if self.fence is None else f" fence={self.fence}"
+        return f"<Lock {self.key!r} {state} nodes={self.nodes}{fence}>"
+
+    def __reduce__(self):
+        raise TypeError("a Lock cannot be pickled: it is bound to the manager that acquired it")

@@ -1,0 +1,422 @@
+# Quorum operations.  Each node's reply bumps C counters on the operation; the
+# waiter (one future per operation, or none) resolves the moment the outcome is
+# decided; replies that arrive later only update the counters.
+
+
+cdef inline bint is_reply_error(object reply):
+    return isinstance(reply, ReplyError)
+
+
+cdef inline bint is_noscript(object reply):
+    return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+cdef class Op:
+    cdef:
+        Engine engine
+        public object waiter
+        object result
+        uint64_t t0
+        int n
+        int quorum
+        int n_ok
+        int n_bad
+        bint decided
+        unsigned char status[MAX_NODES]
+        list details
+
+    cdef inline int _init(self, Engine engine, object waiter) except -1:
+        self.engine = engine
+        self.waiter = waiter
+        self.n = engine.n
+        self.quorum = engine.quorum
+        self.t0 = now_ns()
+        memset(self.status, 0, MAX_NODES)
+        return 0
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        raise NotImplementedError
+
+    cdef int on_fail(self, int idx, int32_t aux, int st, object detail) except -1:
+        return self.mark(idx, st, detail)
+
+    cdef int mark(self, int idx, int st, object detail) except -1:
+        if self.status[idx] != ST_PENDING:
+            return 0
+        self.status[idx] = <unsigned char>st
+        if st == ST_OK:
+            self.n_ok += 1
+        else:
+            self.n_bad += 1
+            if detail is not None:
+                if self.details is None:
+                    self.details = [None] * self.n
+                self.details[idx] = detail
+        if not self.decided and (self.n_ok >= self.quorum or self.n_bad > self.n - self.quorum):
+            self.decided = True
+            self.decide()
+        return 0
+
+    cdef int mark_error(self, NodeConn node, object reply) except -1:
+        node.errors += 1
+        return self.mark(node.idx, ST_ERROR, str(reply))
+
+    cdef int decide(self) except -1:
+        return 0
+
+    cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
+        raise NotImplementedError
+
+    cdef int finish(self, object result) except -1:
+        self.result = result
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(result)
+        return 0
+
+    def outcomes(self):
+        """Per-node result of this operation: a list of ``NodeOutcome``."""
+        out = []
+        for i in range(self.n):
+            d = self.details[i] if self.details is not None else None
+            out.append(NodeOutcome(self.engine.node_names[i], STATUS_NAMES[self.status[i]], d))
+        return out
+
+    @property
+    def ok_count(self):
+        return self.n_ok
+
+    @property
+    def done(self):
+        return self.decided
+
+    @property
+    def elapsed(self):
+        return <double>(now_ns() - self.t0) / 1e9
+
+
+cdef class AcquireOp(Op):
+    """SET key token NX PX ttl on every node; success on a majority with
+    validity left (DESIGN.md §2)."""
+
+    cdef:
+        object key
+        bytes key_b
+        bytes token
+        long long ttl_ms
+        uint64_t drift_ns
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        if reply is None:
+            return self.mark(node.idx, ST_HELD, None)
+        if type(reply) is bytes and reply == b"OK":
+            return self.mark(node.idx, ST_OK, None)
+        if is_reply_error(reply):
+            return self.mark_error(node, reply)
+        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+
+    cdef int decide(self) except -1:
+        # Elapsed time is read here, after the deciding reply was parsed, never
+        # before reading: a pause between sending and reading must count
+        # against validity (FAULTS.md row 12).
+        cdef uint64_t now = now_ns()
+        cdef uint64_t end = self.t0 + <uint64_t>self.ttl_ms * 1000000ULL - self.drift_ns
+        cdef Lock lock
+        if self.n_ok >= self.quorum and now < end:
+            lock = Lock.__new__(Lock)
+            lock._owner = self.engine.owner
+            lock.key = self.key
+            lock.key_b = self.key_b
+            lock.token = self.token
+            lock.ttl_ms = self.ttl_ms
+            lock.deadline = end
+            lock.nodes = self.n_ok
+            w = self.waiter
+            if w is not None and w.done():
+                # The caller was cancelled while we waited: it will never see
+                # this lock, so it must not stay on the nodes.
+                lock.released = True
+                self.engine.send_release(self.key_b, self.token, None, NULL)
+                return 0
+            return self.finish(lock)
+        # Failed: release everywhere the SET may have landed, including nodes
+        # that timed out or have not answered yet (their SET is ahead of the
+        # release on the same ordered connection).
+        self.engine.send_release(self.key_b, self.token, None, self.status)
+        return self.finish(None)
+
+
+cdef class ReleaseOp(Op):
+    """Compare-and-delete on every node.  Result: True if our token was deleted
+    on a majority (the lease was still ours), else False."""
+
+    cdef:
+        bytes key_b
+        bytes token
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        if type(reply) is int:
+            return self.mark(node.idx, ST_OK if reply == 1 else ST_HELD, None)
+        if is_noscript(reply):
+            return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
+        if is_reply_error(reply):
+            return self.mark_error(node, reply)
+        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+
+    cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
+        cdef WriteBuffer b = self.engine.scratch2
+        b.clear()
+        b.write_command((b"EVAL", RELEASE_SCRIPT, b"1", self.key_b, self.token))
+        node.send(b, self, aux, deadline)
+        self.engine.script_missing(node)
+        return 0
+
+    cdef int decide(self) except -1:
+        return self.finish(self.n_ok >= self.quorum)
+
+
+cdef class ExtendOp(Op):
+    """Compare-and-pexpire on every node.  Success only on a majority and with
+    a fresh validity computed from this operation's own start (§2.5)."""
+
+    cdef:
+        Lock lock
+        long long ttl_ms
+        uint64_t drift_ns
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        if type(reply) is int:
+            return self.mark(node.idx, ST_OK if reply == 1 else ST_HELD, None)
+        if is_noscript(reply):
+            return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
+        if is_reply_error(reply):
+            return self.mark_error(node, reply)
+        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+
+    cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
+        cdef WriteBuffer b = self.engine.scratch2
+        b.clear()
+        b.write_command((b"EVAL", EXTEND_SCRIPT, b"1", self.lock.key_b, self.lock.token, self.ttl_ms))
+        node.send(b, self, aux, deadline)
+        self.engine.script_missing(node)
+        return 0
+
+    cdef int decide(self) except -1:
+        cdef uint64_t now = now_ns()
+        cdef uint64_t end = self.t0 + <uint64_t>self.ttl_ms * 1000000ULL - self.drift_ns
+        if self.n_ok >= self.quorum and now < end and not self.lock.released:
+            self.lock.deadline = end
+            self.lock.ttl_ms = self.ttl_ms
+            self.lock.nodes = self.n_ok
+            return self.finish(True)
+        return self.finish(False)
+
+
+cdef class CallOp(Op):
+    """One command to one node (handshake, admin): the future gets the raw
+    reply (a ``hiredis.ReplyError`` object for an error reply), or an
+    exception if the node timed out or went down."""
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        self.decided = True
+        return self.finish(reply)
+
+    cdef int on_fail(self, int idx, int32_t aux, int st, object detail) except -1:
+        if self.decided:
+            return 0
+        self.decided = True
+        w = self.waiter
+        if w is not None and not w.done():
+            name = self.engine.node_names[idx]
+            if st == ST_TIMEOUT:
+                w.set_exception(TimeoutError(f"{name}: no reply before the deadline"))
+            else:
+                w.set_exception(ConnectionError(f"{name}: {detail or 'not connected'}"))
+        return 0
+
+
+cdef class SinkOp(Op):
+    """Receives replies nobody waits for (the releases after a failed or
+    abandoned attempt).  Keeps the EVAL form of its command for NOSCRIPT."""
+
+    cdef tuple eval_args
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        if is_noscript(reply):
+            return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
+        if is_reply_error(reply):
+            node.errors += 1
+        return 0
+
+    cdef int on_fail(self, int idx, int32_t aux, int st, object detail) except -1:
+        return 0
+
+    cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
+        cdef WriteBuffer b = self.engine.scratch2
+        b.clear()
+        b.write_command(self.eval_args)
+        node.send(b, self, aux, deadline)
+        self.engine.script_missing(node)
+        return 0
+
+
+cdef class BatchOp(Op):
+    """A quorum operation over many keys at once: one script call per node
+    per chunk of keys, per-key C counters, one waiter for the whole batch."""
+
+    cdef:
+        list keys_b
+        list tokens
+        Py_ssize_t m
+        Py_ssize_t undecided
+        Py_ssize_t chunk
+        uint16_t *ok
+        uint16_t *bad
+        uint8_t *st          # m * n statuses
+        uint8_t *kdone
+        long long ttl_ms
+        uint64_t drift_ns
+
+    def __dealloc__(self):
+        PyMem_Free(self.ok)
+        PyMem_Free(self.bad)
+        PyMem_Free(self.st)
+        PyMem_Free(self.kdone)
+
+    cdef int _alloc(self, Py_ssize_t m) except -1:
+        self.m = m
+        self.undecided = m
+        self.ok = <uint16_t *>PyMem_Malloc(m * sizeof(uint16_t) + 1)
+        self.bad = <uint16_t *>PyMem_Malloc(m * sizeof(uint16_t) + 1)
+        self.st = <uint8_t *>PyMem_Malloc(m * self.n + 1)
+        self.kdone = <uint8_t *>PyMem_Malloc(m + 1)
+        if self.ok is NULL or self.bad is NULL or self.st is NULL or self.kdone is NULL:
+            raise MemoryError()
+        memset(self.ok, 0, m * sizeof(uint16_t))
+        memset(self.bad, 0, m * sizeof(uint16_t))
+        memset(self.st, 0, m * self.n)
+        memset(self.kdone, 0, m)
+        return 0
+
+    cdef inline void mark_key(self, Py_ssize_t k, int idx, int s) noexcept:
+        cdef Py_ssize_t j = k * self.n + idx
+        if self.st[j] != ST_PENDING:
+            return
+        self.st[j] = <uint8_t>s
+        if s == ST_OK:
+            self.ok[k] += 1
+        else:
+            self.bad[k] += 1
+        if not self.kdone[k] and (self.ok[k] >= self.quorum or self.bad[k] > self.n - self.quorum):
+            self.kdone[k] = 1
+            self.undecided -= 1
+
+    cdef int _check(self) except -1:
+        if not self.decided and self.undecided == 0:
+            self.decided = True
+            self.decide()
+        return 0
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        cdef Py_ssize_t end = min(<Py_ssize_t>aux + self.chunk, self.m)
+        cdef Py_ssize_t k
+        cdef int idx = node.idx
+        cdef list lst
+        if type(reply) is list and len(<list>reply) == end - aux:
+            lst = <list>reply
+            for k in range(aux, end):
+                self.mark_key(k, idx, ST_OK if lst[k - aux] == 1 else ST_HELD)
+            if self.status[idx] == ST_PENDING:
+                self.status[idx] = ST_OK
+        elif is_noscript(reply):
+            return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
+        else:
+            node.errors += 1
+            self._fail_chunk(idx, aux, ST_ERROR, str(reply))
+            return 0
+        return self._check()
+
+    cdef int _fail_chunk(self, int idx, int32_t aux, int s, object detail) except -1:
+        cdef Py_ssize_t end = min(<Py_ssize_t>aux + self.chunk, self.m)
+        cdef Py_ssize_t k
+        for k in range(aux, end):
+            self.mark_key(k, idx, s)
+        if self.status[idx] == ST_PENDING or self.status[idx] == ST_OK:
+            self.status[idx] = <unsigned char>s
+            if detail is not None:
+                if self.details is None:
+                    self.details = [None] * self.n
+                self.details[idx] = detail
+        return self._check()
+
+    cdef int on_fail(self, int idx, int32_t aux, int st, object detail) except -1:
+        return self._fail_chunk(idx, aux, st, detail)
+
+
+cdef class AcquireManyOp(BatchOp):
+    cdef list keys
+
+    cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
+        cdef Py_ssize_t end = min(<Py_ssize_t>aux + self.chunk, self.m)
+        cdef WriteBuffer b = self.engine.scratch2
+        b.clear()
+        b.write_command((b"EVAL", ACQUIRE_MANY_SCRIPT, end - aux) + tuple(self.keys_b[aux:end])
+                        + (self.ttl_ms,) + tuple(self.tokens[aux:end]))
+        node.send(b, self, aux, deadline)
+        self.engine.script_missing(node)
+        return 0
+
+    cdef int decide(self) except -1:
+        cdef uint64_t now = now_ns()
+        cdef uint64_t end = self.t0 + <uint64_t>self.ttl_ms * 1000000ULL - self.drift_ns
+        cdef bint in_time = now < end
+        cdef Py_ssize_t k
+        cdef int i
+        cdef Lock lock
+        cdef list results = [None] * self.m
+        cdef list rel_keys = None
+        cdef list rel_tokens
+        cdef list per_node
+        w = self.waiter
+        cdef bint abandoned = w is not None and w.done()
+        owner = self.engine.owner
+        for k in range(self.m):
+            if in_time and self.ok[k] >= self.quorum and not abandoned:
+                lock = Lock.__new__(Lock)
+                lock._owner = owner
+                lock.key = self.keys[k]
+                lock.key_b = <bytes>self.keys_b[k]
+                lock.token = <bytes>self.tokens[k]
+                lock.ttl_ms = self.ttl_ms
+                lock.deadline = end
+                lock.nodes = self.ok[k]
+                results[k] = lock
+        # Release every key we did not get, on every node where it may have
+        # been set (not where the node said it is held by someone else).
+        for i in range(self.n):
+            per_node = None
+            for k in range(self.m):
+                if results[k] is None and self.st[k * self.n + i] != ST_HELD:
+                    if per_node is None:
+                        per_node = []
+                    per_node.append(k)
+            if per_node is not None:
+                self.engine.send_release_many_to(i, [self.keys_b[k] for k in per_node],
+                                                 [self.tokens[k] for k in per_node])
+        return self.finish(results)
+
+
+cdef class ReleaseManyOp(BatchOp):
+    cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
+        cdef Py_ssize_t end = min(<Py_ssize_t>aux + self.chunk, self.m)
+        cdef WriteBuffer b = self.engine.scratch2
+        b.clear()
+        b.write_command((b"EVAL", RELEASE_MANY_SCRIPT, end - aux) + tuple(self.keys_b[aux:end])
+                        + tuple(self.tokens[aux:end]))
+        node.send(b, self, aux, deadline)
+        self.engine.script_missing(node)
+        return 0
+
+    cdef int decide(self) except -1:
+        cdef Py_ssize_t k
+        return self.finish([self.ok[k] >= self.quorum for k in range(self.m)])

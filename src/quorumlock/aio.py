@@ -1,0 +1,505 @@
+"""The asyncio API.
+
+```python
+from quorumlock.aio import LockManager
+
+async with LockManager(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002",
+                        "redis://127.0.0.1:7003"], ttl=10.0) as locks:
+    lock = await locks.try_acquire("job:42")           # one quorum attempt -> Lock | None
+    lock = await locks.acquire("job:42", timeout=5.0)  # retries with jitter -> Lock, else LockTimeout
+    await lock.extend()
+    await lock.release()
+    async with locks.lock("job:42", ttl=30.0) as lock:
+        ...
+```
+
+The hot paths (``try_acquire``, ``Lock.release``, ``acquire_many``,
+``release_many``) return the engine's future directly: no coroutine is created
+per call.  Connections, the handshake, reconnects and retries are here, in
+plain Python, shared by both engine builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any, Awaitable, Iterable, List, Optional, Sequence
+
+from hiredis import ReplyError
+
+from . import _scripts
+from ._backend import IMPLEMENTATION, core
+from ._config import NodeSpec, Options, check_int, check_seconds, make_options, parse_info, parse_nodes, ttl_to_ms
+from .errors import ConfigurationError, LockNotOwned, LockTimeout, NodeOutcome, QuorumError
+
+__all__ = ["LockManager", "Lock", "IMPLEMENTATION"]
+
+Lock = core.Lock
+log = logging.getLogger("quorumlock")
+
+_RECONNECT_MIN = 0.05
+_RECONNECT_MAX = 2.0
+
+
+def _err_text(reply: Any) -> str:
+    return str(reply)
+
+
+class LockManager:
+    """Redlock over N independent Redis masters, on the running event loop.
+
+    Parameters
+    ----------
+    nodes:
+        URLs (``redis://[user[:password]@]host[:port][/db]``, ``rediss://...``,
+        ``unix:///path``) or redis-py clients (only their connection settings are
+        used).  Duplicates are refused; so are replicas.
+    ttl:
+        Default lease in seconds (float allowed, rounded up to whole ms).
+    drift_factor:
+        Clock-drift allowance: validity = ttl - elapsed - (ttl * drift_factor + 2 ms).
+    retry_count:
+        Attempts ``acquire`` makes when no ``timeout`` is given (default 3).
+    retry_delay:
+        Seconds between attempts: a ``(low, high)`` range to draw from uniformly
+        (default 0.1-0.3 s), or one number ``d`` meaning ``(d/2, 3d/2)``.
+    node_timeout:
+        Per-node reply deadline; a node that misses it counts as failed for that
+        attempt.  Default ``10 ms + 5 % of ttl``, at most 1 s.
+    connect_timeout:
+        Deadline of each connection attempt, handshake included.
+    max_key_length, max_ttl:
+        Caps on a key's length (bytes) and a TTL (seconds).
+    restart_guard:
+        ``True`` (default): a node seen to restart (new ``run_id``) while this
+        manager runs is not counted in quorums until it has been up for
+        ``guard_window`` seconds; nodes found at the first connect are trusted.
+        ``"strict"``: also distrust nodes that have been up for less than
+        ``guard_window`` at the first connect.  ``False``: off.
+    guard_window:
+        Default ``max(ttl, longest ttl used) * (1 + drift_factor)``.
+    ssl_context:
+        For ``rediss://`` nodes, instead of the URL's ``ssl_*`` options.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[Any],
+        *,
+        ttl: float = 10.0,
+        drift_factor: float = 0.01,
+        retry_count: int = 3,
+        retry_delay: Any = (0.1, 0.3),
+        node_timeout: Optional[float] = None,
+        connect_timeout: float = 2.0,
+        max_key_length: int = 1024,
+        max_ttl: float = 86400.0,
+        batch_chunk: int = 500,
+        restart_guard: Any = True,
+        guard_window: Optional[float] = None,
+        ssl_context: Any = None,
+    ) -> None:
+        self._opts: Options = make_options(
+            ttl=ttl,
+            drift_factor=drift_factor,
+            retry_count=retry_count,
+            retry_delay=retry_delay,
+            node_timeout=node_timeout,
+            connect_timeout=connect_timeout,
+            max_key_length=max_key_length,
+            max_ttl=max_ttl,
+            batch_chunk=batch_chunk,
+            restart_guard=restart_guard,
+            guard_window=guard_window,
+        )
+        self._specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
+        self._engine: Any = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._closing = False
+        self._reconnecting: dict = {}
+        self._max_ttl_used_ms = self._opts.ttl_ms
+        self._ttl_cache: dict = {}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        return len(self._specs)
+
+    @property
+    def quorum(self) -> int:
+        """Votes needed: ``n // 2 + 1``."""
+        return len(self._specs) // 2 + 1
+
+    @property
+    def nodes(self) -> List[str]:
+        """The node addresses (no passwords)."""
+        return [s.name for s in self._specs]
+
+    @property
+    def ttl(self) -> float:
+        return self._opts.ttl
+
+    @property
+    def options(self) -> Options:
+        return self._opts
+
+    @property
+    def engine(self) -> Any:
+        """The engine (compiled or pure-Python twin) once connected."""
+        return self._engine
+
+    async def connect(self) -> "LockManager":
+        """Connect to every node.  A node that is down only costs its vote (it
+        is retried in the background); a configuration error (wrong password,
+        a replica, two URLs reaching one server) raises ``ConfigurationError``."""
+        if self._engine is not None:
+            return self
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._closing = False
+        self._engine = core.Engine(
+            loop,
+            [s.name for s in self._specs],
+            self,
+            self._opts.node_timeout,
+            self._opts.drift_factor,
+            self._opts.max_key_length,
+            self._opts.batch_chunk,
+        )
+        self._engine.guard = self._opts.restart_guard is not False
+        results = await asyncio.gather(
+            *(self._connect_node(i, initial=True) for i in range(self.n)), return_exceptions=True
+        )
+        config_errors = [r for r in results if isinstance(r, ConfigurationError)]
+        if not config_errors:
+            seen: dict = {}
+            for i, node in enumerate(self._engine.nodes):
+                if node.run_id is None:
+                    continue
+                if node.run_id in seen:
+                    config_errors.append(
+                        ConfigurationError(
+                            f"nodes {self._specs[seen[node.run_id]].name} and {self._specs[i].name} are the "
+                            f"same server (run_id {node.run_id}); it would be counted twice in the quorum"
+                        )
+                    )
+                    break
+                seen[node.run_id] = i
+        if config_errors:
+            await self.close()
+            raise config_errors[0]
+        for i, r in enumerate(results):
+            if isinstance(r, BaseException) and not isinstance(r, ConfigurationError):
+                log.warning("quorumlock: %s unreachable at connect (%r); retrying in the background",
+                            self._specs[i].name, r)
+                self._schedule_reconnect(i)
+        return self
+
+    async def close(self) -> None:
+        """Close every connection (queued releases are written first)."""
+        self._closing = True
+        for t in list(self._reconnecting.values()):
+            t.cancel()
+        self._reconnecting.clear()
+        eng = self._engine
+        if eng is None:
+            return
+        eng.close()
+        # Let the transports finish closing (and their connection_lost run).
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self._engine = None
+
+    async def __aenter__(self) -> "LockManager":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def _open(self, i: int) -> None:
+        spec = self._specs[i]
+        proto = self._engine.make_protocol(i)
+        loop = self._loop
+        if spec.path:
+            coro = loop.create_unix_connection(lambda: proto, spec.path, ssl=spec.ssl)
+        else:
+            coro = loop.create_connection(
+                lambda: proto, spec.host, spec.port, ssl=spec.ssl, server_hostname=spec.server_hostname
+            )
+        await asyncio.wait_for(coro, spec.connect_timeout)
+
+    async def _connect_node(self, i: int, initial: bool) -> None:
+        spec = self._specs[i]
+        eng = self._engine
+        node = eng.nodes[i]
+        try:
+            await self._open(i)
+            await asyncio.wait_for(self._handshake(i, initial), spec.connect_timeout)
+        except ConfigurationError:
+            node.abort()
+            raise
+        except BaseException:
+            node.abort()
+            raise
+        node.ready = True
+
+    async def _handshake(self, i: int, initial: bool) -> None:
+        spec = self._specs[i]
+        eng = self._engine
+        node = eng.nodes[i]
+        t = spec.connect_timeout
+        futs = []
+        if spec.password is not None:
+            args = ("AUTH", spec.username, spec.password) if spec.username else ("AUTH", spec.password)
+            futs.append(("AUTH", eng.call(i, args, t)))
+        if spec.db:
+            futs.append(("SELECT", eng.call(i, ("SELECT", spec.db), t)))
+        futs.append(("INFO", eng.call(i, ("INFO", "server"), t)))
+        futs.append(("ROLE", eng.call(i, ("ROLE",), t)))
+        for body, _sha in _scripts.ALL:
+            futs.append(("SCRIPT", eng.call(i, ("SCRIPT", "LOAD", body), t)))
+        replies = {}
+        for name, fut in futs:
+            r = await fut
+            if core_is_error(r):
+                text = _err_text(r)
+                if name == "AUTH" or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")) or "invalid password" in text:
+                    raise ConfigurationError(f"{spec.name}: authentication failed: {text}")
+                if name == "SELECT":
+                    raise ConfigurationError(f"{spec.name}: cannot select database {spec.db}: {text}")
+                if text.startswith("LOADING"):
+                    raise ConnectionError(f"{spec.name}: still loading its data set: {text}")
+                raise ConfigurationError(f"{spec.name}: {name} failed: {text}")
+            replies[name] = r
+        info = parse_info(replies["INFO"])
+        role = replies["ROLE"]
+        role_name = role[0] if isinstance(role, list) and role else role
+        if isinstance(role_name, bytes):
+            role_name = role_name.decode()
+        if role_name != "master":
+            raise ConfigurationError(
+                f"{spec.name} is a {role_name}, not a master: replicas are not independent nodes "
+                "(asynchronous replication loses locks on failover)"
+            )
+        run_id = info.get("run_id")
+        uptime = float(info.get("uptime_in_seconds", "0") or 0)
+        previous = node.run_id
+        node.run_id = run_id
+        info_d = dict(info)
+        node.info = info_d
+        window = self.guard_window
+        restarted = previous is not None and previous != run_id
+        guard = self._opts.restart_guard
+        distrust = False
+        if guard is not False:
+            if restarted:
+                distrust = True
+            elif guard == "strict" and uptime < window:
+                distrust = True
+            elif not initial and uptime < window:
+                distrust = True
+        if distrust:
+            wait = max(0.0, window - uptime)
+            node.counted_after = core.monotonic_ns() + int(wait * 1e9)
+            log.warning(
+                "quorumlock: %s %s (up %.0fs): not counted in quorums for %.1fs (restart guard)",
+                spec.name, "restarted" if restarted else "is freshly started", uptime, wait,
+            )
+        if restarted:
+            info_d["_restarts"] = (node.info or {}).get("_restarts", 0) + 1
+
+    @property
+    def guard_window(self) -> float:
+        """Seconds a restarted node stays out of quorums (restart guard)."""
+        if self._opts.guard_window is not None:
+            return self._opts.guard_window
+        return self._max_ttl_used_ms / 1000.0 * (1.0 + self._opts.drift_factor)
+
+    def _node_lost(self, i: int, exc: Any) -> None:
+        if not self._closing:
+            self._schedule_reconnect(i)
+
+    def _schedule_reconnect(self, i: int) -> None:
+        if self._closing or i in self._reconnecting or self._loop is None:
+            return
+        self._reconnecting[i] = self._loop.create_task(self._reconnect_loop(i))
+
+    async def _reconnect_loop(self, i: int) -> None:
+        delay = _RECONNECT_MIN
+        try:
+            while not self._closing:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                if self._closing or self._engine is None:
+                    return
+                try:
+                    await self._connect_node(i, initial=False)
+                    log.info("quorumlock: reconnected to %s", self._specs[i].name)
+                    return
+                except ConfigurationError as exc:
+                    log.error("quorumlock: %s: %s", self._specs[i].name, exc)
+                except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                    log.debug("quorumlock: reconnect to %s failed: %r", self._specs[i].name, exc)
+                delay = min(delay * 2, _RECONNECT_MAX)
+        finally:
+            self._reconnecting.pop(i, None)
+
+    def _require(self) -> Any:
+        eng = self._engine
+        if eng is None:
+            raise RuntimeError("LockManager is not connected: use 'async with LockManager(...)' or await connect()")
+        return eng
+
+    def _ttl_ms(self, ttl: Any) -> int:
+        if ttl is None:
+            return self._opts.ttl_ms
+        ms = self._ttl_cache.get(ttl) if type(ttl) in (int, float) else None
+        if ms is None:
+            ms = ttl_to_ms("ttl", ttl, self._opts.drift_factor, self._opts.max_ttl)
+            if type(ttl) in (int, float) and len(self._ttl_cache) < 64:
+                self._ttl_cache[ttl] = ms
+        if ms > self._max_ttl_used_ms:
+            self._max_ttl_used_ms = ms
+        return ms
+
+    # -- locks -------------------------------------------------------------
+
+    def try_acquire(self, key: Any, ttl: Optional[float] = None) -> Awaitable[Optional[Any]]:
+        """One quorum attempt: an awaitable of a ``Lock``, or None if a majority
+        was not reached with validity left.  A failed attempt releases on every
+        node.  Cancelling the await never leaves the key set."""
+        return self._require().try_acquire(key, self._ttl_ms(ttl))
+
+    async def acquire(
+        self,
+        key: Any,
+        ttl: Optional[float] = None,
+        *,
+        timeout: Optional[float] = None,
+        retry_count: Optional[int] = None,
+    ) -> Any:
+        """Acquire ``key``, retrying with jittered delays.
+
+        With ``timeout`` (seconds), retries until it has passed; otherwise makes
+        ``retry_count`` attempts (the manager's default: 3).  Raises
+        ``LockTimeout`` with the per-node outcome of the last attempt."""
+        eng = self._require()
+        ttl_ms = self._ttl_ms(ttl)
+        attempts_left: Optional[int] = None
+        deadline: Optional[float] = None
+        if timeout is not None:
+            deadline = time.monotonic() + check_seconds("timeout", timeout, allow_zero=True)
+        else:
+            if retry_count is None:
+                retry_count = self._opts.retry_count
+            attempts_left = check_int("retry_count", retry_count, minimum=1)
+        lo, hi = self._opts.retry_delay
+        attempts = 0
+        while True:
+            op = eng.attempt(key, ttl_ms)
+            attempts += 1
+            lock = await op.waiter
+            if lock is not None:
+                return lock
+            if attempts_left is not None:
+                attempts_left -= 1
+                if attempts_left <= 0:
+                    raise LockTimeout(key, attempts, op.outcomes())
+            delay = random.uniform(lo, hi)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LockTimeout(key, attempts, op.outcomes())
+                delay = min(delay, left)
+            await asyncio.sleep(delay)
+            if deadline is not None and time.monotonic() >= deadline:
+                # One last attempt at the deadline is pointless; report now.
+                raise LockTimeout(key, attempts, op.outcomes())
+
+    def lock(
+        self,
+        key: Any,
+        ttl: Optional[float] = None,
+        *,
+        timeout: Optional[float] = None,
+        retry_count: Optional[int] = None,
+    ) -> "_LockContext":
+        """``async with locks.lock(key, ttl=30.0) as lock:`` acquires (as
+        ``acquire``) and releases at the end of the block."""
+        return _LockContext(self, key, ttl, timeout, retry_count)
+
+    def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> Awaitable[List[Optional[Any]]]:
+        """One attempt per key, all pipelined (one script call per node per
+        chunk of keys): an awaitable of a list of ``Lock`` or None, in order."""
+        return self._require().acquire_many(keys, self._ttl_ms(ttl))
+
+    def release_many(self, locks: Iterable[Any]) -> Awaitable[List[bool]]:
+        """Release many locks at once: an awaitable of a list of bools (True
+        where the lock was still ours on a majority)."""
+        locks = list(locks)
+        for lk in locks:
+            if not isinstance(lk, Lock):
+                raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
+        return self._require().release_many(locks)
+
+    async def release(self, lock: Any) -> bool:
+        """Same as ``await lock.release()``."""
+        return await self._release(lock)
+
+    # -- callbacks used by Lock --------------------------------------------
+
+    def _release(self, lock: Any) -> Awaitable[bool]:
+        return self._require().release(lock)
+
+    async def _extend(self, lock: Any, ttl: Optional[float]) -> bool:
+        ttl_ms = self._ttl_ms(ttl) if ttl is not None else int(round(lock.ttl * 1000))
+        ok = await self._require().extend(lock, ttl_ms)
+        if not ok:
+            raise LockNotOwned(f"could not extend {lock.key!r}: not held on a majority with validity left")
+        return True
+
+    async def _lock_aenter(self, lock: Any) -> Any:
+        return lock
+
+    async def _lock_aexit(self, lock: Any, exc_type: Any) -> None:
+        await self._release(lock)
+
+    def _lock_enter(self, lock: Any) -> Any:
+        raise TypeError("this lock belongs to an asyncio LockManager: use 'async with'")
+
+    def _lock_exit(self, lock: Any, exc_type: Any) -> None:
+        raise TypeError("this lock belongs to an asyncio LockManager: use 'async with'")
+
+    def __repr__(self) -> str:
+        state = "connected" if self._engine is not None else "not connected"
+        return f"<quorumlock.aio.LockManager {self.n} nodes quorum={self.quorum} {state} [{IMPLEMENTATION}]>"
+
+
+def core_is_error(reply: Any) -> bool:
+    return isinstance(reply, ReplyError)
+
+
+class _LockContext:
+    __slots__ = ("_mgr", "_key", "_ttl", "_timeout", "_retry", "_lock")
+
+    def __init__(self, mgr: LockManager, key: Any, ttl: Any, timeout: Any, retry: Any) -> None:
+        self._mgr = mgr
+        self._key = key
+        self._ttl = ttl
+        self._timeout = timeout
+        self._retry = retry
+        self._lock = None
+
+    async def __aenter__(self) -> Any:
+        self._lock = await self._mgr.acquire(self._key, self._ttl, timeout=self._timeout, retry_count=self._retry)
+        return self._lock
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            # Shielded: a cancelled block still releases (the release is already
+            # queued on every connection when the await starts).
+            await asyncio.shield(self._mgr._release(lock))
