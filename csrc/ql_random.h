@@ -21,6 +21,8 @@
 
 #if defined(__linux__)
 #include <sys/syscall.h>
+#elif defined(__APPLE__)
+#include <sys/random.h> /* getentropy() */
 #endif
 
 #define QL_POOL_SIZE 4096
