@@ -100,7 +100,9 @@ class LockManager:
         restart_guard: Any = True,
         guard_window: Optional[float] = None,
         ssl_context: Any = None,
+        _core: Any = None,
     ) -> None:
+        self._core = core if _core is None else _core
         self._opts: Options = make_options(
             ttl=ttl,
             drift_factor=drift_factor,
@@ -161,7 +163,7 @@ class LockManager:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._closing = False
-        self._engine = core.Engine(
+        self._engine = self._core.Engine(
             loop,
             [s.name for s in self._specs],
             self,
@@ -304,7 +306,7 @@ class LockManager:
                 distrust = True
         if distrust:
             wait = max(0.0, window - uptime)
-            node.counted_after = core.monotonic_ns() + int(wait * 1e9)
+            node.counted_after = self._core.monotonic_ns() + int(wait * 1e9)
             log.warning(
                 "quorumlock: %s %s (up %.0fs): not counted in quorums for %.1fs (restart guard)",
                 spec.name, "restarted" if restarted else "is freshly started", uptime, wait,
@@ -440,8 +442,9 @@ class LockManager:
         """Release many locks at once: an awaitable of a list of bools (True
         where the lock was still ours on a majority)."""
         locks = list(locks)
+        lock_cls = self._core.Lock
         for lk in locks:
-            if not isinstance(lk, Lock):
+            if not isinstance(lk, lock_cls):
                 raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
         return self._require().release_many(locks)
 
@@ -475,7 +478,7 @@ class LockManager:
 
     def __repr__(self) -> str:
         state = "connected" if self._engine is not None else "not connected"
-        return f"<quorumlock.aio.LockManager {self.n} nodes quorum={self.quorum} {state} [{IMPLEMENTATION}]>"
+        return f"<quorumlock.aio.LockManager {self.n} nodes quorum={self.quorum} {state} [{self._core.IMPLEMENTATION}]>"
 
 
 def core_is_error(reply: Any) -> bool:

@@ -32,6 +32,7 @@ cdef class NodeConn:
         Py_ssize_t head
         Py_ssize_t count
         object timer
+        uint64_t timer_at
         object _timer_cb
         public bint connected   # a transport is attached
         public bint ready       # connected and the handshake passed: counts in quorums
@@ -109,6 +110,11 @@ cdef class NodeConn:
         self.count += 1
         if self.timer is None:
             self._arm(deadline)
+        elif deadline < self.timer_at:
+            # The armed check is later than this slot's deadline (it was set
+            # for a stall check): bring it forward.
+            self.timer.cancel()
+            self._arm(deadline)
         return 0
 
     cdef int send(self, WriteBuffer cmd, Op op, int32_t aux, uint64_t deadline) except -1:
@@ -123,6 +129,7 @@ cdef class NodeConn:
         cdef double delay = 0.0
         if deadline > now:
             delay = <double>(deadline - now) / 1e9
+        self.timer_at = deadline
         # +0.5 ms: uvloop timers have millisecond resolution; never fire early.
         self.timer = self.engine.loop.call_later(delay + 0.0005, self._timer_cb)
         return 0
