@@ -17,6 +17,7 @@ include "_cython/clock.pxi"
 
 import asyncio
 import logging
+import ssl
 
 from hiredis import Reader, ReplyError
 
@@ -43,3 +44,4 @@ include "_cython/node.pxi"
 include "_cython/ops.pxi"
 include "_cython/lock.pxi"
 include "_cython/engine.pxi"
+include "_cython/sync.pxi"

@@ -27,12 +27,10 @@ import random
 import time
 from typing import Any, Awaitable, Iterable, List, Optional, Sequence
 
-from hiredis import ReplyError
-
-from . import _scripts
+from . import _handshake
 from ._backend import IMPLEMENTATION, core
-from ._config import NodeSpec, Options, check_int, check_seconds, make_options, parse_info, parse_nodes, ttl_to_ms
-from .errors import ConfigurationError, LockNotOwned, LockTimeout, NodeOutcome, QuorumError
+from ._config import NodeSpec, Options, check_int, check_seconds, make_options, parse_nodes, ttl_to_ms
+from .errors import ConfigurationError, LockNotOwned, LockTimeout
 
 __all__ = ["LockManager", "Lock", "IMPLEMENTATION"]
 
@@ -41,10 +39,6 @@ log = logging.getLogger("quorumlock")
 
 _RECONNECT_MIN = 0.05
 _RECONNECT_MAX = 2.0
-
-
-def _err_text(reply: Any) -> str:
-    return str(reply)
 
 
 class LockManager:
@@ -123,6 +117,7 @@ class LockManager:
         self._reconnecting: dict = {}
         self._max_ttl_used_ms = self._opts.ttl_ms
         self._ttl_cache: dict = {}
+        self._guard = _handshake.GuardState(len(self._specs))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -178,19 +173,10 @@ class LockManager:
         )
         config_errors = [r for r in results if isinstance(r, ConfigurationError)]
         if not config_errors:
-            seen: dict = {}
-            for i, node in enumerate(self._engine.nodes):
-                if node.run_id is None:
-                    continue
-                if node.run_id in seen:
-                    config_errors.append(
-                        ConfigurationError(
-                            f"nodes {self._specs[seen[node.run_id]].name} and {self._specs[i].name} are the "
-                            f"same server (run_id {node.run_id}); it would be counted twice in the quorum"
-                        )
-                    )
-                    break
-                seen[node.run_id] = i
+            try:
+                _handshake.check_unique(self._specs, [nd.run_id for nd in self._engine.nodes])
+            except ConfigurationError as exc:
+                config_errors.append(exc)
         if config_errors:
             await self.close()
             raise config_errors[0]
@@ -252,67 +238,16 @@ class LockManager:
     async def _handshake(self, i: int, initial: bool) -> None:
         spec = self._specs[i]
         eng = self._engine
-        node = eng.nodes[i]
         t = spec.connect_timeout
-        futs = []
-        if spec.password is not None:
-            args = ("AUTH", spec.username, spec.password) if spec.username else ("AUTH", spec.password)
-            futs.append(("AUTH", eng.call(i, args, t)))
-        if spec.db:
-            futs.append(("SELECT", eng.call(i, ("SELECT", spec.db), t)))
-        futs.append(("INFO", eng.call(i, ("INFO", "server"), t)))
-        futs.append(("ROLE", eng.call(i, ("ROLE",), t)))
-        for body, _sha in _scripts.ALL:
-            futs.append(("SCRIPT", eng.call(i, ("SCRIPT", "LOAD", body), t)))
-        replies = {}
-        for name, fut in futs:
-            r = await fut
-            if core_is_error(r):
-                text = _err_text(r)
-                if name == "AUTH" or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")) or "invalid password" in text:
-                    raise ConfigurationError(f"{spec.name}: authentication failed: {text}")
-                if name == "SELECT":
-                    raise ConfigurationError(f"{spec.name}: cannot select database {spec.db}: {text}")
-                if text.startswith("LOADING"):
-                    raise ConnectionError(f"{spec.name}: still loading its data set: {text}")
-                raise ConfigurationError(f"{spec.name}: {name} failed: {text}")
-            replies[name] = r
-        info = parse_info(replies["INFO"])
-        role = replies["ROLE"]
-        role_name = role[0] if isinstance(role, list) and role else role
-        if isinstance(role_name, bytes):
-            role_name = role_name.decode()
-        if role_name != "master":
-            raise ConfigurationError(
-                f"{spec.name} is a {role_name}, not a master: replicas are not independent nodes "
-                "(asynchronous replication loses locks on failover)"
-            )
-        run_id = info.get("run_id")
-        uptime = float(info.get("uptime_in_seconds", "0") or 0)
-        previous = node.run_id
-        node.run_id = run_id
-        info_d = dict(info)
-        node.info = info_d
-        window = self.guard_window
-        restarted = previous is not None and previous != run_id
-        guard = self._opts.restart_guard
-        distrust = False
-        if guard is not False:
-            if restarted:
-                distrust = True
-            elif guard == "strict" and uptime < window:
-                distrust = True
-            elif not initial and uptime < window:
-                distrust = True
-        if distrust:
-            wait = max(0.0, window - uptime)
-            node.counted_after = self._core.monotonic_ns() + int(wait * 1e9)
-            log.warning(
-                "quorumlock: %s %s (up %.0fs): not counted in quorums for %.1fs (restart guard)",
-                spec.name, "restarted" if restarted else "is freshly started", uptime, wait,
-            )
-        if restarted:
-            info_d["_restarts"] = (node.info or {}).get("_restarts", 0) + 1
+        futs = [(name, eng.call(i, args, t)) for name, args in _handshake.commands(spec)]
+        replies = [(name, await fut) for name, fut in futs]
+        info = _handshake.check(spec, replies)
+        node = eng.nodes[i]
+        node.info = info
+        node.run_id = info.get("run_id")
+        node.counted_after = self._guard.on_connect(
+            i, spec, info, initial, self._opts.restart_guard, self.guard_window, self._core.monotonic_ns()
+        )
 
     @property
     def guard_window(self) -> float:
@@ -479,10 +414,6 @@ class LockManager:
     def __repr__(self) -> str:
         state = "connected" if self._engine is not None else "not connected"
         return f"<quorumlock.aio.LockManager {self.n} nodes quorum={self.quorum} {state} [{self._core.IMPLEMENTATION}]>"
-
-
-def core_is_error(reply: Any) -> bool:
-    return isinstance(reply, ReplyError)
 
 
 class _LockContext:

@@ -23,6 +23,7 @@ cdef class Engine:
         public Py_ssize_t max_key_len
         public Py_ssize_t batch_chunk
         public bint guard
+        readonly bint sync
         bint flush_scheduled
         object _flush_cb
         object _call_soon
@@ -57,8 +58,10 @@ cdef class Engine:
         self.guard = True
         self.flush_scheduled = False
         self._flush_cb = self._flush
-        self._call_soon = loop.call_soon
-        self._create_future = loop.create_future
+        self.sync = loop is None
+        if not self.sync:
+            self._call_soon = loop.call_soon
+            self._create_future = loop.create_future
         self.scratch = WriteBuffer(4096)
         self.scratch2 = WriteBuffer(4096)
         self.scratch_rel = WriteBuffer(4096)
@@ -87,7 +90,8 @@ cdef class Engine:
                     node.out.clear()
 
     cdef inline void schedule_flush(self):
-        if not self.flush_scheduled:
+        # The blocking engine flushes in its own wait loop.
+        if not self.flush_scheduled and not self.sync:
             self.flush_scheduled = True
             self._call_soon(self._flush_cb)
 
@@ -219,14 +223,11 @@ cdef class Engine:
 
     # -- operations ------------------------------------------------------
 
-    def attempt(self, key, long long ttl_ms):
-        """One quorum attempt to acquire ``key``.  Returns the operation; its
-        ``waiter`` future resolves to a ``Lock`` or None, and ``outcomes()``
-        says what each node answered."""
+    cdef AcquireOp _attempt(self, object key, long long ttl_ms):
         cdef bytes kb = self.key_bytes(key)
         cdef AcquireOp op = AcquireOp.__new__(AcquireOp)
         cdef WriteBuffer b = self.scratch
-        op._init(self, self._create_future())
+        op._init(self, self.new_waiter())
         op.key = key
         op.key_b = kb
         op.token = new_token_c()
@@ -243,22 +244,14 @@ cdef class Engine:
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 
-    def try_acquire(self, key, long long ttl_ms):
-        """One quorum attempt: a future of ``Lock`` or None."""
-        return self.attempt(key, ttl_ms).waiter
-
-    def release(self, Lock lock, bint wait=True):
-        """Compare-and-delete on every node: a future of True if our token was
-        still there on a majority.  A second release does no I/O (False)."""
+    cdef Op _release(self, Lock lock):
         cdef ReleaseOp op
         cdef WriteBuffer b = self.scratch
-        fut = self._create_future()
         if lock.released:
-            fut.set_result(False)
-            return fut
+            return self._done(False)
         lock.released = True
         op = ReleaseOp.__new__(ReleaseOp)
-        op._init(self, fut)
+        op._init(self, self.new_waiter())
         op.key_b = lock.key_b
         op.token = lock.token
         b.clear()
@@ -266,19 +259,15 @@ cdef class Engine:
         b.write_bulk_bytes(lock.key_b)
         b.write_bulk_bytes(lock.token)
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, False)
-        return fut
+        return op
 
-    def extend(self, Lock lock, long long ttl_ms):
-        """Compare-and-pexpire on every node: a future of True on success (the
-        lock's validity renewed from this operation's start), else False."""
+    cdef Op _extend(self, Lock lock, long long ttl_ms):
         cdef ExtendOp op
         cdef WriteBuffer b = self.scratch
-        fut = self._create_future()
         if lock.released:
-            fut.set_result(False)
-            return fut
+            return self._done(False)
         op = ExtendOp.__new__(ExtendOp)
-        op._init(self, fut)
+        op._init(self, self.new_waiter())
         op.lock = lock
         op.ttl_ms = ttl_ms
         op.drift_ns = self.drift_ns_for(ttl_ms)
@@ -288,23 +277,20 @@ cdef class Engine:
         b.write_bulk_bytes(lock.token)
         b.write_bulk_int(ttl_ms)
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
-        return fut
+        return op
 
-    def acquire_many(self, keys, long long ttl_ms):
-        """One attempt per key, all keys in one script call per node per
-        chunk: a future of a list of ``Lock`` or None, in key order."""
+    cdef Op _acquire_many(self, object keys, long long ttl_ms):
         cdef list keys_l = list(keys)
         cdef Py_ssize_t m = len(keys_l), start, end, k
         cdef list keys_b = [self.key_bytes(k_) for k_ in keys_l]
         cdef AcquireManyOp op = AcquireManyOp.__new__(AcquireManyOp)
         cdef WriteBuffer b = self.scratch_batch
         cdef bytes tok
-        op._init(self, self._create_future())
         if m == 0:
-            op.waiter.set_result([])
-            return op.waiter
+            return self._done([])
         if len(set(keys_b)) != m:
             raise ValueError("keys: the same key appears twice in one batch")
+        op._init(self, self.new_waiter())
         op.keys = keys_l
         op.keys_b = keys_b
         op.tokens = [new_token_c() for k in range(m)]
@@ -328,21 +314,17 @@ cdef class Engine:
                 b.write(PyBytes_AS_STRING(tok), 20)
                 b.write(b"\r\n", 2)
             self.fanout(b, op, <int32_t>start, deadline, self.guard)
-        return op.waiter
+        return op
 
-    def release_many(self, locks):
-        """Compare-and-delete many locks with one script call per node per
-        chunk: a future of a list of bools (True where our token was deleted
-        on a majority)."""
+    cdef Op _release_many(self, object locks):
         cdef list locks_l = list(locks)
         cdef Py_ssize_t m = len(locks_l), start, end, k
         cdef Lock lk
         cdef ReleaseManyOp op = ReleaseManyOp.__new__(ReleaseManyOp)
         cdef WriteBuffer b = self.scratch_batch
-        op._init(self, self._create_future())
         if m == 0:
-            op.waiter.set_result([])
-            return op.waiter
+            return self._done([])
+        op._init(self, self.new_waiter())
         for lk in locks_l:
             lk.released = True
         op.keys_b = [(<Lock>lk).key_b for lk in locks_l]
@@ -361,24 +343,72 @@ cdef class Engine:
             for k in range(start, end):
                 b.write_bulk_bytes(<bytes>op.tokens[k])
             self.fanout(b, op, <int32_t>start, deadline, False)
-        return op.waiter
+        return op
 
-    def call(self, int idx, tuple args, timeout=None):
-        """Send one command to node ``idx`` (connected, not necessarily
-        ready): a future of the raw reply."""
+    cdef Op _call(self, int idx, tuple args, object timeout):
         cdef NodeConn node = <NodeConn>self.nodes[idx]
         cdef CallOp op = CallOp.__new__(CallOp)
         cdef uint64_t t
-        op._init(self, self._create_future())
+        op._init(self, self.new_waiter())
         if not node.connected:
             op.on_fail(idx, 0, ST_DOWN, None)
-            return op.waiter
+            return op
         t = self.node_timeout_ns if timeout is None else <uint64_t>(timeout * 1e9)
         self.scratch2.clear()
         self.scratch2.write_command(args)
         node.send(self.scratch2, op, 0, op.t0 + t)
         self.schedule_flush()
-        return op.waiter
+        return op
+
+    cdef Op _done(self, object result):
+        cdef Op op = Op.__new__(Op)
+        op._init(self, self.new_waiter())
+        op.decided = True
+        op.finish(result)
+        return op
+
+    cdef inline object new_waiter(self):
+        if self.sync:
+            return None
+        return self._create_future()
+
+    # -- the asyncio face: each returns a future ---------------------------
+
+    def attempt(self, key, long long ttl_ms):
+        """One quorum attempt to acquire ``key``.  Returns the operation; its
+        ``waiter`` future resolves to a ``Lock`` or None, and ``outcomes()``
+        says what each node answered."""
+        return self._attempt(key, ttl_ms)
+
+    def try_acquire(self, key, long long ttl_ms):
+        """One quorum attempt: a future of ``Lock`` or None."""
+        return self._attempt(key, ttl_ms).waiter
+
+    def release(self, Lock lock):
+        """Compare-and-delete on every node: a future of True if our token was
+        still there on a majority.  A second release does no I/O (False)."""
+        return self._release(lock).waiter
+
+    def extend(self, Lock lock, long long ttl_ms):
+        """Compare-and-pexpire on every node: a future of True on success (the
+        lock's validity renewed from this operation's start), else False."""
+        return self._extend(lock, ttl_ms).waiter
+
+    def acquire_many(self, keys, long long ttl_ms):
+        """One attempt per key, all keys in one script call per node per
+        chunk: a future of a list of ``Lock`` or None, in key order."""
+        return self._acquire_many(keys, ttl_ms).waiter
+
+    def release_many(self, locks):
+        """Compare-and-delete many locks with one script call per node per
+        chunk: a future of a list of bools (True where our token was deleted
+        on a majority)."""
+        return self._release_many(locks).waiter
+
+    def call(self, int idx, tuple args, timeout=None):
+        """Send one command to node ``idx`` (connected, not necessarily
+        ready): a future of the raw reply."""
+        return self._call(idx, args, timeout).waiter
 
     def close(self):
         """Flush what is queued and close every connection."""

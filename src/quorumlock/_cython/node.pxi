@@ -113,7 +113,7 @@ cdef class NodeConn:
         elif deadline < self.timer_at:
             # The armed check is later than this slot's deadline (it was set
             # for a stall check): bring it forward.
-            self.timer.cancel()
+            self._disarm()
             self._arm(deadline)
         return 0
 
@@ -124,8 +124,19 @@ cdef class NodeConn:
         self.sent += 1
         return 0
 
+    cdef inline void _disarm(self):
+        if self.timer is not None and self.timer is not True:
+            self.timer.cancel()
+        self.timer = None
+
     cdef int _arm(self, uint64_t deadline) except -1:
-        cdef uint64_t now = now_ns()
+        cdef uint64_t now
+        if self.engine.sync:
+            # The blocking engine's wait loop checks timer_at itself.
+            self.timer_at = deadline
+            self.timer = True
+            return 0
+        now = now_ns()
         cdef double delay = 0.0
         if deadline > now:
             delay = <double>(deadline - now) / 1e9
@@ -217,9 +228,7 @@ cdef class NodeConn:
         self.transport = None
         self._write = None
         self.out.clear()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._disarm()
         pending = self._take_all()
         detail = str(exc) if exc is not None else "connection closed"
         for op, aux in pending:

@@ -225,13 +225,15 @@ cdef class CallOp(Op):
         if self.decided:
             return 0
         self.decided = True
+        name = self.engine.node_names[idx]
+        if st == ST_TIMEOUT:
+            exc = TimeoutError(f"{name}: no reply before the deadline")
+        else:
+            exc = ConnectionError(f"{name}: {detail or 'not connected'}")
+        self.result = exc   # the blocking engine raises it
         w = self.waiter
         if w is not None and not w.done():
-            name = self.engine.node_names[idx]
-            if st == ST_TIMEOUT:
-                w.set_exception(TimeoutError(f"{name}: no reply before the deadline"))
-            else:
-                w.set_exception(ConnectionError(f"{name}: {detail or 'not connected'}"))
+            w.set_exception(exc)
         return 0
 
 

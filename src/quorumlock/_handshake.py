@@ -1,0 +1,121 @@
+"""The connection handshake and the restart guard, shared by the asyncio and
+blocking APIs (which differ only in how they wait for the replies)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Tuple
+
+from hiredis import ReplyError
+
+from . import _scripts
+from ._config import NodeSpec, parse_info
+from .errors import ConfigurationError
+
+log = logging.getLogger("quorumlock")
+
+
+def commands(spec: NodeSpec) -> List[Tuple[str, tuple]]:
+    """The pipelined commands of a handshake: AUTH, SELECT, INFO server, ROLE,
+    and SCRIPT LOAD of every script (a node that restarted forgot them)."""
+    out: List[Tuple[str, tuple]] = []
+    if spec.password is not None:
+        out.append(("AUTH", ("AUTH", spec.username, spec.password) if spec.username else ("AUTH", spec.password)))
+    if spec.db:
+        out.append(("SELECT", ("SELECT", spec.db)))
+    out.append(("INFO", ("INFO", "server")))
+    out.append(("ROLE", ("ROLE",)))
+    for body, _sha in _scripts.ALL:
+        out.append(("SCRIPT", ("SCRIPT", "LOAD", body)))
+    return out
+
+
+def check(spec: NodeSpec, replies: List[Tuple[str, Any]]) -> Dict[str, str]:
+    """Validate the handshake replies; return the node's INFO fields.
+
+    Authentication problems and replicas are configuration errors (fail fast,
+    naming the node); ``LOADING`` is a transient ``ConnectionError``."""
+    info: Dict[str, str] = {}
+    role: Any = None
+    for name, r in replies:
+        if isinstance(r, ReplyError):
+            text = str(r)
+            if name == "AUTH" or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")) or "invalid password" in text:
+                raise ConfigurationError(f"{spec.name}: authentication failed: {text}")
+            if name == "SELECT":
+                raise ConfigurationError(f"{spec.name}: cannot select database {spec.db}: {text}")
+            if text.startswith("LOADING"):
+                raise ConnectionError(f"{spec.name}: still loading its data set: {text}")
+            raise ConfigurationError(f"{spec.name}: {name} failed: {text}")
+        if name == "INFO":
+            info = parse_info(r)
+        elif name == "ROLE":
+            role = r
+    role_name = role[0] if isinstance(role, list) and role else role
+    if isinstance(role_name, bytes):
+        role_name = role_name.decode()
+    if role_name != "master":
+        raise ConfigurationError(
+            f"{spec.name} is a {role_name}, not a master: replicas are not independent nodes "
+            "(asynchronous replication loses locks on failover)"
+        )
+    return info
+
+
+class GuardState:
+    """Per-manager memory of every node's ``run_id``, for the restart guard.
+
+    A node whose ``run_id`` changed since this manager last saw it restarted:
+    it may have lost keys (volatile or unsafe mode), so it must not help grant
+    a lock that someone else may still hold.  It is left out of quorum counts
+    until it has been up for ``window`` seconds: delayed restart, enforced by
+    the client even when nobody delayed the restart (DESIGN.md §4)."""
+
+    def __init__(self, n: int) -> None:
+        self.run_ids: List[Optional[str]] = [None] * n
+        self.counted_after: List[int] = [0] * n
+        self.restarts: List[int] = [0] * n
+
+    def on_connect(self, i: int, spec: NodeSpec, info: Dict[str, str], initial: bool, mode: Any,
+                   window: float, now_ns: int) -> int:
+        """Record node ``i``'s identity; return the monotonic ns from which it counts."""
+        run_id = info.get("run_id")
+        try:
+            uptime = float(info.get("uptime_in_seconds", "0") or 0)
+        except ValueError:
+            uptime = 0.0
+        previous = self.run_ids[i]
+        restarted = previous is not None and previous != run_id
+        self.run_ids[i] = run_id
+        if restarted:
+            self.restarts[i] += 1
+        distrust = False
+        if mode is not False:
+            if restarted:
+                distrust = True
+            elif mode == "strict" and uptime < window:
+                distrust = True
+            elif not initial and previous is None and uptime < window:
+                distrust = True
+        if distrust:
+            wait = max(0.0, window - uptime)
+            self.counted_after[i] = max(self.counted_after[i], now_ns + int(wait * 1e9))
+            log.warning(
+                "quorumlock: %s %s (up %.0fs): not counted in quorums for %.1fs (restart guard)",
+                spec.name, "restarted" if restarted else "is freshly started", uptime, wait,
+            )
+        return self.counted_after[i]
+
+
+def check_unique(specs: List[NodeSpec], run_ids: List[Optional[str]]) -> None:
+    """Two addresses that reach one server would vote twice: refuse."""
+    seen: Dict[str, int] = {}
+    for i, rid in enumerate(run_ids):
+        if rid is None:
+            continue
+        if rid in seen:
+            raise ConfigurationError(
+                f"nodes {specs[seen[rid]].name} and {specs[i].name} are the same server "
+                f"(run_id {rid}); it would be counted twice in the quorum"
+            )
+        seen[rid] = i
