@@ -1,0 +1,97 @@
+"""Shared fixtures: real Redis servers on free loopback ports, and a leak check.
+
+* ``redis_server``: path of the server binary (session); every test that needs
+  one is skipped, with the reason, when no server can be found at all.
+* ``make_cluster(**kwargs)``: starts a :class:`quorumlock.nodes.LocalCluster`
+  (``server`` defaults to ``redis_server``) and stops it at teardown.
+* ``_no_leaked_servers`` (session, autouse): at the end of the session, no
+  server process that any LocalCluster started may still be alive.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, Callable, Iterator, List
+
+import psutil
+import pytest
+
+from quorumlock import nodes as ql_nodes
+from quorumlock.nodes import LocalCluster
+
+# --------------------------------------------------------------------------
+# Redis nodes
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """Path of the redis-server / valkey-server binary the tests run."""
+    try:
+        return ql_nodes.find_server()
+    except RuntimeError as exc:
+        pytest.skip(f"no Redis server available for the tests: {exc}")
+
+
+@pytest.fixture
+def make_cluster(redis_server: str) -> Iterator[Callable[..., LocalCluster]]:
+    """Factory of started LocalClusters; all of them are stopped at teardown."""
+    clusters: List[LocalCluster] = []
+
+    def make(**kwargs: Any) -> LocalCluster:
+        kwargs.setdefault("server", redis_server)
+        cluster = LocalCluster(**kwargs)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+
+
+# --------------------------------------------------------------------------
+# leak check
+# --------------------------------------------------------------------------
+
+_SERVER_NAMES = ("redis-server", "valkey-server")
+
+
+def _alive_servers(pids: List[int]) -> List[psutil.Process]:
+    """The processes among ``pids`` that are still our live server children.
+
+    Our servers are children of this process (start_new_session changes the
+    session, not the parent).  Checking the parent keeps a recycled pid, now
+    some other test run's server, from being blamed on us, or killed.
+    """
+    alive = []
+    me = os.getpid()
+    for pid in set(pids):
+        try:
+            proc = psutil.Process(pid)
+            if proc.ppid() != me or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if any(name in proc.name() for name in _SERVER_NAMES):
+                alive.append(proc)
+        except psutil.Error:  # gone (NoSuchProcess) or not ours to inspect
+            continue
+    return alive
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leaked_servers() -> Iterator[None]:
+    """Fail the session if a server process started by a LocalCluster is still alive."""
+    yield
+    leaked = _alive_servers(ql_nodes.started_pids())
+    described = []
+    for proc in leaked:
+        try:
+            described.append(f"{proc.pid} ({' '.join(proc.cmdline()[:6])})")
+        except psutil.Error:
+            described.append(str(proc.pid))
+        try:  # do not leave them behind either way
+            os.kill(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if leaked:
+        pytest.fail("server processes left alive by the tests: " + "; ".join(described))

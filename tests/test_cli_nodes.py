@@ -1,0 +1,185 @@
+"""``quorumlock nodes up|config`` as a user runs them: a real subprocess, real signals."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Iterator, List, Tuple
+
+import psutil
+import pytest
+
+from quorumlock.cli import main
+
+
+def _ping(url: str, timeout: float = 0.5) -> bool:
+    m = re.fullmatch(r"redis://([\d.]+):(\d+)", url)
+    assert m, url
+    try:
+        with socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class NodesUp:
+    """``python -m quorumlock nodes up ...`` with its stdout read line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "quorumlock", "nodes", "up", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.seen: List[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def expect(self, pattern: str, timeout: float = 15.0) -> str:
+        """The next stdout line matching ``pattern`` (fail after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r}; saw {self.seen}") from None
+            self.seen.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def start_info(self) -> Tuple[List[str], str]:
+        """URLs and directory, from the start-up banner."""
+        nodes_line = self.expect(r"^QUORUMLOCK_NODES=")
+        urls = nodes_line.split("=", 1)[1].split(",")
+        assert self.seen[: len(urls)] == urls  # one URL per line first
+        banner = self.expect(r"Ctrl-C stops them")
+        d = re.search(r"dir (\S+);", banner)
+        assert d, banner
+        return urls, d.group(1)
+
+    def servers(self) -> List[psutil.Process]:
+        return [p for p in psutil.Process(self.proc.pid).children() if "server" in p.name()]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(5)  # EOF once the process is gone
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def nodes_up(redis_server: str) -> Iterator[Callable[..., NodesUp]]:
+    started: List[NodesUp] = []
+
+    def run(*args: str) -> NodesUp:
+        n = NodesUp(*args, "--server", redis_server)
+        started.append(n)
+        return n
+
+    yield run
+    for n in started:
+        pids = [p.pid for p in n.servers()] if n.proc.poll() is None else []
+        n.close()
+        for pid in pids:  # a failed test must not leave servers behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _gone(procs: List[psutil.Process], timeout: float = 5.0) -> bool:
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return not alive
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_nodes_up_serves_restarts_and_stops_on_signal(nodes_up, sig: int) -> None:
+    cli = nodes_up("-n", "2", "--mode", "unsafe", "--max-ttl", "1")
+    urls, directory = cli.start_info()
+    assert len(urls) == 2 and all(_ping(u) for u in urls)
+    assert os.path.isdir(directory)
+    servers = cli.servers()
+    assert len(servers) == 2
+
+    # A crash is reported and the node restarted (unsafe: at once).
+    victim = next(p for p in servers if str(urls[0].rsplit(":", 1)[1]) in " ".join(p.cmdline()))
+    victim.kill()
+    cli.expect(r"^# node 0 .*crashed")
+    cli.expect(r"^# node 0 up again")
+    assert _ping(urls[0])
+    servers = cli.servers()
+
+    cli.proc.send_signal(sig)
+    assert cli.proc.wait(timeout=15) == 0, cli.proc.stderr.read() if cli.proc.stderr else ""
+    assert _gone(servers)
+    assert not os.path.exists(directory)
+    assert not any(_ping(u, timeout=0.2) for u in urls)
+
+
+def test_nodes_up_volatile_prints_the_delay(nodes_up) -> None:
+    cli = nodes_up("-n", "1", "--mode", "volatile", "--max-ttl", "0.5")
+    urls, directory = cli.start_info()
+    assert "restart 0.605 s after a crash" in cli.seen[-1]
+    (server,) = cli.servers()
+    server.kill()
+    t0 = time.monotonic()
+    cli.expect(r"crashed; restart in 0\.605 s")
+    cli.expect(r"^# node 0 up again")
+    assert time.monotonic() - t0 >= 0.5 * 1.01
+    cli.proc.send_signal(signal.SIGINT)
+    assert cli.proc.wait(timeout=15) == 0
+    assert not os.path.exists(directory)
+
+
+def test_nodes_up_bad_arguments_fail_cleanly(redis_server: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "quorumlock", "nodes", "up", "-n", "0", "--server", redis_server],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "n must be >= 1" in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "quorumlock", "nodes", "up", "--mode", "durable"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_nodes_config_volatile(capsys: pytest.CaptureFixture) -> None:
+    assert main(["nodes", "config", "--mode", "volatile", "--max-ttl", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "appendonly no" in out and 'save ""' in out
+    assert "RestartSec=32" in out  # 30 * 1.01 + 1.5 = 31.8 -> 32
+    assert "[Service]" in out
+
+
+def test_nodes_config_fsync_subprocess() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "quorumlock", "nodes", "config", "--mode", "fsync", "--max-ttl", "30"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "appendonly yes" in out.stdout and "appendfsync always" in out.stdout
+    assert "RestartSec=" in out.stdout and "appendonly no" not in out.stdout
+
+
+def test_nodes_config_rejects_bad_ttl(capsys: pytest.CaptureFixture) -> None:
+    assert main(["nodes", "config", "--mode", "volatile", "--max-ttl", "0"]) == 2
+    assert "max_ttl" in capsys.readouterr().err
