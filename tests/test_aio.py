@@ -168,8 +168,10 @@ def test_acquire_retries_then_times_out_with_outcomes(run, core, clusters):
             assert 0.1 < time.monotonic() - t0 < 1.0
             err = ei.value
             assert err.attempts >= 2
-            assert [o.status for o in err.outcomes] == ["held"] * 3
-            assert "3 held" in str(err)
+            statuses = [o.status for o in err.outcomes]
+            # decided at the second "held"; the third node may still be pending
+            assert statuses.count("held") >= 2 and set(statuses) <= {"held", "pending"}
+            assert "held" in str(err)
             assert isinstance(err, redis.exceptions.LockError)
             with pytest.raises(LockTimeout) as ei:
                 await locks.acquire("to:a", retry_count=2)

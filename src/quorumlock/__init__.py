@@ -2,10 +2,12 @@
 
 A lease held by a majority of N independent Redis masters, acquired with one
 pipelined fan-out to all nodes, timed with CLOCK_MONOTONIC, with 20-byte kernel
-random tokens.  See ``quorumlock.aio`` for the asyncio API and ``quorumlock.nodes``
-to run local nodes."""
+random tokens.  ``quorumlock.LockManager`` is the blocking API,
+``quorumlock.aio.LockManager`` the asyncio one, and ``quorumlock.nodes`` runs
+local nodes."""
 
 from ._backend import IMPLEMENTATION
+from .blocking import LockManager
 from .errors import (
     ConfigurationError,
     LockLost,
@@ -20,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IMPLEMENTATION",
+    "LockManager",
     "ConfigurationError",
     "LockLost",
     "LockNotOwned",

@@ -5,9 +5,24 @@ or when the extension is not built (see ``quorumlock._backend``)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import operator
 import os
+import select
+import ssl
 import threading
 import time
+from collections import deque
+
+from hiredis import Reader, ReplyError
+
+from quorumlock.errors import NodeOutcome
+from quorumlock._scripts import (
+    RELEASE as RELEASE_SCRIPT, RELEASE_SHA, EXTEND as EXTEND_SCRIPT, EXTEND_SHA,
+    ACQUIRE_MANY as ACQUIRE_MANY_SCRIPT, ACQUIRE_MANY_SHA,
+    RELEASE_MANY as RELEASE_MANY_SCRIPT, RELEASE_MANY_SHA, ALL as SCRIPTS,
+)
 
 IMPLEMENTATION = "python"
 TOKEN_SIZE = 20
@@ -59,3 +74,1199 @@ def random_bytes(n: int) -> bytes:
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     return _pool.take(n) if n else b""
+
+
+# ---------------------------------------------------------------------------
+# The engine: the same names, decision rules and bytes on the wire as the
+# compiled core (``_cython/{consts,buffer,node,ops,lock,engine}.pxi``).
+# ---------------------------------------------------------------------------
+
+_now_ns = time.monotonic_ns
+
+# -- constants (consts.pxi) ---------------------------------------------------
+
+MAX_NODES = 32          # also quorumlock._config.MAX_NODES
+INBUF_SIZE = 65536      # read buffer handed to the transport (BufferedProtocol)
+
+# What one node answered for one key of one operation (the compiled core's
+# ``cdef enum NodeStatus``, same numbers).
+ST_PENDING = 0
+ST_OK = 1
+ST_HELD = 2             # SET NX found the key held / compare-and-* found another token
+ST_ERROR = 3            # an error reply (OOM, READONLY, WRONGTYPE, BUSY, LOADING, ...)
+ST_TIMEOUT = 4          # no reply before the per-node deadline
+ST_DOWN = 5             # not connected when the operation was sent, or the connection died
+ST_EXCLUDED = 6         # left out by the restart guard
+
+STATUS_NAMES = ("pending", "ok", "held", "error", "timeout", "down", "excluded")
+
+_NEVER = 0xFFFFFFFFFFFFFFFF
+_LL_MIN = -(1 << 63)
+_LL_MAX = (1 << 63) - 1
+_GUARD_DETAIL = "restart guard: node restarted recently"
+
+
+# -- argument conversion: what Cython does for C-typed parameters --------------
+
+def _c_int(v, lo=_LL_MIN, hi=_LL_MAX):
+    """A C integer parameter (``int``/``long long``/``Py_ssize_t``): ints as they
+    are, floats truncated (Cython converts through ``__int__``), anything else
+    a TypeError; out of range an OverflowError."""
+    if type(v) is not int:
+        if isinstance(v, (int, float)):
+            v = int(v)
+        else:
+            try:
+                v = operator.index(v)
+            except TypeError:
+                raise TypeError("an integer is required") from None
+    if v < lo or v > hi:
+        raise OverflowError("Python int too large to convert to C long")
+    return v
+
+
+def _c_double(v):
+    if type(v) is float:
+        return v
+    if isinstance(v, (str, bytes, bytearray)) or v is None:
+        raise TypeError(f"must be real number, not {type(v).__name__}")
+    return float(v)
+
+
+def _check_lock(lock):
+    if type(lock) is not Lock and not isinstance(lock, Lock):
+        if lock is None:
+            raise TypeError("Argument 'lock' must not be None")
+        raise TypeError(
+            f"Argument 'lock' has incorrect type (expected {__name__}.Lock, got {type(lock).__name__})")
+
+
+# -- RESP encoding (buffer.pxi) ------------------------------------------------
+
+def _arg_bytes(arg):
+    t = type(arg)
+    if t is bytes:
+        return arg
+    if t is int:
+        if arg < _LL_MIN or arg > _LL_MAX:
+            raise OverflowError("Python int too large to convert to C long")
+        return b"%d" % arg
+    if isinstance(arg, str):
+        return arg.encode("utf-8")
+    if isinstance(arg, (bytes, bytearray, memoryview)):
+        return bytes(arg)
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        # int/float subclasses (IntEnum, ...): their value, never their repr.
+        return (str(int(arg)) if isinstance(arg, int) else repr(float(arg))).encode()
+    raise TypeError(f"cannot encode command argument of type {type(arg).__name__}")
+
+
+def _write_command(out, args):
+    """Append the RESP encoding of ``args`` (a tuple) to the bytearray ``out``."""
+    out += b"*%d\r\n" % len(args)
+    for a in args:
+        b = _arg_bytes(a)
+        out += b"$%d\r\n" % len(b)
+        out += b
+        out += b"\r\n"
+
+
+def _bulk_int(v):
+    d = b"%d" % v
+    return b"$%d\r\n%b\r\n" % (len(d), d)
+
+
+def encode_command(*args):
+    """RESP-encode one command (bytes, str, int or float arguments)."""
+    out = bytearray()
+    _write_command(out, args)
+    return bytes(out)
+
+
+class WriteBuffer(bytearray):
+    """A growable byte buffer with the RESP encoder (the compiled core's
+    ``WriteBuffer``; here a ``bytearray``)."""
+
+    __slots__ = ()
+
+    def __init__(self, cap=4096):
+        super().__init__()
+
+    def write_command(self, args):
+        _write_command(self, tuple(args))
+
+    def take(self):
+        out = bytes(self)
+        self.clear()
+        return out
+
+
+# -- one node connection (node.pxi) ---------------------------------------------
+
+class NodeConn:
+    """The engine's side of one node connection (asyncio BufferedProtocol).
+
+    Pending requests are a FIFO (``deque``) of slots ``[op, aux, expired,
+    deadline]``: RESP replies arrive in request order, so the n-th reply
+    belongs to the n-th slot."""
+
+    __slots__ = (
+        "_idx", "_name", "engine", "transport", "_write", "reader", "_feed", "_gets",
+        "inbuf", "inview", "out", "slots", "timer", "timer_at", "_timer_cb",
+        "connected", "ready", "run_id", "info", "counted_after", "sent", "errors", "timeouts",
+    )
+
+    def __init__(self, engine, idx, name):
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"Argument 'name' has incorrect type (expected str, got {type(name).__name__})")
+        self.engine = engine
+        self._idx = _c_int(idx, -(1 << 31), (1 << 31) - 1)
+        self._name = name
+        self.out = bytearray()
+        self.inbuf = bytearray(INBUF_SIZE)
+        self.inview = memoryview(self.inbuf)
+        self.slots = deque()
+        self.transport = None
+        self._write = None
+        self.timer = None
+        self.timer_at = 0
+        self._timer_cb = self._on_timer
+        self.connected = False
+        self.ready = False
+        self.run_id = None
+        self.info = None
+        self.counted_after = 0
+        self.sent = 0
+        self.errors = 0
+        self.timeouts = 0
+        self._new_reader()
+
+    @property
+    def idx(self):
+        return self._idx
+
+    @property
+    def name(self):
+        return self._name
+
+    def _new_reader(self):
+        self.reader = Reader()
+        self._feed = self.reader.feed
+        self._gets = self.reader.gets
+
+    # -- pending slots ---------------------------------------------------
+
+    def push(self, op, aux, deadline):
+        self.slots.append([op, aux, False, deadline])
+        if self.timer is None:
+            self._arm(deadline)
+        elif deadline < self.timer_at:
+            # The armed check is later than this slot's deadline (it was set
+            # for a stall check): bring it forward.
+            self._disarm()
+            self._arm(deadline)
+
+    def send(self, cmd, op, aux, deadline):
+        """Queue one encoded command; its reply goes to ``op``."""
+        self.out += cmd
+        self.push(op, aux, deadline)
+        self.sent += 1
+
+    def _disarm(self):
+        timer = self.timer
+        if timer is not None and timer is not True:
+            timer.cancel()
+        self.timer = None
+
+    def _arm(self, deadline):
+        if self.engine._sync:
+            # The blocking engine's wait loop checks timer_at itself.
+            self.timer_at = deadline
+            self.timer = True
+            return
+        now = _now_ns()
+        delay = (deadline - now) / 1e9 if deadline > now else 0.0
+        self.timer_at = deadline
+        # +0.5 ms: uvloop timers have millisecond resolution; never fire early.
+        self.timer = self.engine.loop.call_later(delay + 0.0005, self._timer_cb)
+
+    def _on_timer(self):
+        """Per-node deadline check.  One timer per connection (not per
+        operation), left armed while requests flow and re-armed lazily."""
+        now = _now_ns()
+        nxt = _NEVER
+        expired = None
+        self.timer = None
+        slots = self.slots
+        if not slots:
+            return
+        for s in slots:
+            d = s[3]
+            if d <= now:
+                if not s[2]:
+                    s[2] = True
+                    if expired is None:
+                        expired = []
+                    expired.append((s[0], s[1]))
+            elif d < nxt:
+                nxt = d
+        head = slots[0][3]
+        stall_ns = self.engine.stall_ns
+        if head + stall_ns <= now:
+            # The oldest request is far overdue: the node hangs or the path is
+            # blackholed.  Drop the connection (pending operations fail as
+            # down) and reconnect with backoff.
+            self.abort()
+        elif nxt != _NEVER:
+            self._arm(nxt)
+        else:
+            self._arm(head + stall_ns)
+        if expired is not None:
+            self.timeouts += len(expired)
+            idx = self._idx
+            for op, aux in expired:
+                op.on_fail(idx, aux, ST_TIMEOUT, None)
+
+    def _take_all(self):
+        pending = [(s[0], s[1]) for s in self.slots]
+        self.slots.clear()
+        return pending
+
+    # -- asyncio protocol ------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._write = transport.write
+        self.connected = True
+        self._new_reader()
+
+    def get_buffer(self, sizehint):
+        return self.inview
+
+    def buffer_updated(self, nbytes):
+        self._feed(self.inbuf, 0, nbytes)
+        self._drain()
+
+    def data_received(self, data):
+        self._feed(data)
+        self._drain()
+
+    def eof_received(self):
+        return False
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+    def connection_lost(self, exc):
+        self.connected = False
+        self.ready = False
+        self.transport = None
+        self._write = None
+        self.out.clear()
+        self._disarm()
+        pending = self._take_all()
+        detail = str(exc) if exc is not None else "connection closed"
+        idx = self._idx
+        for op, aux in pending:
+            op.on_fail(idx, aux, ST_DOWN, detail)
+        self.engine._node_lost(idx, exc)
+
+    def _drain(self):
+        gets = self._gets
+        slots = self.slots
+        popleft = slots.popleft
+        while True:
+            try:
+                reply = gets()
+            except Exception as exc:   # hiredis.ProtocolError: the stream is corrupt
+                self.engine._log_error(self._name, "protocol error", exc)
+                self.abort()
+                return
+            if reply is False:
+                return
+            if not slots:
+                # A reply nobody asked for: the stream is out of step, and every
+                # later reply would be matched to the wrong request.
+                self.engine._log_error(self._name, "unexpected reply", reply)
+                self.abort()
+                return
+            s = popleft()
+            try:
+                s[0].on_reply(self, reply, s[1])
+            except Exception as exc:
+                # Never raise into the event loop: a bug in one operation must
+                # not kill the connection's other operations.
+                self.engine._log_error(self._name, "error handling reply", exc)
+
+    def abort(self):
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self):
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def pending(self):
+        return len(self.slots)
+
+    def __repr__(self):
+        return f"<NodeConn {self._idx} {self._name} ready={self.ready} pending={len(self.slots)}>"
+
+
+class NodeProtocol(NodeConn, asyncio.BufferedProtocol):
+    """NodeConn as a real ``asyncio.BufferedProtocol`` subclass: the default
+    loop checks ``isinstance`` to use ``get_buffer``/``buffer_updated``."""
+
+    __slots__ = ()
+
+
+# -- quorum operations (ops.pxi) -------------------------------------------------
+
+def _is_noscript(reply):
+    return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+class Op:
+    """One quorum operation: per-node statuses and counters, one waiter (or
+    none).  The waiter resolves the moment the outcome is decided; later
+    replies only update the counters."""
+
+    __slots__ = ("engine", "waiter", "result", "t0", "n", "quorum", "n_ok", "n_bad",
+                 "decided", "status", "details")
+
+    def __init__(self, engine=None, waiter=None):
+        self.engine = engine
+        self.waiter = waiter
+        self.result = None
+        if engine is not None:
+            self.n = engine.n
+            self.quorum = engine.quorum
+        else:
+            self.n = 0
+            self.quorum = 0
+        self.t0 = _now_ns()
+        self.n_ok = 0
+        self.n_bad = 0
+        self.decided = False
+        self.status = bytearray(self.n)
+        self.details = None
+
+    def on_reply(self, node, reply, aux):
+        raise NotImplementedError
+
+    def on_fail(self, idx, aux, st, detail):
+        return self.mark(idx, st, detail)
+
+    def mark(self, idx, st, detail):
+        status = self.status
+        if status[idx] != ST_PENDING:
+            return
+        status[idx] = st
+        if st == ST_OK:
+            self.n_ok += 1
+        else:
+            self.n_bad += 1
+            if detail is not None:
+                if self.details is None:
+                    self.details = [None] * self.n
+                self.details[idx] = detail
+        if not self.decided and (self.n_ok >= self.quorum or self.n_bad > self.n - self.quorum):
+            self.decided = True
+            self.decide()
+
+    def mark_error(self, node, reply):
+        node.errors += 1
+        return self.mark(node._idx, ST_ERROR, str(reply))
+
+    def decide(self):
+        pass
+
+    def resend_eval(self, node, aux, deadline):
+        raise NotImplementedError
+
+    def finish(self, result):
+        self.result = result
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(result)
+
+    def outcomes(self):
+        """Per-node result of this operation: a list of ``NodeOutcome``."""
+        out = []
+        names = self.engine.node_names if self.engine is not None else ()
+        details = self.details
+        for i in range(self.n):
+            d = details[i] if details is not None else None
+            out.append(NodeOutcome(names[i], STATUS_NAMES[self.status[i]], d))
+        return out
+
+    @property
+    def ok_count(self):
+        return self.n_ok
+
+    @property
+    def done(self):
+        return self.decided
+
+    @property
+    def elapsed(self):
+        return (_now_ns() - self.t0) / 1e9
+
+
+class AcquireOp(Op):
+    """SET key token NX PX ttl on every node; success on a majority with
+    validity left (DESIGN.md §2)."""
+
+    __slots__ = ("key", "key_b", "token", "ttl_ms", "drift_ns")
+
+    def on_reply(self, node, reply, aux):
+        if reply is None:
+            return self.mark(node._idx, ST_HELD, None)
+        if type(reply) is bytes and reply == b"OK":
+            return self.mark(node._idx, ST_OK, None)
+        if isinstance(reply, ReplyError):
+            return self.mark_error(node, reply)
+        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+
+    def decide(self):
+        # Elapsed time is read here, after the deciding reply was parsed, never
+        # before reading: a pause between sending and reading must count
+        # against validity (FAULTS.md row 12).
+        now = _now_ns()
+        end = self.t0 + self.ttl_ms * 1000000 - self.drift_ns
+        if self.n_ok >= self.quorum and now < end:
+            lock = _new_lock(self.engine.owner, self.key, self.key_b, self.token,
+                             self.ttl_ms, end, self.n_ok)
+            w = self.waiter
+            if w is not None and w.done():
+                # The caller was cancelled while we waited: it will never see
+                # this lock, so it must not stay on the nodes.
+                lock._released = True
+                self.engine.send_release(self.key_b, self.token, None, None)
+                return
+            self.finish(lock)
+            return
+        # Failed: release everywhere the SET may have landed, including nodes
+        # that timed out or have not answered yet (their SET is ahead of the
+        # release on the same ordered connection).
+        self.engine.send_release(self.key_b, self.token, None, self.status)
+        self.finish(None)
+
+
+class ReleaseOp(Op):
+    """Compare-and-delete on every node.  Result: True if our token was deleted
+    on a majority (the lease was still ours), else False."""
+
+    __slots__ = ("key_b", "token")
+
+    def on_reply(self, node, reply, aux):
+        if type(reply) is int:
+            return self.mark(node._idx, ST_OK if reply == 1 else ST_HELD, None)
+        if _is_noscript(reply):
+            return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
+        if isinstance(reply, ReplyError):
+            return self.mark_error(node, reply)
+        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+
+    def resend_eval(self, node, aux, deadline):
+        node.send(encode_command(b"EVAL", RELEASE_SCRIPT, b"1", self.key_b, self.token), self, aux, deadline)
+        self.engine.script_missing(node)
+
+    def decide(self):
+        self.finish(self.n_ok >= self.quorum)
+
+
+class ExtendOp(Op):
+    """Compare-and-pexpire on every node.  Success only on a majority and with
+    a fresh validity computed from this operation's own start (§2.5)."""
+
+    __slots__ = ("lock", "ttl_ms", "drift_ns")
+
+    def on_reply(self, node, reply, aux):
+        if type(reply) is int:
+            return self.mark(node._idx, ST_OK if reply == 1 else ST_HELD, None)
+        if _is_noscript(reply):
+            return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
+        if isinstance(reply, ReplyError):
+            return self.mark_error(node, reply)
+        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+
+    def resend_eval(self, node, aux, deadline):
+        lock = self.lock
+        node.send(encode_command(b"EVAL", EXTEND_SCRIPT, b"1", lock._key_b, lock._token, self.ttl_ms),
+                  self, aux, deadline)
+        self.engine.script_missing(node)
+
+    def decide(self):
+        now = _now_ns()
+        end = self.t0 + self.ttl_ms * 1000000 - self.drift_ns
+        lock = self.lock
+        if self.n_ok >= self.quorum and now < end and not lock._released:
+            lock._deadline = end
+            lock._ttl_ms = self.ttl_ms
+            lock._nodes = self.n_ok
+            self.finish(True)
+            return
+        self.finish(False)
+
+
+class CallOp(Op):
+    """One command to one node (handshake, admin): the future gets the raw
+    reply (a ``hiredis.ReplyError`` object for an error reply), or an
+    exception if the node timed out or went down."""
+
+    __slots__ = ()
+
+    def on_reply(self, node, reply, aux):
+        self.decided = True
+        self.finish(reply)
+
+    def on_fail(self, idx, aux, st, detail):
+        if self.decided:
+            return
+        self.decided = True
+        name = self.engine.node_names[idx]
+        if st == ST_TIMEOUT:
+            exc = TimeoutError(f"{name}: no reply before the deadline")
+        else:
+            exc = ConnectionError(f"{name}: {detail or 'not connected'}")
+        self.result = exc   # the blocking engine raises it
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_exception(exc)
+
+
+class SinkOp(Op):
+    """Receives replies nobody waits for (the releases after a failed or
+    abandoned attempt).  Keeps the EVAL form of its command for NOSCRIPT."""
+
+    __slots__ = ("eval_args",)
+
+    def on_reply(self, node, reply, aux):
+        if _is_noscript(reply):
+            return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
+        if isinstance(reply, ReplyError):
+            node.errors += 1
+
+    def on_fail(self, idx, aux, st, detail):
+        pass
+
+    def resend_eval(self, node, aux, deadline):
+        node.send(encode_command(*self.eval_args), self, aux, deadline)
+        self.engine.script_missing(node)
+
+
+class BatchOp(Op):
+    """A quorum operation over many keys at once: one script call per node
+    per chunk of keys, per-key counters, one waiter for the whole batch."""
+
+    __slots__ = ("keys_b", "tokens", "m", "undecided", "chunk", "ok", "bad", "st", "kdone",
+                 "ttl_ms", "drift_ns")
+
+    def _alloc(self, m):
+        self.m = m
+        self.undecided = m
+        self.ok = [0] * m
+        self.bad = [0] * m
+        self.st = bytearray(m * self.n)     # m * n statuses
+        self.kdone = bytearray(m)
+
+    def mark_key(self, k, idx, s):
+        j = k * self.n + idx
+        if self.st[j] != ST_PENDING:
+            return
+        self.st[j] = s
+        if s == ST_OK:
+            self.ok[k] += 1
+        else:
+            self.bad[k] += 1
+        if not self.kdone[k] and (self.ok[k] >= self.quorum or self.bad[k] > self.n - self.quorum):
+            self.kdone[k] = 1
+            self.undecided -= 1
+
+    def _check(self):
+        if not self.decided and self.undecided == 0:
+            self.decided = True
+            self.decide()
+
+    def on_reply(self, node, reply, aux):
+        end = min(aux + self.chunk, self.m)
+        idx = node._idx
+        if type(reply) is list and len(reply) == end - aux:
+            # mark_key inlined: this loop runs once per key per node.
+            n = self.n
+            quorum = self.quorum
+            max_bad = n - quorum
+            st = self.st
+            ok = self.ok
+            bad = self.bad
+            kdone = self.kdone
+            j = aux * n + idx
+            k = aux
+            for r in reply:
+                if st[j] == ST_PENDING:
+                    if r == 1:
+                        st[j] = ST_OK
+                        ok[k] += 1
+                    else:
+                        st[j] = ST_HELD
+                        bad[k] += 1
+                    if not kdone[k] and (ok[k] >= quorum or bad[k] > max_bad):
+                        kdone[k] = 1
+                        self.undecided -= 1
+                j += n
+                k += 1
+            if self.status[idx] == ST_PENDING:
+                self.status[idx] = ST_OK
+        elif _is_noscript(reply):
+            return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
+        else:
+            node.errors += 1
+            self._fail_chunk(idx, aux, ST_ERROR, str(reply))
+            return
+        self._check()
+
+    def _fail_chunk(self, idx, aux, s, detail):
+        end = min(aux + self.chunk, self.m)
+        for k in range(aux, end):
+            self.mark_key(k, idx, s)
+        if self.status[idx] == ST_PENDING or self.status[idx] == ST_OK:
+            self.status[idx] = s
+            if detail is not None:
+                if self.details is None:
+                    self.details = [None] * self.n
+                self.details[idx] = detail
+        self._check()
+
+    def on_fail(self, idx, aux, st, detail):
+        self._fail_chunk(idx, aux, st, detail)
+
+
+class AcquireManyOp(BatchOp):
+    __slots__ = ("keys",)
+
+    def resend_eval(self, node, aux, deadline):
+        end = min(aux + self.chunk, self.m)
+        node.send(encode_command(b"EVAL", ACQUIRE_MANY_SCRIPT, end - aux, *self.keys_b[aux:end],
+                                 self.ttl_ms, *self.tokens[aux:end]), self, aux, deadline)
+        self.engine.script_missing(node)
+
+    def decide(self):
+        now = _now_ns()
+        end = self.t0 + self.ttl_ms * 1000000 - self.drift_ns
+        in_time = now < end
+        m = self.m
+        n = self.n
+        quorum = self.quorum
+        results = [None] * m
+        w = self.waiter
+        abandoned = w is not None and w.done()
+        engine = self.engine
+        owner = engine.owner
+        if in_time and not abandoned:
+            ok = self.ok
+            keys = self.keys
+            keys_b = self.keys_b
+            tokens = self.tokens
+            ttl_ms = self.ttl_ms
+            for k in range(m):
+                if ok[k] >= quorum:
+                    results[k] = _new_lock(owner, keys[k], keys_b[k], tokens[k], ttl_ms, end, ok[k])
+        # Release every key we did not get, on every node where it may have
+        # been set (not where the node said it is held by someone else).
+        st = self.st
+        for i in range(n):
+            per_node = [k for k in range(m) if results[k] is None and st[k * n + i] != ST_HELD]
+            if per_node:
+                engine.send_release_many_to(i, [self.keys_b[k] for k in per_node],
+                                            [self.tokens[k] for k in per_node])
+        self.finish(results)
+
+
+class ReleaseManyOp(BatchOp):
+    __slots__ = ()
+
+    def resend_eval(self, node, aux, deadline):
+        end = min(aux + self.chunk, self.m)
+        node.send(encode_command(b"EVAL", RELEASE_MANY_SCRIPT, end - aux, *self.keys_b[aux:end],
+                                 *self.tokens[aux:end]), self, aux, deadline)
+        self.engine.script_missing(node)
+
+    def decide(self):
+        quorum = self.quorum
+        self.finish([c >= quorum for c in self.ok])
+
+
+# -- the lock a caller holds (lock.pxi) ------------------------------------------
+
+class Lock:
+    """A held lease.
+
+    ``key`` as given, ``token`` (20 random bytes), ``validity`` (seconds left,
+    from CLOCK_MONOTONIC: never from the wall clock), ``valid``, ``nodes`` (how
+    many nodes said OK when the quorum was decided), ``fence`` (an int when the
+    manager uses fencing, else None).  ``release()`` and ``extend()`` go
+    through the manager that made the lock (awaitables in ``quorumlock.aio``,
+    plain calls in the blocking API)."""
+
+    __slots__ = ("_key", "_token", "fence", "_nodes", "_owner", "_state", "_key_b",
+                 "_deadline", "_ttl_ms", "_released")
+
+    def __init__(self):
+        self._key = None
+        self._token = None
+        self.fence = None
+        self._nodes = 0
+        self._owner = None
+        self._state = None      # used by the owner (auto-extension, lost-lease events)
+        self._key_b = None
+        self._deadline = 0
+        self._ttl_ms = 0
+        self._released = False
+
+    @property
+    def key(self):
+        return self._key
+
+    # ``nodes`` and ``released`` are C fields in the compiled core: assignments
+    # are converted (to a C int, to a bool) the same way here.
+    @property
+    def nodes(self):
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, value):
+        self._nodes = _c_int(value, -(1 << 31), (1 << 31) - 1)
+
+    @property
+    def released(self):
+        return self._released
+
+    @released.setter
+    def released(self, value):
+        self._released = True if value else False
+
+    @property
+    def token(self):
+        return self._token
+
+    @property
+    def validity(self):
+        """Seconds of validity left (0.0 once expired or released)."""
+        if self._released:
+            return 0.0
+        now = _now_ns()
+        if now >= self._deadline:
+            return 0.0
+        return (self._deadline - now) / 1e9
+
+    @property
+    def valid(self):
+        """True while the lease is ours by the client's monotonic clock."""
+        return not self._released and _now_ns() < self._deadline
+
+    @property
+    def ttl(self):
+        """The TTL (seconds) of the last successful acquire or extend."""
+        return self._ttl_ms / 1000.0
+
+    @property
+    def key_bytes(self):
+        return self._key_b
+
+    @property
+    def deadline_ns(self):
+        """CLOCK_MONOTONIC ns at which validity ends."""
+        return self._deadline
+
+    def _set_deadline_ns(self, deadline):
+        self._deadline = _c_int(deadline, 0, _NEVER)
+
+    def release(self):
+        """Release the lock on every node (compare-and-delete)."""
+        return self._owner._release(self)
+
+    def extend(self, ttl=None):
+        """Extend the lease on a majority (compare-and-pexpire), with a fresh validity."""
+        return self._owner._extend(self, ttl)
+
+    def __aenter__(self):
+        return self._owner._lock_aenter(self)
+
+    def __aexit__(self, exc_type, exc, tb):
+        return self._owner._lock_aexit(self, exc_type)
+
+    def __enter__(self):
+        return self._owner._lock_enter(self)
+
+    def __exit__(self, exc_type, exc, tb):
+        return self._owner._lock_exit(self, exc_type)
+
+    def __repr__(self):
+        state = "released" if self._released else ("valid %.3fs" % self.validity if self.valid else "expired")
+        fence = "" if self.fence is None else f" fence={self.fence}"
+        return f"<Lock {self._key!r} {state} nodes={self._nodes}{fence}>"
+
+    def __reduce__(self):
+        raise TypeError("a Lock cannot be pickled: it is bound to the manager that acquired it")
+
+
+_lock_new = Lock.__new__
+
+
+def _new_lock(owner, key, key_b, token, ttl_ms, deadline, nodes):
+    lock = _lock_new(Lock)
+    lock._owner = owner
+    lock._key = key
+    lock._key_b = key_b
+    lock._token = token
+    lock._ttl_ms = ttl_ms
+    lock._deadline = deadline
+    lock._nodes = nodes
+    lock.fence = None
+    lock._state = None
+    lock._released = False
+    return lock
+
+
+# -- the engine (engine.pxi) --------------------------------------------------------
+
+class Engine:
+    """Quorum fan-out over N node connections on one event loop (or, with
+    ``loop=None``, driven by the blocking ``SyncEngine``).
+
+    The engine does not connect by itself: the API layer attaches transports
+    (``make_protocol(i)``), runs the handshake with ``call()``, and marks a
+    node ``ready``.  Every request made during one loop iteration is appended
+    to its node's buffer; one ``_flush`` per iteration writes each buffer with a
+    single ``transport.write``."""
+
+    __slots__ = ("loop", "owner", "nodes", "node_names", "n", "quorum", "node_timeout_ns",
+                 "stall_ns", "drift_factor", "max_key_len", "batch_chunk", "guard", "_sync",
+                 "flush_scheduled", "_flush_cb", "_call_soon", "_create_future",
+                 "pre_release", "pre_extend", "pre_acquire_many", "pre_release_many", "logger")
+
+    def __init__(self, loop, names, owner, node_timeout, drift_factor,
+                 max_key_len=1024, batch_chunk=500, stall_timeout=None):
+        node_timeout = _c_double(node_timeout)
+        drift_factor = _c_double(drift_factor)
+        max_key_len = _c_int(max_key_len)
+        batch_chunk = _c_int(batch_chunk)
+        self.loop = loop
+        self.owner = owner
+        self.node_names = list(names)
+        self.n = len(self.node_names)
+        if self.n < 1 or self.n > MAX_NODES:
+            raise ValueError(f"between 1 and {MAX_NODES} nodes are supported, got {self.n}")
+        self.quorum = self.n // 2 + 1
+        self.node_timeout_ns = int(node_timeout * 1e9)
+        if stall_timeout is None:
+            stall_timeout = max(2.0, 10 * node_timeout)
+        self.stall_ns = int(stall_timeout * 1e9)
+        self.drift_factor = drift_factor
+        self.max_key_len = max_key_len
+        self.batch_chunk = batch_chunk
+        self.guard = True
+        self.flush_scheduled = False
+        self._flush_cb = self._flush
+        self._sync = loop is None
+        if self._sync:
+            self._call_soon = None
+            self._create_future = None
+        else:
+            self._call_soon = loop.call_soon
+            self._create_future = loop.create_future
+        self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
+        self.pre_extend = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_SHA + b"\r\n$1\r\n1\r\n"
+        self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
+        self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
+        self.logger = logging.getLogger("quorumlock")
+        self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
+
+    @property
+    def sync(self):
+        """True for the blocking engine (no event loop)."""
+        return self._sync
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _node_index(self, idx):
+        idx = _c_int(idx, -(1 << 31), (1 << 31) - 1)
+        if idx < 0 or idx >= self.n:
+            raise IndexError(f"node index {idx} out of range (0..{self.n - 1})")
+        return idx
+
+    def make_protocol(self, idx):
+        """The protocol object for node ``idx`` (reused across reconnects)."""
+        return self.nodes[self._node_index(idx)]
+
+    def _flush(self):
+        self.flush_scheduled = False
+        for node in self.nodes:
+            out = node.out
+            if out:
+                if node.connected:
+                    # bytes, not the bytearray: a transport may keep what it
+                    # was given (SSL backlog), and ``out`` is reused.
+                    node._write(bytes(out))
+                out.clear()
+
+    def schedule_flush(self):
+        # The blocking engine flushes in its own wait loop.
+        if not self.flush_scheduled and not self._sync:
+            self.flush_scheduled = True
+            self._call_soon(self._flush_cb)
+
+    def flush(self):
+        """Write everything queued now (normally done once per loop iteration)."""
+        self._flush()
+
+    def drift_ns_for(self, ttl_ms):
+        # drift = ttl * drift_factor + 2 ms (the Redlock specification's allowance)
+        return int(ttl_ms * 1e6 * self.drift_factor) + 2000000
+
+    def key_bytes(self, key):
+        if type(key) is bytes:
+            kb = key
+        elif type(key) is str:
+            try:
+                kb = key.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"key {key!r} cannot be encoded as UTF-8: {exc}") from None
+        elif isinstance(key, bytes):
+            kb = bytes(key)
+        elif isinstance(key, str):
+            kb = str(key).encode("utf-8")
+        else:
+            raise TypeError(f"key must be str or bytes, got {type(key).__name__} {key!r}")
+        if len(kb) == 0:
+            raise ValueError("key must not be empty")
+        if len(kb) > self.max_key_len:
+            raise ValueError(f"key is {len(kb)} bytes long; max_key_length is {self.max_key_len}")
+        return kb
+
+    def fanout(self, cmd, op, aux, deadline, guarded):
+        """Queue ``cmd`` on every node; nodes that cannot take it fail at once."""
+        now = op.t0
+        failed = None
+        for node in self.nodes:
+            if not node.ready:
+                st = ST_DOWN
+            elif guarded and node.counted_after > now:
+                st = ST_EXCLUDED
+            else:
+                node.send(cmd, op, aux, deadline)
+                continue
+            if failed is None:
+                failed = []
+            failed.append((node._idx, st))
+        self.schedule_flush()
+        if failed is not None:
+            for i, st in failed:
+                op.on_fail(i, aux, st, None if st == ST_DOWN else _GUARD_DETAIL)
+
+    def send_release(self, key_b, token, waiter, skip):
+        """Compare-and-delete on every ready node (except where ``skip`` says
+        the key is held by someone else).  No waiter: replies are drained."""
+        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(key_b), key_b, len(token), token)
+        op = SinkOp(self, None)
+        op.eval_args = (b"EVAL", RELEASE_SCRIPT, b"1", key_b, token)
+        deadline = op.t0 + self.node_timeout_ns
+        any_sent = False
+        for i, node in enumerate(self.nodes):
+            if skip is not None and skip[i] == ST_HELD:
+                continue
+            if node.ready:
+                node.send(cmd, op, 0, deadline)
+                any_sent = True
+        if any_sent:
+            self.schedule_flush()
+
+    def send_release_many_to(self, idx, keys_b, tokens):
+        node = self.nodes[idx]
+        m = len(keys_b)
+        if not node.ready:
+            return
+        chunk = self.batch_chunk
+        for start in range(0, m, chunk):
+            end = min(start + chunk, m)
+            op = SinkOp(self, None)
+            op.eval_args = (b"EVAL", RELEASE_MANY_SCRIPT, end - start) + tuple(keys_b[start:end]) + tuple(tokens[start:end])
+            node.send(encode_command(b"EVALSHA", RELEASE_MANY_SHA, *op.eval_args[2:]), op, 0,
+                      op.t0 + self.node_timeout_ns)
+        self.schedule_flush()
+
+    def script_missing(self, node):
+        # The node forgot our scripts (restart or SCRIPT FLUSH): reload them
+        # once, so later calls go back to EVALSHA.
+        now = _now_ns()
+        if node.info is not None and node.info.get("_script_load_at", 0) + 100000000 > now:
+            return
+        if node.info is None:
+            node.info = {}
+        node.info["_script_load_at"] = now
+        for body, _sha in SCRIPTS:
+            op = SinkOp(self, None)
+            op.eval_args = None
+            node.send(encode_command(b"SCRIPT", b"LOAD", body), op, 0, now + self.node_timeout_ns)
+        self.schedule_flush()
+
+    def _node_lost(self, idx, exc):
+        cb = getattr(self.owner, "_node_lost", None)
+        if cb is not None:
+            cb(idx, exc)
+
+    def _log_error(self, name, what, obj):
+        self.logger.warning("quorumlock: %s: %s: %r", name, what, obj)
+
+    # -- operations ------------------------------------------------------
+
+    def attempt(self, key, ttl_ms):
+        """One quorum attempt to acquire ``key``.  Returns the operation; its
+        ``waiter`` future resolves to a ``Lock`` or None, and ``outcomes()``
+        says what each node answered."""
+        if type(ttl_ms) is not int or ttl_ms < _LL_MIN or ttl_ms > _LL_MAX:
+            ttl_ms = _c_int(ttl_ms)
+        kb = self.key_bytes(key)
+        op = AcquireOp(self, self._create_future())
+        op.key = key
+        op.key_b = kb
+        op.token = token = new_token()
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms)
+        # SET key token NX PX ttl
+        cmd = b"*6\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$20\r\n%b\r\n$2\r\nNX\r\n$2\r\nPX\r\n%b" % (
+            len(kb), kb, token, _bulk_int(ttl_ms))
+        self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+        return op
+
+    def try_acquire(self, key, ttl_ms):
+        """One quorum attempt: a future of ``Lock`` or None."""
+        return self.attempt(key, ttl_ms).waiter
+
+    def release(self, lock, wait=True):
+        """Compare-and-delete on every node: a future of True if our token was
+        still there on a majority.  A second release does no I/O (False)."""
+        _check_lock(lock)
+        fut = self._create_future()
+        if lock._released:
+            fut.set_result(False)
+            return fut
+        lock._released = True
+        op = ReleaseOp(self, fut)
+        op.key_b = kb = lock._key_b
+        op.token = tok = lock._token
+        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(kb), kb, len(tok), tok)
+        self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, False)
+        return fut
+
+    def extend(self, lock, ttl_ms):
+        """Compare-and-pexpire on every node: a future of True on success (the
+        lock's validity renewed from this operation's start), else False."""
+        _check_lock(lock)
+        if type(ttl_ms) is not int or ttl_ms < _LL_MIN or ttl_ms > _LL_MAX:
+            ttl_ms = _c_int(ttl_ms)
+        fut = self._create_future()
+        if lock._released:
+            fut.set_result(False)
+            return fut
+        op = ExtendOp(self, fut)
+        op.lock = lock
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms)
+        kb = lock._key_b
+        tok = lock._token
+        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (self.pre_extend, len(kb), kb, len(tok), tok, _bulk_int(ttl_ms))
+        self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+        return fut
+
+    def acquire_many(self, keys, ttl_ms):
+        """One attempt per key, all keys in one script call per node per
+        chunk: a future of a list of ``Lock`` or None, in key order."""
+        ttl_ms = _c_int(ttl_ms)
+        keys_l = list(keys)
+        m = len(keys_l)
+        key_bytes = self.key_bytes
+        keys_b = [key_bytes(k) for k in keys_l]
+        op = AcquireManyOp(self, self._create_future())
+        if m == 0:
+            op.waiter.set_result([])
+            return op.waiter
+        if len(set(keys_b)) != m:
+            raise ValueError("keys: the same key appears twice in one batch")
+        op.keys = keys_l
+        op.keys_b = keys_b
+        op.tokens = tokens = [new_token() for _ in range(m)]
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms)
+        op.chunk = chunk = self.batch_chunk
+        op._alloc(m)
+        deadline = op.t0 + self.node_timeout_ns + m * 2000
+        pre = self.pre_acquire_many
+        ttl_b = _bulk_int(ttl_ms)
+        for start in range(0, m, chunk):
+            end = min(start + chunk, m)
+            c = end - start
+            parts = [b"*%d\r\n" % (4 + 2 * c), pre, _bulk_int(c)]
+            parts += [b"$%d\r\n%b\r\n" % (len(kb), kb) for kb in keys_b[start:end]]
+            parts.append(ttl_b)
+            parts += [b"$20\r\n%b\r\n" % tok for tok in tokens[start:end]]
+            self.fanout(b"".join(parts), op, start, deadline, self.guard)
+        return op.waiter
+
+    def release_many(self, locks):
+        """Compare-and-delete many locks with one script call per node per
+        chunk: a future of a list of bools (True where our token was deleted
+        on a majority)."""
+        locks_l = list(locks)
+        m = len(locks_l)
+        op = ReleaseManyOp(self, self._create_future())
+        if m == 0:
+            op.waiter.set_result([])
+            return op.waiter
+        for lk in locks_l:
+            if not isinstance(lk, Lock):
+                raise TypeError(f"Cannot convert {type(lk).__name__} to {__name__}.Lock")
+        for lk in locks_l:
+            lk._released = True
+        op.keys_b = keys_b = [lk._key_b for lk in locks_l]
+        op.tokens = tokens = [lk._token for lk in locks_l]
+        op.chunk = chunk = self.batch_chunk
+        op._alloc(m)
+        deadline = op.t0 + self.node_timeout_ns + m * 2000
+        pre = self.pre_release_many
+        for start in range(0, m, chunk):
+            end = min(start + chunk, m)
+            c = end - start
+            parts = [b"*%d\r\n" % (3 + 2 * c), pre, _bulk_int(c)]
+            parts += [b"$%d\r\n%b\r\n" % (len(kb), kb) for kb in keys_b[start:end]]
+            parts += [b"$%d\r\n%b\r\n" % (len(tok), tok) for tok in tokens[start:end]]
+            self.fanout(b"".join(parts), op, start, deadline, False)
+        return op.waiter
+
+    def call(self, idx, args, timeout=None):
+        """Send one command to node ``idx`` (connected, not necessarily
+        ready): a future of the raw reply."""
+        if type(args) is not tuple:
+            raise TypeError(f"Argument 'args' has incorrect type (expected tuple, got {type(args).__name__})")
+        idx = self._node_index(idx)
+        node = self.nodes[idx]
+        op = CallOp(self, self._create_future())
+        if not node.connected:
+            op.on_fail(idx, 0, ST_DOWN, None)
+            return op.waiter
+        t = self.node_timeout_ns if timeout is None else int(timeout * 1e9)
+        node.send(encode_command(*args), op, 0, op.t0 + t)
+        self.schedule_flush()
+        return op.waiter
+
+    def close(self):
+        """Flush what is queued and close every connection."""
+        self._flush()
+        for node in self.nodes:
+            node.ready = False
+            node.close()

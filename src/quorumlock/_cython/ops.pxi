@@ -15,7 +15,7 @@ cdef class Op:
     cdef:
         Engine engine
         public object waiter
-        object result
+        readonly object result
         uint64_t t0
         int n
         int quorum

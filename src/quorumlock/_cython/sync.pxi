@@ -33,11 +33,10 @@ cdef extern from *:
     enum:
         MSG_NOSIGNAL
 
-from libc.errno cimport errno, EAGAIN, EINTR
+from libc.errno cimport errno
 
-cdef extern from "<errno.h>":
-    enum:
-        EWOULDBLOCK
+cdef extern from "ql_net.h" nogil:
+    int ql_would_block(int e) noexcept
 from cpython.bytearray cimport PyByteArray_AS_STRING
 
 
@@ -97,7 +96,7 @@ cdef class SyncSocket:
         with nogil:
             r = send(self.fd, buf, length, MSG_DONTWAIT | MSG_NOSIGNAL)
         if r < 0:
-            if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
+            if ql_would_block(errno):
                 return 0
             self._lost(OSError(errno, "send failed"))
             return -1
@@ -148,7 +147,7 @@ cdef class SyncSocket:
             with nogil:
                 r = recv(self.fd, buf, INBUF_SIZE, MSG_DONTWAIT)
             if r < 0:
-                if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
+                if ql_would_block(errno):
                     return 0
                 self._lost(OSError(errno, "recv failed"))
                 return 0
@@ -189,6 +188,8 @@ cdef class SyncEngine(Engine):
         pollfd *fds
         public object reconnect_at   # list: monotonic ns when node i may be retried
         public object backoff        # list: seconds of the next reconnect backoff
+        public object maintenance_epoch
+        public bint all_ready
 
     def __cinit__(self, *args, **kwargs):
         self.fds = NULL
@@ -202,6 +203,8 @@ cdef class SyncEngine(Engine):
             raise MemoryError()
         self.reconnect_at = [0] * self.n
         self.backoff = [0.05] * self.n
+        self.maintenance_epoch = -1
+        self.all_ready = False
 
     def __dealloc__(self):
         PyMem_Free(self.fds)
@@ -215,6 +218,7 @@ cdef class SyncEngine(Engine):
 
     def _node_lost(self, int idx, exc):
         cdef double b = self.backoff[idx]
+        self.all_ready = False
         self.reconnect_at[idx] = now_ns() + <uint64_t>(b * 1e9)
         self.backoff[idx] = min(b * 2, 2.0)
 
@@ -331,11 +335,15 @@ cdef class SyncEngine(Engine):
         self._wait(op, 0)
         return op.result
 
+    def call_op(self, int idx, tuple args, timeout=None):
+        """Queue one command to one node; ``wait(op)`` gives its reply."""
+        return self._call(idx, args, timeout)
+
     def call_sync(self, int idx, tuple args, timeout=None):
         """One command to one node; raises TimeoutError/ConnectionError."""
         cdef Op op = self._call(idx, args, timeout)
         self._wait(op, 0)
-        if isinstance(op.result, BaseException):
+        if isinstance(op.result, (TimeoutError, ConnectionError)):
             raise op.result
         return op.result
 

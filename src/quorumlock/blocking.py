@@ -1,0 +1,473 @@
+"""The blocking API: the twin of ``quorumlock.aio`` without an event loop.
+
+```python
+from quorumlock import LockManager
+
+with LockManager(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002",
+                  "redis://127.0.0.1:7003"], ttl=10.0) as locks:
+    lock = locks.try_acquire("job:42")            # Lock | None
+    lock = locks.acquire("job:42", timeout=5.0)   # Lock, else LockTimeout
+    lock.extend()
+    lock.release()
+    with locks.lock("job:42", ttl=30.0) as lock:
+        ...
+```
+
+Each calling thread checks a set of N connections out of a pool, sends its
+commands, and waits in ``poll()`` (GIL released) until the quorum is decided:
+no background event-loop thread, no hop.  Many threads can share one manager.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import select
+import socket
+import threading
+import time
+from typing import Any, Iterable, List, Optional, Sequence
+
+from . import _handshake
+from ._backend import core
+from ._config import NodeSpec, Options, check_int, check_seconds, make_options, parse_nodes, ttl_to_ms
+from .errors import ConfigurationError, LockNotOwned, LockTimeout
+
+__all__ = ["LockManager"]
+
+log = logging.getLogger("quorumlock")
+
+
+class LockManager:
+    """Redlock over N independent Redis masters, for threads and plain scripts.
+
+    Takes the same arguments as ``quorumlock.aio.LockManager`` and has the
+    same methods, returning values instead of awaitables.  Connections are
+    made on first use (or by ``connect()`` / ``with``); ``close()`` closes them.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[Any],
+        *,
+        ttl: float = 10.0,
+        drift_factor: float = 0.01,
+        retry_count: int = 3,
+        retry_delay: Any = (0.1, 0.3),
+        node_timeout: Optional[float] = None,
+        connect_timeout: float = 2.0,
+        max_key_length: int = 1024,
+        max_ttl: float = 86400.0,
+        batch_chunk: int = 500,
+        restart_guard: Any = True,
+        guard_window: Optional[float] = None,
+        ssl_context: Any = None,
+        _core: Any = None,
+    ) -> None:
+        self._core = core if _core is None else _core
+        self._opts: Options = make_options(
+            ttl=ttl,
+            drift_factor=drift_factor,
+            retry_count=retry_count,
+            retry_delay=retry_delay,
+            node_timeout=node_timeout,
+            connect_timeout=connect_timeout,
+            max_key_length=max_key_length,
+            max_ttl=max_ttl,
+            batch_chunk=batch_chunk,
+            restart_guard=restart_guard,
+            guard_window=guard_window,
+        )
+        self._specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
+        self._pool: List[Any] = []
+        self._all: List[Any] = []
+        self._mutex = threading.Lock()
+        self._guard = _handshake.GuardState(len(self._specs))
+        self._guard_epoch = 0
+        self._closed = False
+        self._pid = os.getpid()
+        self._connected_once = False
+        self._max_ttl_used_ms = self._opts.ttl_ms
+        self._ttl_cache: dict = {}
+
+    # -- properties --------------------------------------------------------
+
+    @property
+    def n(self) -> int:
+        return len(self._specs)
+
+    @property
+    def quorum(self) -> int:
+        return len(self._specs) // 2 + 1
+
+    @property
+    def nodes(self) -> List[str]:
+        return [s.name for s in self._specs]
+
+    @property
+    def ttl(self) -> float:
+        return self._opts.ttl
+
+    @property
+    def options(self) -> Options:
+        return self._opts
+
+    @property
+    def guard_window(self) -> float:
+        if self._opts.guard_window is not None:
+            return self._opts.guard_window
+        return self._max_ttl_used_ms / 1000.0 * (1.0 + self._opts.drift_factor)
+
+    # -- connections -------------------------------------------------------
+
+    def connect(self) -> "LockManager":
+        """Open one set of connections now (configuration errors surface here)."""
+        eng = self._checkout()
+        self._checkin(eng)
+        return self
+
+    def close(self) -> None:
+        """Close every connection of every pooled set (idempotent)."""
+        with self._mutex:
+            self._closed = True
+            engines, self._all, self._pool = self._all, [], []
+        for eng in engines:
+            try:
+                eng.close()
+            except Exception:  # pragma: no cover - closing is best effort
+                pass
+
+    def __enter__(self) -> "LockManager":
+        return self.connect()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _new_engine(self) -> Any:
+        eng = self._core.SyncEngine(
+            [s.name for s in self._specs],
+            self,
+            self._opts.node_timeout,
+            self._opts.drift_factor,
+            self._opts.max_key_length,
+            self._opts.batch_chunk,
+        )
+        eng.guard = self._opts.restart_guard is not False
+        initial = not self._connected_once
+        self._connect_nodes(eng, range(self.n), self._opts.connect_timeout, initial)
+        if initial:
+            _handshake.check_unique(self._specs, [nd.run_id for nd in eng.nodes])
+            self._connected_once = True
+        with self._mutex:
+            self._all.append(eng)
+        return eng
+
+    def _connect_nodes(self, eng: Any, which: Iterable[int], timeout: float, initial: bool) -> None:
+        """Connect the given nodes in parallel (non-blocking connect + poll),
+        then run every handshake pipelined."""
+        socks = {}
+        poller = select.poll()
+        deadline = time.monotonic() + timeout
+        for i in which:
+            spec = self._specs[i]
+            try:
+                if spec.path:
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.setblocking(False)
+                    rc = s.connect_ex(spec.path)
+                else:
+                    infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM)
+                    fam, stype, proto, _, addr = infos[0]
+                    s = socket.socket(fam, stype, proto)
+                    s.setblocking(False)
+                    rc = s.connect_ex(addr)
+            except OSError as exc:
+                log.debug("quorumlock: connect to %s failed: %r", spec.name, exc)
+                eng._node_lost(i, exc)
+                continue
+            if rc not in (0, errno.EINPROGRESS, errno.EAGAIN):
+                s.close()
+                eng._node_lost(i, OSError(rc, os.strerror(rc)))
+                continue
+            socks[s.fileno()] = (i, s)
+            poller.register(s.fileno(), select.POLLOUT)
+        connected = []
+        waiting = dict(socks)
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for fd, ev in poller.poll(left * 1000):
+                i, s = waiting.pop(fd)
+                poller.unregister(fd)
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    s.close()
+                    eng._node_lost(i, OSError(err, os.strerror(err)))
+                else:
+                    connected.append((i, s))
+        for i, s in waiting.values():
+            s.close()
+            eng._node_lost(i, TimeoutError(f"{self._specs[i].name}: connect timed out"))
+        ops = []
+        for i, s in connected:
+            spec = self._specs[i]
+            try:
+                if not spec.path:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if spec.ssl is not None:
+                    s.setblocking(True)
+                    s.settimeout(max(0.05, deadline - time.monotonic()))
+                    s = spec.ssl.wrap_socket(s, server_hostname=spec.server_hostname)
+            except (OSError, ValueError) as exc:
+                s.close()
+                eng._node_lost(i, exc)
+                continue
+            eng.attach(i, s, spec.ssl is not None)
+            t = max(0.05, deadline - time.monotonic())
+            ops.append((i, [(name, eng.call_op(i, args, t)) for name, args in _handshake.commands(spec)]))
+        errors = []
+        for i, named in ops:
+            spec = self._specs[i]
+            replies = []
+            try:
+                for name, op in named:
+                    r = eng.wait(op)
+                    if isinstance(r, (TimeoutError, ConnectionError)):
+                        raise r
+                    replies.append((name, r))
+                info = _handshake.check(spec, replies)
+            except ConfigurationError as exc:
+                errors.append(exc)
+                eng.nodes[i].abort()
+                continue
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                log.debug("quorumlock: handshake with %s failed: %r", spec.name, exc)
+                eng.nodes[i].abort()
+                continue
+            node = eng.nodes[i]
+            node.info = info
+            node.run_id = info.get("run_id")
+            with self._mutex:
+                before = self._guard.counted_after[i]
+                node.counted_after = self._guard.on_connect(
+                    i, spec, info, initial, self._opts.restart_guard, self.guard_window, self._core.monotonic_ns()
+                )
+                if node.counted_after != before:
+                    self._guard_epoch += 1
+            node.ready = True
+            eng.backoff[i] = 0.05
+        if errors:
+            eng.close()
+            raise errors[0]
+
+    def _checkout(self) -> Any:
+        if self._closed:
+            raise RuntimeError("LockManager is closed")
+        if os.getpid() != self._pid:
+            # A forked child must not share its parent's sockets: replies
+            # would go to whichever process reads first.
+            self._pid = os.getpid()
+            self._pool = []
+            self._all = []
+        try:
+            eng = self._pool.pop()
+        except IndexError:
+            return self._new_engine()
+        if eng.maintenance_epoch != self._guard_epoch or not eng.all_ready:
+            self._maintain(eng)
+        return eng
+
+    def _checkin(self, eng: Any) -> None:
+        if self._closed:
+            eng.close()
+        else:
+            self._pool.append(eng)
+
+    def _maintain(self, eng: Any) -> None:
+        now = self._core.monotonic_ns()
+        due = [i for i, nd in enumerate(eng.nodes) if not nd.connected and eng.reconnect_at[i] <= now]
+        if due:
+            # Short attempt inline: a blackholed node must not stall callers
+            # for the whole connect timeout on every retry.
+            timeout = min(self._opts.connect_timeout, max(self._opts.node_timeout, 0.05))
+            try:
+                self._connect_nodes(eng, due, timeout, initial=False)
+            except ConfigurationError as exc:
+                log.error("quorumlock: %s", exc)
+        with self._mutex:
+            for i, nd in enumerate(eng.nodes):
+                ca = self._guard.counted_after[i]
+                if ca > nd.counted_after:
+                    nd.counted_after = ca
+            eng.maintenance_epoch = self._guard_epoch
+        eng.all_ready = all(nd.ready for nd in eng.nodes)
+
+    def _ttl_ms(self, ttl: Any) -> int:
+        if ttl is None:
+            return self._opts.ttl_ms
+        ms = self._ttl_cache.get(ttl) if type(ttl) in (int, float) else None
+        if ms is None:
+            ms = ttl_to_ms("ttl", ttl, self._opts.drift_factor, self._opts.max_ttl)
+            if type(ttl) in (int, float) and len(self._ttl_cache) < 64:
+                self._ttl_cache[ttl] = ms
+        if ms > self._max_ttl_used_ms:
+            self._max_ttl_used_ms = ms
+        return ms
+
+    # -- locks -------------------------------------------------------------
+
+    def try_acquire(self, key: Any, ttl: Optional[float] = None) -> Optional[Any]:
+        """One quorum attempt: a ``Lock``, or None."""
+        ttl_ms = self._ttl_ms(ttl)
+        eng = self._checkout()
+        try:
+            return eng.try_acquire_sync(key, ttl_ms)
+        finally:
+            self._checkin(eng)
+
+    def _attempt(self, key: Any, ttl_ms: int) -> Any:
+        eng = self._checkout()
+        try:
+            return eng.attempt_sync(key, ttl_ms)
+        finally:
+            self._checkin(eng)
+
+    def acquire(
+        self,
+        key: Any,
+        ttl: Optional[float] = None,
+        *,
+        timeout: Optional[float] = None,
+        retry_count: Optional[int] = None,
+    ) -> Any:
+        """Acquire ``key``, retrying with jittered delays (see
+        ``quorumlock.aio.LockManager.acquire``); raises ``LockTimeout``."""
+        ttl_ms = self._ttl_ms(ttl)
+        deadline: Optional[float] = None
+        attempts_left: Optional[int] = None
+        if timeout is not None:
+            deadline = time.monotonic() + check_seconds("timeout", timeout, allow_zero=True)
+        else:
+            attempts_left = check_int(
+                "retry_count", self._opts.retry_count if retry_count is None else retry_count, minimum=1
+            )
+        lo, hi = self._opts.retry_delay
+        attempts = 0
+        while True:
+            op = self._attempt(key, ttl_ms)
+            attempts += 1
+            if op.result is not None:
+                return op.result
+            if attempts_left is not None:
+                attempts_left -= 1
+                if attempts_left <= 0:
+                    raise LockTimeout(key, attempts, op.outcomes())
+            delay = random.uniform(lo, hi)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LockTimeout(key, attempts, op.outcomes())
+                delay = min(delay, left)
+            time.sleep(delay)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockTimeout(key, attempts, op.outcomes())
+
+    def lock(
+        self,
+        key: Any,
+        ttl: Optional[float] = None,
+        *,
+        timeout: Optional[float] = None,
+        retry_count: Optional[int] = None,
+    ) -> "_LockContext":
+        """``with locks.lock(key, ttl=30.0) as lock:`` acquires and releases."""
+        return _LockContext(self, key, ttl, timeout, retry_count)
+
+    def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> List[Optional[Any]]:
+        """One attempt per key, pipelined: a list of ``Lock`` or None, in order."""
+        ttl_ms = self._ttl_ms(ttl)
+        eng = self._checkout()
+        try:
+            return eng.acquire_many_sync(keys, ttl_ms)
+        finally:
+            self._checkin(eng)
+
+    def release_many(self, locks: Iterable[Any]) -> List[bool]:
+        """Release many locks at once: a list of bools."""
+        locks = list(locks)
+        lock_cls = self._core.Lock
+        for lk in locks:
+            if not isinstance(lk, lock_cls):
+                raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
+        eng = self._checkout()
+        try:
+            return eng.release_many_sync(locks)
+        finally:
+            self._checkin(eng)
+
+    def release(self, lock: Any) -> bool:
+        """Same as ``lock.release()``."""
+        return self._release(lock)
+
+    # -- callbacks used by Lock --------------------------------------------
+
+    def _release(self, lock: Any) -> bool:
+        eng = self._checkout()
+        try:
+            return eng.release_sync(lock)
+        finally:
+            self._checkin(eng)
+
+    def _extend(self, lock: Any, ttl: Optional[float]) -> bool:
+        ttl_ms = self._ttl_ms(ttl) if ttl is not None else int(round(lock.ttl * 1000))
+        eng = self._checkout()
+        try:
+            ok = eng.extend_sync(lock, ttl_ms)
+        finally:
+            self._checkin(eng)
+        if not ok:
+            raise LockNotOwned(f"could not extend {lock.key!r}: not held on a majority with validity left")
+        return True
+
+    def _lock_enter(self, lock: Any) -> Any:
+        return lock
+
+    def _lock_exit(self, lock: Any, exc_type: Any) -> None:
+        self._release(lock)
+
+    def _lock_aenter(self, lock: Any) -> Any:
+        raise TypeError("this lock belongs to a blocking LockManager: use 'with', not 'async with'")
+
+    def _lock_aexit(self, lock: Any, exc_type: Any) -> Any:
+        raise TypeError("this lock belongs to a blocking LockManager: use 'with', not 'async with'")
+
+    def _node_lost(self, i: int, exc: Any) -> None:  # the SyncEngine tracks its own reconnects
+        pass
+
+    def __repr__(self) -> str:
+        return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
+                f"pooled={len(self._pool)} [{self._core.IMPLEMENTATION}]>")
+
+
+class _LockContext:
+    __slots__ = ("_mgr", "_key", "_ttl", "_timeout", "_retry", "_lock")
+
+    def __init__(self, mgr: LockManager, key: Any, ttl: Any, timeout: Any, retry: Any) -> None:
+        self._mgr = mgr
+        self._key = key
+        self._ttl = ttl
+        self._timeout = timeout
+        self._retry = retry
+        self._lock = None
+
+    def __enter__(self) -> Any:
+        self._lock = self._mgr.acquire(self._key, self._ttl, timeout=self._timeout, retry_count=self._retry)
+        return self._lock
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            self._mgr._release(lock)
