@@ -284,6 +284,8 @@ class Options:
     batch_chunk: int
     restart_guard: Any
     guard_window: Optional[float]
+    fencing: bool = False
+    lock_delay_ms: int = 0
 
 
 def make_options(
@@ -299,6 +301,8 @@ def make_options(
     batch_chunk: Any = 500,
     restart_guard: Any = True,
     guard_window: Any = None,
+    fencing: Any = False,
+    lock_delay: Any = None,
 ) -> Options:
     """Check every option once, naming the bad one."""
     if isinstance(drift_factor, bool) or not isinstance(drift_factor, (int, float)) or not math.isfinite(drift_factor):
@@ -331,6 +335,11 @@ def make_options(
     if restart_guard not in (True, False, "strict"):
         raise ValueError(f"restart_guard must be True, False or 'strict', got {restart_guard!r}")
     gw = None if guard_window is None else check_seconds("guard_window", guard_window, allow_zero=True)
+    if not isinstance(fencing, bool):
+        raise TypeError(f"fencing must be True or False, got {fencing!r}")
+    delay_ms = 0
+    if lock_delay is not None:
+        delay_ms = math.ceil(check_seconds("lock_delay", lock_delay, allow_zero=True, maximum=max_ttl_v) * 1000.0 - 1e-9)
     return Options(
         ttl=ttl_ms / 1000.0,
         ttl_ms=ttl_ms,
@@ -344,6 +353,8 @@ def make_options(
         batch_chunk=batch_chunk,
         restart_guard=restart_guard,
         guard_window=gw,
+        fencing=fencing,
+        lock_delay_ms=delay_ms,
     )
 
 

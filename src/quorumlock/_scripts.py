@@ -51,6 +51,68 @@ end
 return out"""
 
 
+#: Per-key fence counter and lock-delay marker live next to the lock key.
+FENCE_PREFIX = b"ql:fence:"
+DELAY_PREFIX = b"ql:delay:"
+
+# Acquire with a fence and/or a lock-delay (DESIGN.md §6; Chubby's lock-delay).
+# KEYS[1]: lock key; KEYS[2]: fence counter; KEYS[3]: lock-delay marker.
+# ARGV[1]: token; ARGV[2]: TTL ms; ARGV[3]: lock-delay ms (0: none);
+# ARGV[4]: "1" to issue a fence.
+# Returns 0 if the key is held (or still in its lock-delay); otherwise the
+# node's new fence counter, max(counter + 1, node TIME in us), when fencing,
+# else 1.  Using the node's clock as a floor means a node that lost its counter
+# in a restart still issues values above everything it issued before.
+ACQUIRE_EX = b"""if tonumber(ARGV[3]) > 0 then
+  local m = redis.call('get', KEYS[3])
+  if m and m ~= ARGV[1] then return 0 end
+end
+if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('set', KEYS[3], ARGV[1], 'PX', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+end
+if ARGV[4] == '1' then
+  local t = redis.call('time')
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local f = tonumber(redis.call('get', KEYS[2]) or '0') + 1
+  if now_us > f then f = now_us end
+  redis.call('set', KEYS[2], string.format('%d', f))
+  return f
+end
+return 1"""
+
+# Commit a fence: raise the counter to it, only where our token still holds
+# the key.  The fence is valid once a majority accepted.
+# KEYS[1]: lock key; KEYS[2]: fence counter; ARGV[1]: token; ARGV[2]: fence.
+# Returns 1 if committed (the counter is now >= fence), 0 if the key is not ours.
+FENCE_COMMIT = b"""if redis.call('get', KEYS[1]) == ARGV[1] then
+  local c = tonumber(redis.call('get', KEYS[2]) or '0')
+  if c < tonumber(ARGV[2]) then redis.call('set', KEYS[2], ARGV[2]) end
+  return 1
+end
+return 0"""
+
+# Release with lock-delay: a clean release also lifts the delay.
+# KEYS[1]: lock key; KEYS[2]: lock-delay marker; ARGV[1]: token.
+# Returns 1 if our token was deleted, else 0 (the delay then stays).
+RELEASE_EX = b"""if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+  if redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
+  return 1
+end
+return 0"""
+
+# Extend with lock-delay: the marker outlives the lease by the delay.
+# KEYS[1]: lock key; KEYS[2]: lock-delay marker; ARGV[1]: token; ARGV[2]: TTL ms;
+# ARGV[3]: lock-delay ms.  Returns 1 if extended, 0 if the key is not ours.
+EXTEND_EX = b"""if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  redis.call('set', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+  return 1
+end
+return 0"""
+
+
 def sha1(script: bytes) -> bytes:
     return hashlib.sha1(script).hexdigest().encode()
 
@@ -60,4 +122,18 @@ EXTEND_SHA = sha1(EXTEND)
 ACQUIRE_MANY_SHA = sha1(ACQUIRE_MANY)
 RELEASE_MANY_SHA = sha1(RELEASE_MANY)
 
-ALL = ((RELEASE, RELEASE_SHA), (EXTEND, EXTEND_SHA), (ACQUIRE_MANY, ACQUIRE_MANY_SHA), (RELEASE_MANY, RELEASE_MANY_SHA))
+ACQUIRE_EX_SHA = sha1(ACQUIRE_EX)
+FENCE_COMMIT_SHA = sha1(FENCE_COMMIT)
+RELEASE_EX_SHA = sha1(RELEASE_EX)
+EXTEND_EX_SHA = sha1(EXTEND_EX)
+
+ALL = (
+    (RELEASE, RELEASE_SHA),
+    (EXTEND, EXTEND_SHA),
+    (ACQUIRE_MANY, ACQUIRE_MANY_SHA),
+    (RELEASE_MANY, RELEASE_MANY_SHA),
+    (ACQUIRE_EX, ACQUIRE_EX_SHA),
+    (FENCE_COMMIT, FENCE_COMMIT_SHA),
+    (RELEASE_EX, RELEASE_EX_SHA),
+    (EXTEND_EX, EXTEND_EX_SHA),
+)

@@ -74,6 +74,14 @@ class LockManager:
         ``guard_window`` at the first connect.  ``False``: off.
     guard_window:
         Default ``max(ttl, longest ttl used) * (1 + drift_factor)``.
+    fencing:
+        Give every lock a ``fence``: an int strictly larger than the fence of
+        every earlier holder of the key whose fence was committed (a second,
+        pipelined round trip; DESIGN.md §6, docs/fencing.md).
+    lock_delay:
+        Seconds (Chubby's lock-delay): after a lease ends without a release
+        (the holder crashed or paused), nobody can acquire the key for this
+        long; a clean release lifts it at once.
     ssl_context:
         For ``rediss://`` nodes, instead of the URL's ``ssl_*`` options.
     """
@@ -93,6 +101,8 @@ class LockManager:
         batch_chunk: int = 500,
         restart_guard: Any = True,
         guard_window: Optional[float] = None,
+        fencing: bool = False,
+        lock_delay: Optional[float] = None,
         ssl_context: Any = None,
         _core: Any = None,
     ) -> None:
@@ -109,6 +119,8 @@ class LockManager:
             batch_chunk=batch_chunk,
             restart_guard=restart_guard,
             guard_window=guard_window,
+            fencing=fencing,
+            lock_delay=lock_delay,
         )
         self._specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
         self._engine: Any = None
@@ -168,6 +180,8 @@ class LockManager:
             self._opts.batch_chunk,
         )
         self._engine.guard = self._opts.restart_guard is not False
+        self._engine.fencing = self._opts.fencing
+        self._engine.lock_delay_ms = self._opts.lock_delay_ms
         results = await asyncio.gather(
             *(self._connect_node(i, initial=True) for i in range(self.n)), return_exceptions=True
         )
@@ -371,7 +385,18 @@ class LockManager:
     def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> Awaitable[List[Optional[Any]]]:
         """One attempt per key, all pipelined (one script call per node per
         chunk of keys): an awaitable of a list of ``Lock`` or None, in order."""
-        return self._require().acquire_many(keys, self._ttl_ms(ttl))
+        eng = self._require()
+        ttl_ms = self._ttl_ms(ttl)
+        if self._opts.fencing or self._opts.lock_delay_ms:
+            # The batch scripts issue neither fences nor lock-delays: one
+            # single-key attempt per key (still one write per node per
+            # iteration, thanks to auto-pipelining).
+            keys = list(keys)
+            ids = [k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k for k in keys]
+            if len(set(ids)) != len(ids):
+                raise ValueError("keys: the same key appears twice in one batch")
+            return asyncio.gather(*[eng.try_acquire(k, ttl_ms) for k in keys])
+        return eng.acquire_many(keys, ttl_ms)
 
     def release_many(self, locks: Iterable[Any]) -> Awaitable[List[bool]]:
         """Release many locks at once: an awaitable of a list of bools (True
@@ -381,7 +406,10 @@ class LockManager:
         for lk in locks:
             if not isinstance(lk, lock_cls):
                 raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
-        return self._require().release_many(locks)
+        eng = self._require()
+        if self._opts.lock_delay_ms:
+            return asyncio.gather(*[eng.release(lk) for lk in locks])
+        return eng.release_many(locks)
 
     async def release(self, lock: Any) -> bool:
         """Same as ``await lock.release()``."""

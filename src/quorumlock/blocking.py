@@ -63,6 +63,8 @@ class LockManager:
         batch_chunk: int = 500,
         restart_guard: Any = True,
         guard_window: Optional[float] = None,
+        fencing: bool = False,
+        lock_delay: Optional[float] = None,
         ssl_context: Any = None,
         _core: Any = None,
     ) -> None:
@@ -79,6 +81,8 @@ class LockManager:
             batch_chunk=batch_chunk,
             restart_guard=restart_guard,
             guard_window=guard_window,
+            fencing=fencing,
+            lock_delay=lock_delay,
         )
         self._specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
         self._pool: List[Any] = []
@@ -155,6 +159,8 @@ class LockManager:
             self._opts.batch_chunk,
         )
         eng.guard = self._opts.restart_guard is not False
+        eng.fencing = self._opts.fencing
+        eng.lock_delay_ms = self._opts.lock_delay_ms
         initial = not self._connected_once
         self._connect_nodes(eng, range(self.n), self._opts.connect_timeout, initial)
         if initial:
@@ -389,8 +395,13 @@ class LockManager:
     def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> List[Optional[Any]]:
         """One attempt per key, pipelined: a list of ``Lock`` or None, in order."""
         ttl_ms = self._ttl_ms(ttl)
+        keys = list(keys)
         eng = self._checkout()
         try:
+            if self._opts.fencing or self._opts.lock_delay_ms:
+                if len(set(map(_key_id, keys))) != len(keys):
+                    raise ValueError("keys: the same key appears twice in one batch")
+                return eng.acquire_each_sync(keys, ttl_ms)
             return eng.acquire_many_sync(keys, ttl_ms)
         finally:
             self._checkin(eng)
@@ -404,6 +415,8 @@ class LockManager:
                 raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
         eng = self._checkout()
         try:
+            if self._opts.lock_delay_ms:
+                return eng.release_each_sync(locks)
             return eng.release_many_sync(locks)
         finally:
             self._checkin(eng)
@@ -450,6 +463,10 @@ class LockManager:
     def __repr__(self) -> str:
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
                 f"pooled={len(self._pool)} [{self._core.IMPLEMENTATION}]>")
+
+
+def _key_id(key: Any) -> Any:
+    return key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
 
 
 class _LockContext:

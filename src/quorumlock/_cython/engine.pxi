@@ -23,6 +23,8 @@ cdef class Engine:
         public Py_ssize_t max_key_len
         public Py_ssize_t batch_chunk
         public bint guard
+        public bint fencing
+        public long long lock_delay_ms
         readonly bint sync
         bint flush_scheduled
         object _flush_cb
@@ -34,6 +36,10 @@ cdef class Engine:
         WriteBuffer scratch_batch
         bytes pre_release
         bytes pre_extend
+        bytes pre_release_ex
+        bytes pre_extend_ex
+        bytes pre_acquire_ex
+        bytes pre_commit
         bytes pre_acquire_many
         bytes pre_release_many
         object logger
@@ -68,6 +74,12 @@ cdef class Engine:
         self.scratch_batch = WriteBuffer(65536)
         self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
         self.pre_extend = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_SHA + b"\r\n$1\r\n1\r\n"
+        self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
+        self.pre_extend_ex = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_EX_SHA + b"\r\n$1\r\n2\r\n"
+        self.pre_acquire_ex = b"*10\r\n$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_EX_SHA + b"\r\n$1\r\n3\r\n"
+        self.pre_commit = b"*7\r\n$7\r\nEVALSHA\r\n$40\r\n" + FENCE_COMMIT_SHA + b"\r\n$1\r\n2\r\n"
+        self.fencing = False
+        self.lock_delay_ms = 0
         self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
         self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
         self.logger = logging.getLogger("quorumlock")
@@ -157,12 +169,18 @@ cdef class Engine:
         cdef int i
         cdef bint any_sent = False
         b.clear()
-        b.write_bytes(self.pre_release)
-        b.write_bulk_bytes(key_b)
-        b.write_bulk_bytes(token)
         op = SinkOp.__new__(SinkOp)
         op._init(self, None)
-        op.eval_args = (b"EVAL", RELEASE_SCRIPT, b"1", key_b, token)
+        if self.lock_delay_ms > 0:
+            b.write_bytes(self.pre_release_ex)
+            b.write_bulk_bytes(key_b)
+            b.write_bulk_bytes(DELAY_PREFIX + key_b)
+            op.eval_args = (b"EVAL", RELEASE_EX_SCRIPT, b"2", key_b, DELAY_PREFIX + key_b, token)
+        else:
+            b.write_bytes(self.pre_release)
+            b.write_bulk_bytes(key_b)
+            op.eval_args = (b"EVAL", RELEASE_SCRIPT, b"1", key_b, token)
+        b.write_bulk_bytes(token)
         cdef uint64_t deadline = op.t0 + self.node_timeout_ns
         for i in range(self.n):
             if skip is not NULL and skip[i] == ST_HELD:
@@ -198,6 +216,7 @@ cdef class Engine:
         # once, so later calls go back to EVALSHA.
         cdef SinkOp op
         cdef uint64_t now = now_ns()
+        self.schedule_flush()   # the caller's EVAL must go out even when the reload is throttled
         if node.info is not None and node.info.get("_script_load_at", 0) + 100000000 > now:
             return 0
         if node.info is None:
@@ -225,8 +244,11 @@ cdef class Engine:
 
     cdef AcquireOp _attempt(self, object key, long long ttl_ms):
         cdef bytes kb = self.key_bytes(key)
-        cdef AcquireOp op = AcquireOp.__new__(AcquireOp)
+        cdef AcquireOp op
         cdef WriteBuffer b = self.scratch
+        if self.fencing or self.lock_delay_ms > 0:
+            return self._attempt_ex(key, kb, ttl_ms)
+        op = AcquireOp.__new__(AcquireOp)
         op._init(self, self.new_waiter())
         op.key = key
         op.key_b = kb
@@ -244,6 +266,44 @@ cdef class Engine:
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 
+    cdef AcquireOp _attempt_ex(self, object key, bytes kb, long long ttl_ms):
+        cdef FencedAcquireOp op = FencedAcquireOp.__new__(FencedAcquireOp)
+        cdef WriteBuffer b = self.scratch
+        op._init(self, self.new_waiter())
+        op.key = key
+        op.key_b = kb
+        op.token = new_token_c()
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms)
+        op.delay_ms = self.lock_delay_ms
+        op.fencing = self.fencing
+        b.clear()
+        b.write_bytes(self.pre_acquire_ex)
+        b.write_bulk_bytes(kb)
+        b.write_bulk_bytes(FENCE_PREFIX + kb)
+        b.write_bulk_bytes(DELAY_PREFIX + kb)
+        b.write_bulk_bytes(op.token)
+        b.write_bulk_int(ttl_ms)
+        b.write_bulk_int(self.lock_delay_ms)
+        b.write_bulk(b"1" if self.fencing else b"0", 1)
+        self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+        return op
+
+    cdef int send_commit(self, FencedAcquireOp acq, uint64_t end) except -1:
+        cdef CommitOp op = CommitOp.__new__(CommitOp)
+        cdef WriteBuffer b = self.scratch_rel
+        op._init(self, None)
+        op.acq = acq
+        op.end = end
+        b.clear()
+        b.write_bytes(self.pre_commit)
+        b.write_bulk_bytes(acq.key_b)
+        b.write_bulk_bytes(FENCE_PREFIX + acq.key_b)
+        b.write_bulk_bytes(acq.token)
+        b.write_bulk_int(acq.fence)
+        self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+        return 0
+
     cdef Op _release(self, Lock lock):
         cdef ReleaseOp op
         cdef WriteBuffer b = self.scratch
@@ -255,8 +315,14 @@ cdef class Engine:
         op.key_b = lock.key_b
         op.token = lock.token
         b.clear()
-        b.write_bytes(self.pre_release)
-        b.write_bulk_bytes(lock.key_b)
+        if self.lock_delay_ms > 0:
+            op.ex = True
+            b.write_bytes(self.pre_release_ex)
+            b.write_bulk_bytes(lock.key_b)
+            b.write_bulk_bytes(DELAY_PREFIX + lock.key_b)
+        else:
+            b.write_bytes(self.pre_release)
+            b.write_bulk_bytes(lock.key_b)
         b.write_bulk_bytes(lock.token)
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, False)
         return op
@@ -271,15 +337,26 @@ cdef class Engine:
         op.lock = lock
         op.ttl_ms = ttl_ms
         op.drift_ns = self.drift_ns_for(ttl_ms)
+        op.delay_ms = self.lock_delay_ms
         b.clear()
-        b.write_bytes(self.pre_extend)
-        b.write_bulk_bytes(lock.key_b)
-        b.write_bulk_bytes(lock.token)
-        b.write_bulk_int(ttl_ms)
+        if self.lock_delay_ms > 0:
+            b.write_bytes(self.pre_extend_ex)
+            b.write_bulk_bytes(lock.key_b)
+            b.write_bulk_bytes(DELAY_PREFIX + lock.key_b)
+            b.write_bulk_bytes(lock.token)
+            b.write_bulk_int(ttl_ms)
+            b.write_bulk_int(self.lock_delay_ms)
+        else:
+            b.write_bytes(self.pre_extend)
+            b.write_bulk_bytes(lock.key_b)
+            b.write_bulk_bytes(lock.token)
+            b.write_bulk_int(ttl_ms)
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 
     cdef Op _acquire_many(self, object keys, long long ttl_ms):
+        if self.fencing or self.lock_delay_ms > 0:
+            raise NotImplementedError("batch scripts do not issue fences or lock-delays; acquire per key")
         cdef list keys_l = list(keys)
         cdef Py_ssize_t m = len(keys_l), start, end, k
         cdef list keys_b = [self.key_bytes(k_) for k_ in keys_l]
@@ -384,12 +461,12 @@ cdef class Engine:
         """One quorum attempt: a future of ``Lock`` or None."""
         return self._attempt(key, ttl_ms).waiter
 
-    def release(self, Lock lock):
+    def release(self, Lock lock not None):
         """Compare-and-delete on every node: a future of True if our token was
         still there on a majority.  A second release does no I/O (False)."""
         return self._release(lock).waiter
 
-    def extend(self, Lock lock, long long ttl_ms):
+    def extend(self, Lock lock not None, long long ttl_ms):
         """Compare-and-pexpire on every node: a future of True on success (the
         lock's validity renewed from this operation's start), else False."""
         return self._extend(lock, ttl_ms).waiter

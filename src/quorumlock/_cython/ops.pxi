@@ -22,6 +22,7 @@ cdef class Op:
         int n_ok
         int n_bad
         bint decided
+        public bint complete    # the result is set (decided, and any second round done)
         unsigned char status[MAX_NODES]
         list details
 
@@ -69,6 +70,7 @@ cdef class Op:
 
     cdef int finish(self, object result) except -1:
         self.result = result
+        self.complete = True
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(result)
@@ -146,13 +148,79 @@ cdef class AcquireOp(Op):
         return self.finish(None)
 
 
-cdef class ReleaseOp(Op):
-    """Compare-and-delete on every node.  Result: True if our token was deleted
-    on a majority (the lease was still ours), else False."""
+cdef class FencedAcquireOp(AcquireOp):
+    """The acquire script (fence and/or lock-delay).  With fencing, a success
+    starts a second, pipelined round that commits the fence (DESIGN.md §6):
+    the fence is the maximum counter over the nodes that said yes, and it is
+    valid once a majority accepted the commit."""
 
     cdef:
-        bytes key_b
-        bytes token
+        long long delay_ms
+        bint fencing
+        long long fence
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        if type(reply) is int:
+            if reply > 0:
+                # Only replies before the decision count: the commit round
+                # carries the fence as it was then.
+                if reply > self.fence and not self.decided:
+                    self.fence = reply
+                return self.mark(node.idx, ST_OK, None)
+            return self.mark(node.idx, ST_HELD, None)
+        if is_noscript(reply):
+            return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
+        if is_reply_error(reply):
+            return self.mark_error(node, reply)
+        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+
+    cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
+        cdef WriteBuffer b = self.engine.scratch2
+        b.clear()
+        b.write_command((b"EVAL", ACQUIRE_EX_SCRIPT, b"3", self.key_b, FENCE_PREFIX + self.key_b,
+                         DELAY_PREFIX + self.key_b, self.token, self.ttl_ms, self.delay_ms,
+                         b"1" if self.fencing else b"0"))
+        node.send(b, self, aux, deadline)
+        self.engine.script_missing(node)
+        return 0
+
+    cdef int decide(self) except -1:
+        cdef uint64_t now = now_ns()
+        cdef uint64_t end = self.t0 + <uint64_t>self.ttl_ms * 1000000ULL - self.drift_ns
+        if self.n_ok >= self.quorum and now < end and self.fencing:
+            self.engine.send_commit(self, end)
+            return 0
+        return AcquireOp.decide(self)
+
+    cdef int commit_done(self, bint ok, uint64_t end) except -1:
+        cdef Lock lock
+        if ok and now_ns() < end:
+            lock = Lock.__new__(Lock)
+            lock._owner = self.engine.owner
+            lock.key = self.key
+            lock.key_b = self.key_b
+            lock.token = self.token
+            lock.ttl_ms = self.ttl_ms
+            lock.deadline = end
+            lock.nodes = self.n_ok
+            lock.fence = self.fence
+            w = self.waiter
+            if w is not None and w.done():
+                lock.released = True
+                self.engine.send_release(self.key_b, self.token, None, NULL)
+                return 0
+            return self.finish(lock)
+        self.engine.send_release(self.key_b, self.token, None, NULL)
+        return self.finish(None)
+
+
+cdef class CommitOp(Op):
+    """Second round of a fenced acquire: raise the counters to the fence where
+    our token still holds the key."""
+
+    cdef:
+        FencedAcquireOp acq
+        uint64_t end
 
     cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
         if type(reply) is int:
@@ -166,7 +234,42 @@ cdef class ReleaseOp(Op):
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
         b.clear()
-        b.write_command((b"EVAL", RELEASE_SCRIPT, b"1", self.key_b, self.token))
+        b.write_command((b"EVAL", FENCE_COMMIT_SCRIPT, b"2", self.acq.key_b, FENCE_PREFIX + self.acq.key_b,
+                         self.acq.token, self.acq.fence))
+        node.send(b, self, aux, deadline)
+        self.engine.script_missing(node)
+        return 0
+
+    cdef int decide(self) except -1:
+        self.complete = True
+        return self.acq.commit_done(self.n_ok >= self.quorum, self.end)
+
+
+cdef class ReleaseOp(Op):
+    """Compare-and-delete on every node.  Result: True if our token was deleted
+    on a majority (the lease was still ours), else False."""
+
+    cdef:
+        bytes key_b
+        bytes token
+        bint ex       # lock-delay form (also lifts the delay marker)
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        if type(reply) is int:
+            return self.mark(node.idx, ST_OK if reply == 1 else ST_HELD, None)
+        if is_noscript(reply):
+            return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
+        if is_reply_error(reply):
+            return self.mark_error(node, reply)
+        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+
+    cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
+        cdef WriteBuffer b = self.engine.scratch2
+        b.clear()
+        if self.ex:
+            b.write_command((b"EVAL", RELEASE_EX_SCRIPT, b"2", self.key_b, DELAY_PREFIX + self.key_b, self.token))
+        else:
+            b.write_command((b"EVAL", RELEASE_SCRIPT, b"1", self.key_b, self.token))
         node.send(b, self, aux, deadline)
         self.engine.script_missing(node)
         return 0
@@ -183,6 +286,7 @@ cdef class ExtendOp(Op):
         Lock lock
         long long ttl_ms
         uint64_t drift_ns
+        long long delay_ms    # > 0: lock-delay form
 
     cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
         if type(reply) is int:
@@ -196,7 +300,11 @@ cdef class ExtendOp(Op):
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
         b.clear()
-        b.write_command((b"EVAL", EXTEND_SCRIPT, b"1", self.lock.key_b, self.lock.token, self.ttl_ms))
+        if self.delay_ms > 0:
+            b.write_command((b"EVAL", EXTEND_EX_SCRIPT, b"2", self.lock.key_b, DELAY_PREFIX + self.lock.key_b,
+                             self.lock.token, self.ttl_ms, self.delay_ms))
+        else:
+            b.write_command((b"EVAL", EXTEND_SCRIPT, b"1", self.lock.key_b, self.lock.token, self.ttl_ms))
         node.send(b, self, aux, deadline)
         self.engine.script_missing(node)
         return 0
@@ -231,6 +339,7 @@ cdef class CallOp(Op):
         else:
             exc = ConnectionError(f"{name}: {detail or 'not connected'}")
         self.result = exc   # the blocking engine raises it
+        self.complete = True
         w = self.waiter
         if w is not None and not w.done():
             w.set_exception(exc)

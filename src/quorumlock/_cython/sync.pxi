@@ -233,7 +233,7 @@ cdef class SyncEngine(Engine):
         cdef short ev
         while True:
             self._flush()
-            if op.decided:
+            if op.complete:
                 return 0
             now = now_ns()
             if until and now >= until:
@@ -246,7 +246,7 @@ cdef class SyncEngine(Engine):
                         node._on_timer()
                     if node.timer is not None and node.timer_at < next_t:
                         next_t = node.timer_at
-            if op.decided:
+            if op.complete:
                 continue
             nf = 0
             for i in range(self.n):
@@ -329,6 +329,22 @@ cdef class SyncEngine(Engine):
         cdef Op op = self._acquire_many(keys, ttl_ms)
         self._wait(op, 0)
         return op.result
+
+    def acquire_each_sync(self, keys, long long ttl_ms):
+        """One attempt per key with the single-key operation (fenced or
+        lock-delay acquires), all sent before the first wait."""
+        cdef list ops = [self._attempt(k, ttl_ms) for k in keys]
+        cdef Op op
+        for op in ops:
+            self._wait(op, 0)
+        return [op.result for op in ops]
+
+    def release_each_sync(self, locks):
+        cdef list ops = [self._release(lk) for lk in locks]
+        cdef Op op
+        for op in ops:
+            self._wait(op, 0)
+        return [op.result for op in ops]
 
     def release_many_sync(self, locks):
         cdef Op op = self._release_many(locks)
