@@ -179,9 +179,16 @@ def _cmd_nodes_config(args: argparse.Namespace) -> int:
 # entry point
 # --------------------------------------------------------------------------
 
+def _add_demo_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .demo import add_parser
+
+    add_parser(sub)
+
+
 #: Functions that each add one top-level subcommand to the parser.
 _SUBCOMMANDS: List[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
     _add_nodes_parser,
+    _add_demo_parser,
 ]
 
 
