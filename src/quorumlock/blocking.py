@@ -13,9 +13,14 @@ with LockManager(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002",
         ...
 ```
 
-Each calling thread checks a set of N connections out of a pool, sends its
-commands, and waits in ``poll()`` (GIL released) until the quorum is decided:
-no background event-loop thread, no hop.  Many threads can share one manager.
+Each calling thread has its own set of N connections: it sends its commands
+and waits in ``poll()`` (GIL released) until the quorum is decided — no
+background event-loop thread, no hop, no lock held while waiting.  Many
+threads can share one manager.  Keeping a thread on one connection set also
+keeps its release behind its acquire on every node: an acquire returns as soon
+as a majority answered, and the release must not overtake the SET still in
+flight to the last node (DESIGN.md §3; pottery's pool of threads leaves
+orphaned keys this way).
 """
 
 from __future__ import annotations
@@ -85,8 +90,7 @@ class LockManager:
             lock_delay=lock_delay,
         )
         self._specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
-        self._pool: List[Any] = []
-        self._all: List[Any] = []
+        self._engines: dict = {}  # thread ident -> its SyncEngine
         self._mutex = threading.Lock()
         self._guard = _handshake.GuardState(len(self._specs))
         self._guard_epoch = 0
@@ -128,15 +132,14 @@ class LockManager:
 
     def connect(self) -> "LockManager":
         """Open one set of connections now (configuration errors surface here)."""
-        eng = self._checkout()
-        self._checkin(eng)
+        self._checkout()
         return self
 
     def close(self) -> None:
-        """Close every connection of every pooled set (idempotent)."""
+        """Close every connection of every thread's set (idempotent)."""
         with self._mutex:
             self._closed = True
-            engines, self._all, self._pool = self._all, [], []
+            engines, self._engines = list(self._engines.values()), {}
         for eng in engines:
             try:
                 eng.close()
@@ -164,10 +167,12 @@ class LockManager:
         initial = not self._connected_once
         self._connect_nodes(eng, range(self.n), self._opts.connect_timeout, initial)
         if initial:
-            _handshake.check_unique(self._specs, [nd.run_id for nd in eng.nodes])
+            try:
+                _handshake.check_unique(self._specs, [nd.run_id for nd in eng.nodes])
+            except ConfigurationError:
+                eng.close()
+                raise
             self._connected_once = True
-        with self._mutex:
-            self._all.append(eng)
         return eng
 
     def _connect_nodes(self, eng: Any, which: Iterable[int], timeout: float, initial: bool) -> None:
@@ -270,27 +275,36 @@ class LockManager:
             raise errors[0]
 
     def _checkout(self) -> Any:
+        """This thread's connection set (made on first use)."""
+        eng = self._engines.get(threading.get_ident())
+        if eng is None:
+            return self._new_thread_engine()
+        if eng.maintenance_epoch != self._guard_epoch or not eng.all_ready:
+            self._maintain(eng)
+        return eng
+
+    def _new_thread_engine(self) -> Any:
         if self._closed:
             raise RuntimeError("LockManager is closed")
         if os.getpid() != self._pid:
             # A forked child must not share its parent's sockets: replies
             # would go to whichever process reads first.
             self._pid = os.getpid()
-            self._pool = []
-            self._all = []
-        try:
-            eng = self._pool.pop()
-        except IndexError:
-            return self._new_engine()
-        if eng.maintenance_epoch != self._guard_epoch or not eng.all_ready:
-            self._maintain(eng)
+            self._engines = {}
+        eng = self._new_engine()
+        me = threading.get_ident()
+        with self._mutex:
+            if self._closed:
+                eng.close()
+                raise RuntimeError("LockManager is closed")
+            # Close the sets of threads that have ended.
+            alive = {t.ident for t in threading.enumerate()}
+            for ident in [i for i in self._engines if i not in alive]:
+                self._engines.pop(ident).close()
+            self._engines[me] = eng
+        eng.maintenance_epoch = self._guard_epoch
+        eng.all_ready = all(nd.ready for nd in eng.nodes)
         return eng
-
-    def _checkin(self, eng: Any) -> None:
-        if self._closed:
-            eng.close()
-        else:
-            self._pool.append(eng)
 
     def _maintain(self, eng: Any) -> None:
         now = self._core.monotonic_ns()
@@ -329,17 +343,11 @@ class LockManager:
         """One quorum attempt: a ``Lock``, or None."""
         ttl_ms = self._ttl_ms(ttl)
         eng = self._checkout()
-        try:
-            return eng.try_acquire_sync(key, ttl_ms)
-        finally:
-            self._checkin(eng)
+        return eng.try_acquire_sync(key, ttl_ms)
 
     def _attempt(self, key: Any, ttl_ms: int) -> Any:
         eng = self._checkout()
-        try:
-            return eng.attempt_sync(key, ttl_ms)
-        finally:
-            self._checkin(eng)
+        return eng.attempt_sync(key, ttl_ms)
 
     def acquire(
         self,
@@ -397,14 +405,11 @@ class LockManager:
         ttl_ms = self._ttl_ms(ttl)
         keys = list(keys)
         eng = self._checkout()
-        try:
-            if self._opts.fencing or self._opts.lock_delay_ms:
-                if len(set(map(_key_id, keys))) != len(keys):
-                    raise ValueError("keys: the same key appears twice in one batch")
-                return eng.acquire_each_sync(keys, ttl_ms)
-            return eng.acquire_many_sync(keys, ttl_ms)
-        finally:
-            self._checkin(eng)
+        if self._opts.fencing or self._opts.lock_delay_ms:
+            if len(set(map(_key_id, keys))) != len(keys):
+                raise ValueError("keys: the same key appears twice in one batch")
+            return eng.acquire_each_sync(keys, ttl_ms)
+        return eng.acquire_many_sync(keys, ttl_ms)
 
     def release_many(self, locks: Iterable[Any]) -> List[bool]:
         """Release many locks at once: a list of bools."""
@@ -414,33 +419,60 @@ class LockManager:
             if not isinstance(lk, lock_cls):
                 raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
         eng = self._checkout()
-        try:
-            if self._opts.lock_delay_ms:
-                return eng.release_each_sync(locks)
-            return eng.release_many_sync(locks)
-        finally:
-            self._checkin(eng)
+        if self._opts.lock_delay_ms:
+            return eng.release_each_sync(locks)
+        return eng.release_many_sync(locks)
 
     def release(self, lock: Any) -> bool:
         """Same as ``lock.release()``."""
         return self._release(lock)
 
+    def call_nodes(
+        self,
+        commands: Sequence[Optional[Sequence[Any]]],
+        timeout: Optional[float] = None,
+        *,
+        guarded: bool = True,
+        lease_ms: Optional[int] = None,
+    ) -> List[Any]:
+        """Send ``commands[i]`` to node ``i``, all at once (None skips a node),
+        and wait for every answer; return one result per node.
+
+        A result is the raw reply (a ``hiredis.ReplyError`` for an error
+        reply), or a ``TimeoutError`` / ``ConnectionError`` *instance* (not
+        raised) for a node that did not answer within ``timeout`` (default: the
+        manager's ``node_timeout``), is down, or, with ``guarded``, is left out
+        by the restart guard; None where the command was None.  ``lease_ms``:
+        the TTL the commands set, so that the restart guard's window covers it.
+        The building block of the drop-in classes in ``quorumlock.compat``."""
+        cmds = _check_commands(commands, self.n)
+        t = self._opts.node_timeout if timeout is None else check_seconds("timeout", timeout)
+        if lease_ms is not None and lease_ms > self._max_ttl_used_ms:
+            self._max_ttl_used_ms = int(lease_ms)
+        eng = self._checkout()
+        now = self._core.monotonic_ns()
+        pending: List[Any] = []
+        for i, args in enumerate(cmds):
+            nd = eng.nodes[i]
+            if args is None:
+                pending.append(None)
+            elif not nd.ready:
+                pending.append(ConnectionError(f"{self._specs[i].name}: not connected"))
+            elif guarded and eng.guard and nd.counted_after > now:
+                pending.append(ConnectionError(f"{self._specs[i].name}: restart guard: node restarted recently"))
+            else:
+                pending.append(eng.call_op(i, args, t))
+        return [p if p is None or isinstance(p, BaseException) else eng.wait(p) for p in pending]
+
     # -- callbacks used by Lock --------------------------------------------
 
     def _release(self, lock: Any) -> bool:
         eng = self._checkout()
-        try:
-            return eng.release_sync(lock)
-        finally:
-            self._checkin(eng)
+        return eng.release_sync(lock)
 
     def _extend(self, lock: Any, ttl: Optional[float]) -> bool:
         ttl_ms = self._ttl_ms(ttl) if ttl is not None else int(round(lock.ttl * 1000))
-        eng = self._checkout()
-        try:
-            ok = eng.extend_sync(lock, ttl_ms)
-        finally:
-            self._checkin(eng)
+        ok = self._checkout().extend_sync(lock, ttl_ms)
         if not ok:
             raise LockNotOwned(f"could not extend {lock.key!r}: not held on a majority with validity left")
         return True
@@ -462,11 +494,28 @@ class LockManager:
 
     def __repr__(self) -> str:
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
-                f"pooled={len(self._pool)} [{self._core.IMPLEMENTATION}]>")
+                f"threads={len(self._engines)} [{self._core.IMPLEMENTATION}]>")
 
 
 def _key_id(key: Any) -> Any:
     return key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
+
+
+def _check_commands(commands: Sequence[Optional[Sequence[Any]]], n: int) -> List[Optional[tuple]]:
+    """``call_nodes`` input: exactly one command (a sequence of arguments) or None per node."""
+    if isinstance(commands, (str, bytes)) or not isinstance(commands, Sequence):
+        raise TypeError(f"commands must be a list with one command (or None) per node, got {type(commands).__name__}")
+    if len(commands) != n:
+        raise ValueError(f"commands must have one entry per node ({n}), got {len(commands)}")
+    out: List[Optional[tuple]] = []
+    for c in commands:
+        if c is None:
+            out.append(None)
+        elif isinstance(c, (str, bytes)) or not isinstance(c, Sequence) or not c:
+            raise TypeError(f"each command must be a non-empty sequence of arguments or None, got {c!r}")
+        else:
+            out.append(tuple(c))
+    return out
 
 
 class _LockContext:

@@ -104,7 +104,7 @@ cdef class WriteBuffer:
         if isinstance(arg, (bytes, bytearray, memoryview)):
             return self.write_bulk_bytes(bytes(arg))
         if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-            return self.write_bulk_bytes(repr(arg).encode())
+            return self.write_bulk_bytes((str(int(arg)) if isinstance(arg, int) else repr(float(arg))).encode())
         raise TypeError(f"cannot encode command argument of type {type(arg).__name__}")
 
     cdef int write_command(self, tuple args) except -1:
