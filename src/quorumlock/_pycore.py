@@ -1,7 +1,16 @@
 """Pure-Python twin of the compiled core ``quorumlock._core``.
 
 Same names, same behaviour, slower.  Selected by ``QUORUMLOCK_NO_EXTENSIONS=1``
-or when the extension is not built (see ``quorumlock._backend``)."""
+or when the extension is not built (see ``quorumlock._backend``).
+
+Same decisions and the same bytes on the wire as the ``_cython/*.pxi`` files
+(compare with ``quorumlock._core.encode_command``); the C structures become
+Python ones: the ring of pending-reply slots is a ``deque`` of
+``[op, aux, expired, deadline]`` lists, the output buffers are ``bytearray``
+objects, per-key batch counters are lists.  Where the compiled core would crash
+on a bad argument (a node index out of range, ``None`` where a ``Lock`` is
+typed), the twin raises ``IndexError``/``TypeError``.  The status numbers
+(``ST_*``, a C enum in the compiled core) are module ints here."""
 
 from __future__ import annotations
 
@@ -22,6 +31,9 @@ from quorumlock._scripts import (
     RELEASE as RELEASE_SCRIPT, RELEASE_SHA, EXTEND as EXTEND_SCRIPT, EXTEND_SHA,
     ACQUIRE_MANY as ACQUIRE_MANY_SCRIPT, ACQUIRE_MANY_SHA,
     RELEASE_MANY as RELEASE_MANY_SCRIPT, RELEASE_MANY_SHA, ALL as SCRIPTS,
+    ACQUIRE_EX as ACQUIRE_EX_SCRIPT, ACQUIRE_EX_SHA, FENCE_COMMIT as FENCE_COMMIT_SCRIPT, FENCE_COMMIT_SHA,
+    RELEASE_EX as RELEASE_EX_SCRIPT, RELEASE_EX_SHA, EXTEND_EX as EXTEND_EX_SCRIPT, EXTEND_EX_SHA,
+    FENCE_PREFIX, DELAY_PREFIX,
 )
 
 IMPLEMENTATION = "python"
@@ -78,7 +90,7 @@ def random_bytes(n: int) -> bytes:
 
 # ---------------------------------------------------------------------------
 # The engine: the same names, decision rules and bytes on the wire as the
-# compiled core (``_cython/{consts,buffer,node,ops,lock,engine}.pxi``).
+# compiled core (``_cython/{consts,buffer,node,ops,lock,engine,sync}.pxi``).
 # ---------------------------------------------------------------------------
 
 _now_ns = time.monotonic_ns
@@ -436,7 +448,7 @@ class Op:
     replies only update the counters."""
 
     __slots__ = ("engine", "waiter", "result", "t0", "n", "quorum", "n_ok", "n_bad",
-                 "decided", "status", "details")
+                 "decided", "complete", "status", "details")
 
     def __init__(self, engine=None, waiter=None):
         self.engine = engine
@@ -452,6 +464,7 @@ class Op:
         self.n_ok = 0
         self.n_bad = 0
         self.decided = False
+        self.complete = False   # the result is set (decided, and any second round done)
         self.status = bytearray(self.n)
         self.details = None
 
@@ -490,6 +503,7 @@ class Op:
 
     def finish(self, result):
         self.result = result
+        self.complete = True
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(result)
@@ -557,11 +571,64 @@ class AcquireOp(Op):
         self.finish(None)
 
 
-class ReleaseOp(Op):
-    """Compare-and-delete on every node.  Result: True if our token was deleted
-    on a majority (the lease was still ours), else False."""
+class FencedAcquireOp(AcquireOp):
+    """The acquire script (fence and/or lock-delay).  With fencing, a success
+    starts a second, pipelined round that commits the fence (DESIGN.md §6):
+    the fence is the maximum counter over the nodes that said yes, and it is
+    valid once a majority accepted the commit."""
 
-    __slots__ = ("key_b", "token")
+    __slots__ = ("delay_ms", "fencing", "fence")
+
+    def on_reply(self, node, reply, aux):
+        if type(reply) is int:
+            if reply > 0:
+                # Only replies before the decision count: the commit round
+                # carries the fence as it was then.
+                if reply > self.fence and not self.decided:
+                    self.fence = reply
+                return self.mark(node._idx, ST_OK, None)
+            return self.mark(node._idx, ST_HELD, None)
+        if _is_noscript(reply):
+            return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
+        if isinstance(reply, ReplyError):
+            return self.mark_error(node, reply)
+        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+
+    def resend_eval(self, node, aux, deadline):
+        kb = self.key_b
+        node.send(encode_command(b"EVAL", ACQUIRE_EX_SCRIPT, b"3", kb, FENCE_PREFIX + kb, DELAY_PREFIX + kb,
+                                 self.token, self.ttl_ms, self.delay_ms, b"1" if self.fencing else b"0"),
+                  self, aux, deadline)
+        self.engine.script_missing(node)
+
+    def decide(self):
+        now = _now_ns()
+        end = self.t0 + self.ttl_ms * 1000000 - self.drift_ns
+        if self.n_ok >= self.quorum and now < end and self.fencing:
+            self.engine.send_commit(self, end)
+            return
+        AcquireOp.decide(self)
+
+    def commit_done(self, ok, end):
+        if ok and _now_ns() < end:
+            lock = _new_lock(self.engine.owner, self.key, self.key_b, self.token, self.ttl_ms, end, self.n_ok)
+            lock.fence = self.fence
+            w = self.waiter
+            if w is not None and w.done():
+                lock._released = True
+                self.engine.send_release(self.key_b, self.token, None, None)
+                return
+            self.finish(lock)
+            return
+        self.engine.send_release(self.key_b, self.token, None, None)
+        self.finish(None)
+
+
+class CommitOp(Op):
+    """Second round of a fenced acquire: raise the counters to the fence where
+    our token still holds the key."""
+
+    __slots__ = ("acq", "end")
 
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
@@ -573,7 +640,37 @@ class ReleaseOp(Op):
         return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
 
     def resend_eval(self, node, aux, deadline):
-        node.send(encode_command(b"EVAL", RELEASE_SCRIPT, b"1", self.key_b, self.token), self, aux, deadline)
+        acq = self.acq
+        node.send(encode_command(b"EVAL", FENCE_COMMIT_SCRIPT, b"2", acq.key_b, FENCE_PREFIX + acq.key_b,
+                                 acq.token, acq.fence), self, aux, deadline)
+        self.engine.script_missing(node)
+
+    def decide(self):
+        self.complete = True
+        self.acq.commit_done(self.n_ok >= self.quorum, self.end)
+
+
+class ReleaseOp(Op):
+    """Compare-and-delete on every node.  Result: True if our token was deleted
+    on a majority (the lease was still ours), else False."""
+
+    __slots__ = ("key_b", "token", "ex")    # ex: lock-delay form (also lifts the delay marker)
+
+    def on_reply(self, node, reply, aux):
+        if type(reply) is int:
+            return self.mark(node._idx, ST_OK if reply == 1 else ST_HELD, None)
+        if _is_noscript(reply):
+            return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
+        if isinstance(reply, ReplyError):
+            return self.mark_error(node, reply)
+        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+
+    def resend_eval(self, node, aux, deadline):
+        if self.ex:
+            cmd = encode_command(b"EVAL", RELEASE_EX_SCRIPT, b"2", self.key_b, DELAY_PREFIX + self.key_b, self.token)
+        else:
+            cmd = encode_command(b"EVAL", RELEASE_SCRIPT, b"1", self.key_b, self.token)
+        node.send(cmd, self, aux, deadline)
         self.engine.script_missing(node)
 
     def decide(self):
@@ -584,7 +681,7 @@ class ExtendOp(Op):
     """Compare-and-pexpire on every node.  Success only on a majority and with
     a fresh validity computed from this operation's own start (§2.5)."""
 
-    __slots__ = ("lock", "ttl_ms", "drift_ns")
+    __slots__ = ("lock", "ttl_ms", "drift_ns", "delay_ms")   # delay_ms > 0: lock-delay form
 
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
@@ -597,8 +694,12 @@ class ExtendOp(Op):
 
     def resend_eval(self, node, aux, deadline):
         lock = self.lock
-        node.send(encode_command(b"EVAL", EXTEND_SCRIPT, b"1", lock._key_b, lock._token, self.ttl_ms),
-                  self, aux, deadline)
+        if self.delay_ms > 0:
+            cmd = encode_command(b"EVAL", EXTEND_EX_SCRIPT, b"2", lock._key_b, DELAY_PREFIX + lock._key_b,
+                                 lock._token, self.ttl_ms, self.delay_ms)
+        else:
+            cmd = encode_command(b"EVAL", EXTEND_SCRIPT, b"1", lock._key_b, lock._token, self.ttl_ms)
+        node.send(cmd, self, aux, deadline)
         self.engine.script_missing(node)
 
     def decide(self):
@@ -635,6 +736,7 @@ class CallOp(Op):
         else:
             exc = ConnectionError(f"{name}: {detail or 'not connected'}")
         self.result = exc   # the blocking engine raises it
+        self.complete = True
         w = self.waiter
         if w is not None and not w.done():
             w.set_exception(exc)
@@ -946,9 +1048,10 @@ class Engine:
     single ``transport.write``."""
 
     __slots__ = ("loop", "owner", "nodes", "node_names", "n", "quorum", "node_timeout_ns",
-                 "stall_ns", "drift_factor", "max_key_len", "batch_chunk", "guard", "_sync",
-                 "flush_scheduled", "_flush_cb", "_call_soon", "_create_future",
-                 "pre_release", "pre_extend", "pre_acquire_many", "pre_release_many", "logger")
+                 "stall_ns", "drift_factor", "max_key_len", "batch_chunk", "guard", "fencing",
+                 "lock_delay_ms", "_sync", "flush_scheduled", "_flush_cb", "_call_soon", "_create_future",
+                 "pre_release", "pre_extend", "pre_release_ex", "pre_extend_ex", "pre_acquire_ex",
+                 "pre_commit", "pre_acquire_many", "pre_release_many", "logger")
 
     def __init__(self, loop, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -982,6 +1085,12 @@ class Engine:
             self._create_future = loop.create_future
         self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
         self.pre_extend = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_SHA + b"\r\n$1\r\n1\r\n"
+        self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
+        self.pre_extend_ex = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_EX_SHA + b"\r\n$1\r\n2\r\n"
+        self.pre_acquire_ex = b"*10\r\n$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_EX_SHA + b"\r\n$1\r\n3\r\n"
+        self.pre_commit = b"*7\r\n$7\r\nEVALSHA\r\n$40\r\n" + FENCE_COMMIT_SHA + b"\r\n$1\r\n2\r\n"
+        self.fencing = False
+        self.lock_delay_ms = 0
         self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
         self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
         self.logger = logging.getLogger("quorumlock")
@@ -1072,9 +1181,15 @@ class Engine:
     def send_release(self, key_b, token, waiter, skip):
         """Compare-and-delete on every ready node (except where ``skip`` says
         the key is held by someone else).  No waiter: replies are drained."""
-        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(key_b), key_b, len(token), token)
         op = SinkOp(self, None)
-        op.eval_args = (b"EVAL", RELEASE_SCRIPT, b"1", key_b, token)
+        if self.lock_delay_ms > 0:
+            dk = DELAY_PREFIX + key_b
+            cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+                self.pre_release_ex, len(key_b), key_b, len(dk), dk, len(token), token)
+            op.eval_args = (b"EVAL", RELEASE_EX_SCRIPT, b"2", key_b, dk, token)
+        else:
+            cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(key_b), key_b, len(token), token)
+            op.eval_args = (b"EVAL", RELEASE_SCRIPT, b"1", key_b, token)
         deadline = op.t0 + self.node_timeout_ns
         any_sent = False
         for i, node in enumerate(self.nodes):
@@ -1104,6 +1219,7 @@ class Engine:
         # The node forgot our scripts (restart or SCRIPT FLUSH): reload them
         # once, so later calls go back to EVALSHA.
         now = _now_ns()
+        self.schedule_flush()   # the caller's EVAL must go out even when the reload is throttled
         if node.info is not None and node.info.get("_script_load_at", 0) + 100000000 > now:
             return
         if node.info is None:
@@ -1123,16 +1239,16 @@ class Engine:
     def _log_error(self, name, what, obj):
         self.logger.warning("quorumlock: %s: %s: %r", name, what, obj)
 
-    # -- operations ------------------------------------------------------
+    # -- operations (each returns its Op; the waiter is a future, or None
+    #    for the blocking engine) ----------------------------------------
 
-    def attempt(self, key, ttl_ms):
-        """One quorum attempt to acquire ``key``.  Returns the operation; its
-        ``waiter`` future resolves to a ``Lock`` or None, and ``outcomes()``
-        says what each node answered."""
+    def _attempt(self, key, ttl_ms):
         if type(ttl_ms) is not int or ttl_ms < _LL_MIN or ttl_ms > _LL_MAX:
             ttl_ms = _c_int(ttl_ms)
         kb = self.key_bytes(key)
-        op = AcquireOp(self, self._create_future())
+        if self.fencing or self.lock_delay_ms > 0:
+            return self._attempt_ex(key, kb, ttl_ms)
+        op = AcquireOp(self, self.new_waiter())
         op.key = key
         op.key_b = kb
         op.token = token = new_token()
@@ -1144,60 +1260,90 @@ class Engine:
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 
-    def try_acquire(self, key, ttl_ms):
-        """One quorum attempt: a future of ``Lock`` or None."""
-        return self.attempt(key, ttl_ms).waiter
+    def _attempt_ex(self, key, kb, ttl_ms):
+        op = FencedAcquireOp(self, self.new_waiter())
+        op.key = key
+        op.key_b = kb
+        op.token = token = new_token()
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms)
+        op.delay_ms = delay = self.lock_delay_ms
+        op.fencing = fencing = True if self.fencing else False
+        op.fence = 0
+        fk = FENCE_PREFIX + kb
+        dk = DELAY_PREFIX + kb
+        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b%b%b" % (
+            self.pre_acquire_ex, len(kb), kb, len(fk), fk, len(dk), dk, len(token), token,
+            _bulk_int(ttl_ms), _bulk_int(delay), b"$1\r\n1\r\n" if fencing else b"$1\r\n0\r\n")
+        self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+        return op
 
-    def release(self, lock, wait=True):
-        """Compare-and-delete on every node: a future of True if our token was
-        still there on a majority.  A second release does no I/O (False)."""
+    def send_commit(self, acq, end):
+        op = CommitOp(self, None)
+        op.acq = acq
+        op.end = end
+        kb = acq.key_b
+        fk = FENCE_PREFIX + kb
+        tok = acq.token
+        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+            self.pre_commit, len(kb), kb, len(fk), fk, len(tok), tok, _bulk_int(acq.fence))
+        self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+
+    def _release(self, lock):
         _check_lock(lock)
-        fut = self._create_future()
         if lock._released:
-            fut.set_result(False)
-            return fut
+            return self._done(False)
         lock._released = True
-        op = ReleaseOp(self, fut)
+        op = ReleaseOp(self, self.new_waiter())
         op.key_b = kb = lock._key_b
         op.token = tok = lock._token
-        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(kb), kb, len(tok), tok)
+        if self.lock_delay_ms > 0:
+            op.ex = True
+            dk = DELAY_PREFIX + kb
+            cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+                self.pre_release_ex, len(kb), kb, len(dk), dk, len(tok), tok)
+        else:
+            op.ex = False
+            cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(kb), kb, len(tok), tok)
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, False)
-        return fut
+        return op
 
-    def extend(self, lock, ttl_ms):
-        """Compare-and-pexpire on every node: a future of True on success (the
-        lock's validity renewed from this operation's start), else False."""
+    def _extend(self, lock, ttl_ms):
         _check_lock(lock)
         if type(ttl_ms) is not int or ttl_ms < _LL_MIN or ttl_ms > _LL_MAX:
             ttl_ms = _c_int(ttl_ms)
-        fut = self._create_future()
         if lock._released:
-            fut.set_result(False)
-            return fut
-        op = ExtendOp(self, fut)
+            return self._done(False)
+        op = ExtendOp(self, self.new_waiter())
         op.lock = lock
         op.ttl_ms = ttl_ms
         op.drift_ns = self.drift_ns_for(ttl_ms)
+        op.delay_ms = delay = self.lock_delay_ms
         kb = lock._key_b
         tok = lock._token
-        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (self.pre_extend, len(kb), kb, len(tok), tok, _bulk_int(ttl_ms))
+        if delay > 0:
+            dk = DELAY_PREFIX + kb
+            cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b%b" % (
+                self.pre_extend_ex, len(kb), kb, len(dk), dk, len(tok), tok, _bulk_int(ttl_ms), _bulk_int(delay))
+        else:
+            cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (self.pre_extend, len(kb), kb, len(tok), tok,
+                                                          _bulk_int(ttl_ms))
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
-        return fut
+        return op
 
-    def acquire_many(self, keys, ttl_ms):
-        """One attempt per key, all keys in one script call per node per
-        chunk: a future of a list of ``Lock`` or None, in key order."""
+    def _acquire_many(self, keys, ttl_ms):
         ttl_ms = _c_int(ttl_ms)
+        if self.fencing or self.lock_delay_ms > 0:
+            raise NotImplementedError("batch scripts do not issue fences or lock-delays; acquire per key")
         keys_l = list(keys)
         m = len(keys_l)
         key_bytes = self.key_bytes
         keys_b = [key_bytes(k) for k in keys_l]
-        op = AcquireManyOp(self, self._create_future())
         if m == 0:
-            op.waiter.set_result([])
-            return op.waiter
+            return self._done([])
         if len(set(keys_b)) != m:
             raise ValueError("keys: the same key appears twice in one batch")
+        op = AcquireManyOp(self, self.new_waiter())
         op.keys = keys_l
         op.keys_b = keys_b
         op.tokens = tokens = [new_token() for _ in range(m)]
@@ -1216,21 +1362,17 @@ class Engine:
             parts.append(ttl_b)
             parts += [b"$20\r\n%b\r\n" % tok for tok in tokens[start:end]]
             self.fanout(b"".join(parts), op, start, deadline, self.guard)
-        return op.waiter
+        return op
 
-    def release_many(self, locks):
-        """Compare-and-delete many locks with one script call per node per
-        chunk: a future of a list of bools (True where our token was deleted
-        on a majority)."""
+    def _release_many(self, locks):
         locks_l = list(locks)
         m = len(locks_l)
-        op = ReleaseManyOp(self, self._create_future())
         if m == 0:
-            op.waiter.set_result([])
-            return op.waiter
+            return self._done([])
         for lk in locks_l:
             if not isinstance(lk, Lock):
                 raise TypeError(f"Cannot convert {type(lk).__name__} to {__name__}.Lock")
+        op = ReleaseManyOp(self, self.new_waiter())
         for lk in locks_l:
             lk._released = True
         op.keys_b = keys_b = [lk._key_b for lk in locks_l]
@@ -1246,23 +1388,70 @@ class Engine:
             parts += [b"$%d\r\n%b\r\n" % (len(kb), kb) for kb in keys_b[start:end]]
             parts += [b"$%d\r\n%b\r\n" % (len(tok), tok) for tok in tokens[start:end]]
             self.fanout(b"".join(parts), op, start, deadline, False)
-        return op.waiter
+        return op
 
-    def call(self, idx, args, timeout=None):
-        """Send one command to node ``idx`` (connected, not necessarily
-        ready): a future of the raw reply."""
+    def _call(self, idx, args, timeout):
         if type(args) is not tuple:
             raise TypeError(f"Argument 'args' has incorrect type (expected tuple, got {type(args).__name__})")
         idx = self._node_index(idx)
         node = self.nodes[idx]
-        op = CallOp(self, self._create_future())
+        op = CallOp(self, self.new_waiter())
         if not node.connected:
             op.on_fail(idx, 0, ST_DOWN, None)
-            return op.waiter
+            return op
         t = self.node_timeout_ns if timeout is None else int(timeout * 1e9)
         node.send(encode_command(*args), op, 0, op.t0 + t)
         self.schedule_flush()
-        return op.waiter
+        return op
+
+    def _done(self, result):
+        op = Op(self, self.new_waiter())
+        op.decided = True
+        op.finish(result)
+        return op
+
+    def new_waiter(self):
+        if self._sync:
+            return None
+        return self._create_future()
+
+    # -- the asyncio face: each returns a future ---------------------------
+
+    def attempt(self, key, ttl_ms):
+        """One quorum attempt to acquire ``key``.  Returns the operation; its
+        ``waiter`` future resolves to a ``Lock`` or None, and ``outcomes()``
+        says what each node answered."""
+        return self._attempt(key, ttl_ms)
+
+    def try_acquire(self, key, ttl_ms):
+        """One quorum attempt: a future of ``Lock`` or None."""
+        return self._attempt(key, ttl_ms).waiter
+
+    def release(self, lock):
+        """Compare-and-delete on every node: a future of True if our token was
+        still there on a majority.  A second release does no I/O (False)."""
+        return self._release(lock).waiter
+
+    def extend(self, lock, ttl_ms):
+        """Compare-and-pexpire on every node: a future of True on success (the
+        lock's validity renewed from this operation's start), else False."""
+        return self._extend(lock, ttl_ms).waiter
+
+    def acquire_many(self, keys, ttl_ms):
+        """One attempt per key, all keys in one script call per node per
+        chunk: a future of a list of ``Lock`` or None, in key order."""
+        return self._acquire_many(keys, ttl_ms).waiter
+
+    def release_many(self, locks):
+        """Compare-and-delete many locks with one script call per node per
+        chunk: a future of a list of bools (True where our token was deleted
+        on a majority)."""
+        return self._release_many(locks).waiter
+
+    def call(self, idx, args, timeout=None):
+        """Send one command to node ``idx`` (connected, not necessarily
+        ready): a future of the raw reply."""
+        return self._call(idx, args, timeout).waiter
 
     def close(self):
         """Flush what is queued and close every connection."""
@@ -1270,3 +1459,274 @@ class Engine:
         for node in self.nodes:
             node.ready = False
             node.close()
+
+
+# -- the blocking engine (sync.pxi) ---------------------------------------------
+
+class SyncSocket:
+    """A minimal transport over a non-blocking socket for the blocking engine
+    (plain TCP, unix or TLS: here always through the socket's methods)."""
+
+    __slots__ = ("node", "sock", "fd", "tls", "pending", "closed")
+
+    def __init__(self, node, sock, tls):
+        self.node = node
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.tls = True if tls else False
+        self.pending = None
+        self.closed = False
+
+    def write(self, data):
+        if type(data) is not bytes:
+            raise TypeError(f"Argument 'data' has incorrect type (expected bytes, got {type(data).__name__})")
+        if self.closed:
+            return
+        if self.pending is not None:
+            self.pending += data
+            return
+        n = self._send(data)
+        if n < 0:
+            return
+        if n < len(data):
+            self.pending = bytearray(data[n:])
+
+    def _send(self, data):
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0
+        except OSError as exc:
+            self._lost(exc if self.tls else OSError(exc.errno, "send failed"))
+            return -1
+
+    def flush_pending(self):
+        if self.pending is None or self.closed:
+            return
+        n = self._send(self.pending)
+        if n < 0:
+            return
+        if n >= len(self.pending):
+            self.pending = None
+        else:
+            del self.pending[:n]
+
+    def wants_write(self):
+        return self.pending is not None
+
+    def read_ready(self):
+        """Read what the socket has, feed it to the node's parser."""
+        node = self.node
+        if self.closed:
+            return
+        recv_into = self.sock.recv_into
+        if self.tls:
+            while not self.closed:
+                try:
+                    r = recv_into(node.inbuf)
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    return
+                except OSError as exc:
+                    self._lost(exc)
+                    return
+                if r == 0:
+                    self._lost(None)
+                    return
+                node._feed(node.inbuf, 0, r)
+                node._drain()
+                if not self.sock.pending():
+                    return
+            return
+        while not self.closed:
+            try:
+                r = recv_into(node.inbuf, INBUF_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._lost(OSError(exc.errno, "recv failed"))
+                return
+            if r == 0:
+                self._lost(None)
+                return
+            node._feed(node.inbuf, 0, r)
+            node._drain()
+            if r < INBUF_SIZE:
+                return
+
+    def _lost(self, exc):
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.node.connection_lost(exc)
+
+    def abort(self):
+        self._lost(ConnectionAbortedError("connection aborted by the client"))
+
+    def close(self):
+        if self.pending is not None and not self.closed:
+            self.flush_pending()
+        self._lost(None)
+
+
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
+_POLL_READ = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class SyncEngine(Engine):
+    """One set of N blocking connections, driven by ``poll()`` in the calling
+    thread.  A blocking LockManager keeps a pool of these, one checked out per
+    calling thread, so threads never share a socket."""
+
+    __slots__ = ("reconnect_at", "backoff", "maintenance_epoch", "all_ready")
+
+    def __init__(self, names, owner, node_timeout, drift_factor,
+                 max_key_len=1024, batch_chunk=500, stall_timeout=None):
+        Engine.__init__(self, None, names, owner, node_timeout, drift_factor, max_key_len,
+                        batch_chunk, stall_timeout)
+        self.reconnect_at = [0] * self.n    # monotonic ns when node i may be retried
+        self.backoff = [0.05] * self.n      # seconds of the next reconnect backoff
+        self.maintenance_epoch = -1
+        self.all_ready = False
+
+    def attach(self, idx, sock, tls):
+        """Use the connected socket ``sock`` (made non-blocking here) for node ``idx``."""
+        node = self.nodes[self._node_index(idx)]
+        sock.setblocking(False)
+        node.connection_made(SyncSocket(node, sock, tls))
+
+    def _node_lost(self, idx, exc):
+        b = self.backoff[idx]
+        self.all_ready = False
+        self.reconnect_at[idx] = _now_ns() + int(b * 1e9)
+        self.backoff[idx] = min(b * 2, 2.0)
+
+    def _wait(self, op, until):
+        """Drive the sockets until ``op`` is decided or ``until`` (monotonic
+        ns, 0 = none) passes; queued writes are always flushed first."""
+        nodes = self.nodes
+        while True:
+            self._flush()
+            if op.complete:
+                return
+            now = _now_ns()
+            if until and now >= until:
+                return
+            next_t = until if until else now + 1000000000
+            for node in nodes:
+                if node.slots and node.timer is not None:
+                    if node.timer_at <= now:
+                        node._on_timer()
+                    if node.timer is not None and node.timer_at < next_t:
+                        next_t = node.timer_at
+            if op.complete:
+                continue
+            poller = None
+            by_fd = {}
+            for node in nodes:
+                t = node.transport
+                if not node.connected or t is None:
+                    continue
+                if poller is None:
+                    poller = select.poll()
+                poller.register(t.fd, _POLLIN | _POLLOUT if t.pending is not None else _POLLIN)
+                by_fd[t.fd] = node
+            now = _now_ns()
+            timeout_ms = (next_t - now + 999999) // 1000000 if next_t > now else 0
+            if poller is None:
+                # Nothing can answer: every node is down.  The operation was
+                # already failed by fanout; only a deadline can be waiting.
+                if timeout_ms > 0:
+                    time.sleep(timeout_ms / 1000.0)
+                continue
+            for fd, ev in poller.poll(timeout_ms):
+                node = by_fd.get(fd)
+                if node is None or node.transport is None:
+                    continue
+                t = node.transport
+                if ev & _POLLOUT:
+                    t.flush_pending()
+                if ev & _POLL_READ:
+                    t.read_ready()
+
+    def wait(self, op, timeout=None):
+        """Wait for ``op`` (at most ``timeout`` seconds); return its result."""
+        until = 0
+        if timeout is not None:
+            until = _now_ns() + int(timeout * 1e9)
+        self._wait(op, until)
+        return op.result
+
+    def poll_once(self):
+        """Read whatever replies are waiting (late replies of earlier
+        operations) without blocking, and flush queued writes."""
+        self._wait(self._done(None), 0)
+
+    # -- the blocking face: each returns the result -----------------------
+
+    def try_acquire_sync(self, key, ttl_ms):
+        op = self._attempt(key, ttl_ms)
+        self._wait(op, 0)
+        return op.result
+
+    def attempt_sync(self, key, ttl_ms):
+        op = self._attempt(key, ttl_ms)
+        self._wait(op, 0)
+        return op
+
+    def release_sync(self, lock):
+        op = self._release(lock)
+        self._wait(op, 0)
+        return op.result
+
+    def extend_sync(self, lock, ttl_ms):
+        op = self._extend(lock, ttl_ms)
+        self._wait(op, 0)
+        return op.result
+
+    def acquire_many_sync(self, keys, ttl_ms):
+        op = self._acquire_many(keys, ttl_ms)
+        self._wait(op, 0)
+        return op.result
+
+    def acquire_each_sync(self, keys, ttl_ms):
+        """One attempt per key with the single-key operation (fenced or
+        lock-delay acquires), all sent before the first wait."""
+        ops = [self._attempt(k, ttl_ms) for k in keys]
+        for op in ops:
+            self._wait(op, 0)
+        return [op.result for op in ops]
+
+    def release_each_sync(self, locks):
+        ops = [self._release(lk) for lk in locks]
+        for op in ops:
+            self._wait(op, 0)
+        return [op.result for op in ops]
+
+    def release_many_sync(self, locks):
+        op = self._release_many(locks)
+        self._wait(op, 0)
+        return op.result
+
+    def call_op(self, idx, args, timeout=None):
+        """Queue one command to one node; ``wait(op)`` gives its reply."""
+        return self._call(idx, args, timeout)
+
+    def call_sync(self, idx, args, timeout=None):
+        """One command to one node; raises TimeoutError/ConnectionError."""
+        op = self._call(idx, args, timeout)
+        self._wait(op, 0)
+        if isinstance(op.result, BaseException):
+            raise op.result
+        return op.result
+
+    def close(self):
+        self._flush()
+        for node in self.nodes:
+            node.ready = False
+            if node.transport is not None:
+                node.transport.close()
