@@ -1158,6 +1158,10 @@ class Engine:
             raise ValueError(f"key is {len(kb)} bytes long; max_key_length is {self.max_key_len}")
         return kb
 
+    def check_key(self, key):
+        """Validate ``key`` as an operation would; return its bytes."""
+        return self.key_bytes(key)
+
     def fanout(self, cmd, op, aux, deadline, guarded):
         """Queue ``cmd`` on every node; nodes that cannot take it fail at once."""
         now = op.t0
@@ -1660,11 +1664,6 @@ class SyncEngine(Engine):
             until = _now_ns() + int(timeout * 1e9)
         self._wait(op, until)
         return op.result
-
-    def poll_once(self):
-        """Read whatever replies are waiting (late replies of earlier
-        operations) without blocking, and flush queued writes."""
-        self._wait(self._done(None), 0)
 
     # -- the blocking face: each returns the result -----------------------
 

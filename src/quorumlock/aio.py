@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Iterable, List, Optional, Sequence
 from . import _handshake
 from ._backend import IMPLEMENTATION, core
 from ._config import NodeSpec, Options, check_int, check_seconds, make_options, parse_nodes, ttl_to_ms
+from .blocking import _check_commands
 from .errors import ConfigurationError, LockNotOwned, LockTimeout
 
 __all__ = ["LockManager", "Lock", "IMPLEMENTATION"]
@@ -254,6 +255,11 @@ class LockManager:
         eng = self._engine
         t = spec.connect_timeout
         futs = [(name, eng.call(i, args, t)) for name, args in _handshake.commands(spec)]
+        for _name, fut in futs:
+            # If the handshake fails midway, the later futures fail with
+            # nobody awaiting them: retrieve their exceptions so the loop
+            # does not report "Future exception was never retrieved".
+            fut.add_done_callback(_retrieve)
         replies = [(name, await fut) for name, fut in futs]
         info = _handshake.check(spec, replies)
         node = eng.nodes[i]
@@ -392,7 +398,9 @@ class LockManager:
             # single-key attempt per key (still one write per node per
             # iteration, thanks to auto-pipelining).
             keys = list(keys)
-            ids = [k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k for k in keys]
+            # Validate every key before sending any: a bad key halfway would
+            # leave the earlier attempts' locks held by nobody.
+            ids = [eng.check_key(k) for k in keys]
             if len(set(ids)) != len(ids):
                 raise ValueError("keys: the same key appears twice in one batch")
             return asyncio.gather(*[eng.try_acquire(k, ttl_ms) for k in keys])
@@ -414,6 +422,53 @@ class LockManager:
     async def release(self, lock: Any) -> bool:
         """Same as ``await lock.release()``."""
         return await self._release(lock)
+
+    async def call_nodes(
+        self,
+        commands: Sequence[Optional[Sequence[Any]]],
+        timeout: Optional[float] = None,
+        *,
+        guarded: bool = True,
+        lease_ms: Optional[int] = None,
+    ) -> List[Any]:
+        """Send ``commands[i]`` to node ``i``, all at once (None skips a node),
+        and wait for every answer; return one result per node.
+
+        A result is the raw reply (a ``hiredis.ReplyError`` for an error
+        reply), or a ``TimeoutError`` / ``ConnectionError`` *instance* (not
+        raised) for a node that did not answer within ``timeout`` (default: the
+        manager's ``node_timeout``), is down, or, with ``guarded``, is left out
+        by the restart guard; None where the command was None.  ``lease_ms``:
+        the TTL the commands set, so that the restart guard's window covers it.
+        The building block of the drop-in classes in ``quorumlock.compat``."""
+        cmds = _check_commands(commands, self.n)
+        t = self._opts.node_timeout if timeout is None else check_seconds("timeout", timeout)
+        eng = self._require()
+        if lease_ms is not None and lease_ms > self._max_ttl_used_ms:
+            self._max_ttl_used_ms = int(lease_ms)
+        now = self._core.monotonic_ns()
+        results: List[Any] = [None] * self.n
+        waiting = []
+        for i, args in enumerate(cmds):
+            nd = eng.nodes[i]
+            if args is None:
+                continue
+            if not nd.ready:
+                results[i] = ConnectionError(f"{self._specs[i].name}: not connected")
+            elif guarded and eng.guard and nd.counted_after > now:
+                results[i] = ConnectionError(f"{self._specs[i].name}: restart guard: node restarted recently")
+            else:
+                fut = eng.call(i, args, t)
+                # Replies still due when the caller is cancelled are retrieved
+                # here, never reported to the loop as unretrieved exceptions.
+                fut.add_done_callback(_retrieve)
+                waiting.append((i, fut))
+        for i, fut in waiting:
+            try:
+                results[i] = await fut
+            except (TimeoutError, ConnectionError) as exc:
+                results[i] = exc
+        return results
 
     # -- callbacks used by Lock --------------------------------------------
 
@@ -442,6 +497,16 @@ class LockManager:
     def __repr__(self) -> str:
         state = "connected" if self._engine is not None else "not connected"
         return f"<quorumlock.aio.LockManager {self.n} nodes quorum={self.quorum} {state} [{self._core.IMPLEMENTATION}]>"
+
+
+def _retrieve(fut: "asyncio.Future[Any]") -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _retrieve(fut: "asyncio.Future[Any]") -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class _LockContext:

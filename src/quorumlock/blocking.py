@@ -406,7 +406,8 @@ class LockManager:
         keys = list(keys)
         eng = self._checkout()
         if self._opts.fencing or self._opts.lock_delay_ms:
-            if len(set(map(_key_id, keys))) != len(keys):
+            # Validate every key before sending any (see aio.acquire_many).
+            if len({eng.check_key(k) for k in keys}) != len(keys):
                 raise ValueError("keys: the same key appears twice in one batch")
             return eng.acquire_each_sync(keys, ttl_ms)
         return eng.acquire_many_sync(keys, ttl_ms)
@@ -495,10 +496,6 @@ class LockManager:
     def __repr__(self) -> str:
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
                 f"threads={len(self._engines)} [{self._core.IMPLEMENTATION}]>")
-
-
-def _key_id(key: Any) -> Any:
-    return key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
 
 
 def _check_commands(commands: Sequence[Optional[Sequence[Any]]], n: int) -> List[Optional[tuple]]:

@@ -87,8 +87,14 @@ cdef class Engine:
 
     # -- plumbing ----------------------------------------------------------
 
+    cdef int check_index(self, int idx) except -1:
+        if idx < 0 or idx >= self.n:
+            raise IndexError(f"node index {idx} out of range for {self.n} nodes")
+        return 0
+
     def make_protocol(self, int idx):
         """The protocol object for node ``idx`` (reused across reconnects)."""
+        self.check_index(idx)
         return self.nodes[idx]
 
     def _flush(self):
@@ -136,6 +142,10 @@ cdef class Engine:
             raise ValueError(
                 f"key is {PyBytes_GET_SIZE(kb)} bytes long; max_key_length is {self.max_key_len}")
         return kb
+
+    def check_key(self, key):
+        """Validate ``key`` as an operation would; return its bytes."""
+        return self.key_bytes(key)
 
     cdef int fanout(self, WriteBuffer cmd, Op op, int32_t aux, uint64_t deadline, bint guarded) except -1:
         """Queue ``cmd`` on every node; nodes that cannot take it fail at once."""
@@ -395,6 +405,9 @@ cdef class Engine:
 
     cdef Op _release_many(self, object locks):
         cdef list locks_l = list(locks)
+        for obj in locks_l:
+            if not isinstance(obj, Lock):
+                raise TypeError(f"release_many takes Lock objects, got {type(obj).__name__}")
         cdef Py_ssize_t m = len(locks_l), start, end, k
         cdef Lock lk
         cdef ReleaseManyOp op = ReleaseManyOp.__new__(ReleaseManyOp)
@@ -423,6 +436,9 @@ cdef class Engine:
         return op
 
     cdef Op _call(self, int idx, tuple args, object timeout):
+        self.check_index(idx)
+        if args is None:
+            raise TypeError("args must be a tuple of command arguments")
         cdef NodeConn node = <NodeConn>self.nodes[idx]
         cdef CallOp op = CallOp.__new__(CallOp)
         cdef uint64_t t

@@ -3,6 +3,14 @@
 # decided; replies that arrive later only update the counters.
 
 
+# Operations are not tracked by the cyclic GC (@cython.no_gc): they are made
+# and dropped at the rate of the lock traffic, and tracking them made gen-0
+# collections ~18 % of the client's CPU at 1,024 concurrent callers (perf).
+# They take part in no lasting cycle: op -> waiter future -> task -> frame ->
+# op exists only while the future is pending, and the loop breaks it when the
+# future completes or is cancelled.
+
+
 cdef inline bint is_reply_error(object reply):
     return isinstance(reply, ReplyError)
 
@@ -11,6 +19,7 @@ cdef inline bint is_noscript(object reply):
     return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
 
 
+@cython.no_gc
 cdef class Op:
     cdef:
         Engine engine
@@ -97,6 +106,7 @@ cdef class Op:
         return <double>(now_ns() - self.t0) / 1e9
 
 
+@cython.no_gc
 cdef class AcquireOp(Op):
     """SET key token NX PX ttl on every node; success on a majority with
     validity left (DESIGN.md §2)."""
@@ -148,6 +158,7 @@ cdef class AcquireOp(Op):
         return self.finish(None)
 
 
+@cython.no_gc
 cdef class FencedAcquireOp(AcquireOp):
     """The acquire script (fence and/or lock-delay).  With fencing, a success
     starts a second, pipelined round that commits the fence (DESIGN.md §6):
@@ -214,6 +225,7 @@ cdef class FencedAcquireOp(AcquireOp):
         return self.finish(None)
 
 
+@cython.no_gc
 cdef class CommitOp(Op):
     """Second round of a fenced acquire: raise the counters to the fence where
     our token still holds the key."""
@@ -245,6 +257,7 @@ cdef class CommitOp(Op):
         return self.acq.commit_done(self.n_ok >= self.quorum, self.end)
 
 
+@cython.no_gc
 cdef class ReleaseOp(Op):
     """Compare-and-delete on every node.  Result: True if our token was deleted
     on a majority (the lease was still ours), else False."""
@@ -278,6 +291,7 @@ cdef class ReleaseOp(Op):
         return self.finish(self.n_ok >= self.quorum)
 
 
+@cython.no_gc
 cdef class ExtendOp(Op):
     """Compare-and-pexpire on every node.  Success only on a majority and with
     a fresh validity computed from this operation's own start (§2.5)."""
@@ -320,6 +334,7 @@ cdef class ExtendOp(Op):
         return self.finish(False)
 
 
+@cython.no_gc
 cdef class CallOp(Op):
     """One command to one node (handshake, admin): the future gets the raw
     reply (a ``hiredis.ReplyError`` object for an error reply), or an
@@ -346,6 +361,7 @@ cdef class CallOp(Op):
         return 0
 
 
+@cython.no_gc
 cdef class SinkOp(Op):
     """Receives replies nobody waits for (the releases after a failed or
     abandoned attempt).  Keeps the EVAL form of its command for NOSCRIPT."""
@@ -371,6 +387,7 @@ cdef class SinkOp(Op):
         return 0
 
 
+@cython.no_gc
 cdef class BatchOp(Op):
     """A quorum operation over many keys at once: one script call per node
     per chunk of keys, per-key C counters, one waiter for the whole batch."""
@@ -464,6 +481,7 @@ cdef class BatchOp(Op):
         return self._fail_chunk(idx, aux, st, detail)
 
 
+@cython.no_gc
 cdef class AcquireManyOp(BatchOp):
     cdef list keys
 
@@ -517,6 +535,7 @@ cdef class AcquireManyOp(BatchOp):
         return self.finish(results)
 
 
+@cython.no_gc
 cdef class ReleaseManyOp(BatchOp):
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef Py_ssize_t end = min(<Py_ssize_t>aux + self.chunk, self.m)

@@ -212,6 +212,7 @@ cdef class SyncEngine(Engine):
 
     def attach(self, int idx, sock, bint tls):
         """Use the connected socket ``sock`` (made non-blocking here) for node ``idx``."""
+        self.check_index(idx)
         cdef NodeConn node = <NodeConn>self.nodes[idx]
         sock.setblocking(False)
         node.connection_made(SyncSocket(node, sock, tls))
@@ -297,12 +298,6 @@ cdef class SyncEngine(Engine):
         self._wait(op, until)
         return op.result
 
-    def poll_once(self):
-        """Read whatever replies are waiting (late replies of earlier
-        operations) without blocking, and flush queued writes."""
-        cdef Op dummy = self._done(None)
-        self._wait(dummy, 0)
-
     # -- the blocking face: each returns the result -----------------------
 
     def try_acquire_sync(self, key, long long ttl_ms):
@@ -315,12 +310,12 @@ cdef class SyncEngine(Engine):
         self._wait(op, 0)
         return op
 
-    def release_sync(self, Lock lock):
+    def release_sync(self, Lock lock not None):
         cdef Op op = self._release(lock)
         self._wait(op, 0)
         return op.result
 
-    def extend_sync(self, Lock lock, long long ttl_ms):
+    def extend_sync(self, Lock lock not None, long long ttl_ms):
         cdef Op op = self._extend(lock, ttl_ms)
         self._wait(op, 0)
         return op.result
@@ -351,11 +346,11 @@ cdef class SyncEngine(Engine):
         self._wait(op, 0)
         return op.result
 
-    def call_op(self, int idx, tuple args, timeout=None):
+    def call_op(self, int idx, tuple args not None, timeout=None):
         """Queue one command to one node; ``wait(op)`` gives its reply."""
         return self._call(idx, args, timeout)
 
-    def call_sync(self, int idx, tuple args, timeout=None):
+    def call_sync(self, int idx, tuple args not None, timeout=None):
         """One command to one node; raises TimeoutError/ConnectionError."""
         cdef Op op = self._call(idx, args, timeout)
         self._wait(op, 0)
