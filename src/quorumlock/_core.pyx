@@ -5,6 +5,7 @@ One extension module made of the ``_cython/*.pxi`` files it includes (the uvloop
 layout).  ``quorumlock._pycore`` is its pure-Python twin with the same names;
 ``quorumlock._backend`` picks one of the two."""
 
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_SetFromErrno
 from libc.stdint cimport uint64_t, int64_t
