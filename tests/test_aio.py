@@ -604,3 +604,63 @@ def test_int_key_is_not_str_key(run, core, clusters):
                 await locks.try_acquire(1)
 
     run(body())
+
+
+def test_acl_user(run, core, make_cluster):
+    cluster = make_cluster(n=3, mode="volatile", max_ttl=1.0,
+                           extra_args=("--user", "alice", "on", ">wonder", "~*", "&*", "+@all"))
+
+    async def body():
+        urls = [f"redis://alice:wonder@127.0.0.1:{p}" for p in cluster.ports]
+        async with LockManager(urls, _core=core) as locks:
+            lock = await locks.try_acquire("acl:a")
+            assert lock is not None
+            await lock.release()
+        bad = [f"redis://alice:nope@127.0.0.1:{p}" for p in cluster.ports]
+        with pytest.raises(ConfigurationError, match="authentication"):
+            async with LockManager(bad, _core=core):
+                pass
+
+    run(body())
+
+
+def test_busy_and_readonly_replies(run, core, make_cluster):
+    """BUSY (a node running a long script) and READONLY (a node turned into a
+    replica after we connected) are failures of that node, with its text."""
+    cluster = make_cluster(n=3, mode="volatile", max_ttl=1.0, extra_args=("--busy-reply-threshold", "20"))
+    import threading
+
+    def long_script():
+        c = redis.Redis(port=cluster.ports[0])
+        try:
+            c.eval("local t = redis.call('time'); local s = t[1] + 1; "
+                   "while tonumber(redis.call('time')[1]) < s + 0 do end return 1", 0)
+        except redis.exceptions.ResponseError:
+            pass
+
+    async def body():
+        async with LockManager(cluster.urls, node_timeout=0.5, _core=core) as locks:
+            t = threading.Thread(target=long_script)
+            t.start()
+            await asyncio.sleep(0.2)
+            op = locks.engine.attempt("busy:a", 5000)
+            lock = await op.waiter
+            await asyncio.sleep(0.05)
+            out = op.outcomes()
+            assert out[0].status == "error" and "BUSY" in out[0].detail, out
+            assert lock is not None  # the other two decide
+            await lock.release()
+            await asyncio.to_thread(t.join)
+            # a node that became a replica after the handshake answers READONLY
+            r1 = redis.Redis(port=cluster.ports[1])
+            r1.replicaof("127.0.0.1", cluster.ports[2])
+            try:
+                op = locks.engine.attempt("ro:a", 5000)
+                await op.waiter
+                await asyncio.sleep(0.05)
+                out = op.outcomes()
+                assert out[1].status == "error" and "READONLY" in out[1].detail, out
+            finally:
+                r1.replicaof("no", "one")
+
+    run(body())
