@@ -193,3 +193,61 @@ def test_lock_delay_after_a_crashed_holder(sync_core, clusters):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+@pytest.mark.parametrize("how", ["fenced", "plain"])
+def test_kleppmann_pause_past_the_lease(how, sync_core, clusters, make_cluster):
+    """Kleppmann's scenario against real nodes: client A (a separate process)
+    acquires and reads the protected counter, then is SIGSTOPped past its
+    lease; B acquires, reads and writes; A is resumed and writes.
+
+    fenced: B's fence is larger, A's write is rejected, no update is lost.
+    plain:  A's write lands on top of B's: two "successful" increments, the
+            counter says 1 (the lost update fencing exists to prevent)."""
+    if sync_core.IMPLEMENTATION != "cython":
+        pytest.skip("the client process uses the installed (compiled) build")
+    cluster = clusters(3)
+    storage = make_cluster(n=1, mode="volatile", max_ttl=1.0)
+    store_port = storage.ports[0]
+    ttl = 0.4
+    a = subprocess.Popen([sys.executable, WORKER, "rmw", ",".join(cluster.urls), str(store_port), "k:counter",
+                          str(ttl), how], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = a.stdout.readline().split()
+        assert line[0] == "read", line
+        a_value = int(line[2])
+        os.kill(a.pid, signal.SIGSTOP)  # the GC pause, longer than the lease
+        time.sleep(ttl + 0.1)
+        with LockManager(cluster.urls, ttl=2.0, fencing=(how == "fenced"), _core=sync_core) as locks:
+            lock_b = locks.acquire("k:counter", timeout=2.0)
+            store_client = redis.Redis(port=store_port)
+            if how == "fenced":
+                from quorumlock.fencing import FencedStore
+
+                a_fence = int(line[1])
+                assert lock_b.fence > a_fence
+                store = FencedStore(store_client)
+                b_value = int(store.read("k:counter", lock_b.fence).value or 0)
+                store.write("k:counter", b_value + 1, lock_b.fence)
+            else:
+                b_value = int(store_client.get("k:counter") or 0)
+                store_client.set("k:counter", b_value + 1)
+            lock_b.release()
+        assert a_value == b_value == 0
+        os.kill(a.pid, signal.SIGCONT)
+        a.stdin.write("go\n")
+        a.stdin.flush()
+        verdict = a.stdout.readline().strip()
+        assert a.wait(10) == 0
+        final = int(redis.Redis(port=store_port).get("k:counter") if how == "plain"
+                    else FencedStore(redis.Redis(port=store_port)).get("k:counter"))
+        if how == "fenced":
+            assert verdict == "rejected"
+            assert final == 1  # = the one accepted increment: nothing lost
+        else:
+            assert verdict == "wrote"
+            assert final == 1  # two "successful" increments, one survives: a lost update
+    finally:
+        if a.poll() is None:
+            os.kill(a.pid, signal.SIGCONT)
+            a.kill()
