@@ -1,0 +1,443 @@
+"""Drop-in classes for the Python lock APIs people already use.
+
+* ``quorumlock.compat.redis_py``: ``Lock`` and ``AsyncLock``, for
+  ``redis.lock.Lock`` and ``redis.asyncio.lock.Lock``
+  (``r.lock("name", lock_class=Lock)``);
+* ``quorumlock.compat.pottery``: ``Redlock``, ``AIORedlock``, ``synchronize``
+  and pottery's exceptions.
+
+``docs/migrating.md`` lists every difference from the originals.
+
+This module holds what both share:
+
+* **one manager per set of nodes.**  A drop-in lock is created per use
+  (``r.lock(...)`` in a loop), so it must not connect each time.  Locks on the
+  same nodes share one ``LockManager`` (blocking) or one
+  ``quorumlock.aio.LockManager`` per event loop, found in a cache keyed by the
+  nodes' connection settings.  The cache keeps the 32 most recently used sets;
+  an evicted manager is closed when the last lock using it goes away.  The
+  asyncio managers of a loop are closed when the loop shuts down its
+  asynchronous generators (``asyncio.run``, ``asyncio.Runner`` and
+  pytest-asyncio all do).
+* **per-node commands with quorum counting.**  The drop-in classes need what the
+  engine's own operations do not do: a token chosen by the caller, a key
+  without expiry (``SET`` without ``PX``), redis-py's "add to the remaining
+  TTL" extension, reads (``GET``, ``PTTL``).  They send their commands with
+  ``LockManager.call_nodes`` (the engine's connections, pipelined, one per-node
+  deadline, the restart guard applied) and count the replies here.  Scripts go
+  as ``EVALSHA`` with an ``EVAL`` fallback on ``NOSCRIPT``.
+
+``set_manager_options(...)`` sets the ``LockManager`` options of managers made
+from then on (``node_timeout``, ``connect_timeout``, ``restart_guard``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import redis.exceptions as _rexc
+from hiredis import ReplyError
+
+from .._backend import core
+from .._config import NodeSpec, make_options
+from ..aio import LockManager as AioLockManager
+from ..blocking import LockManager
+from ..errors import NodeOutcome
+
+__all__ = ["set_manager_options", "manager_options"]
+
+#: Most recently used node sets whose manager the cache keeps (per event loop
+#: for the asyncio managers).
+CACHE_SIZE = 32
+
+#: Token length in random bytes; tokens are sent as lowercase hex (32
+#: characters, the length and alphabet of redis-py's ``uuid1().hex`` tokens, so
+#: code that decodes or logs them keeps working), but all 128 bits are random.
+TOKEN_BYTES = 16
+
+# The connection settings that make two clients reach "the same nodes".
+_CONN_KEYS = (
+    "host", "port", "path", "db", "username", "password",
+    "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data",
+    "ssl_check_hostname",
+)
+
+_options: Dict[str, Any] = {}
+_MANAGER_PARAMS = tuple(
+    name for name, p in inspect.signature(LockManager.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and not name.startswith("_")
+)
+
+
+def set_manager_options(**options: Any) -> None:
+    """Options (keyword arguments of ``LockManager``) for the managers the
+    drop-in classes create from now on, e.g. ``node_timeout=0.05``,
+    ``restart_guard=False``, ``connect_timeout=1.0``.  Checked at once;
+    managers already made keep their options.  No arguments: back to the
+    defaults."""
+    unknown = sorted(set(options) - set(_MANAGER_PARAMS) - {"_core"})  # _core: the engine build, for tests
+    if unknown:
+        raise TypeError(f"unknown LockManager option(s) {unknown}; valid: {list(_MANAGER_PARAMS)}")
+    make_options(**{k: v for k, v in options.items() if k not in ("ssl_context", "_core")})
+    _options.clear()
+    _options.update(options)
+    with _sync_mutex:
+        _sync_cache.clear()
+    for reg in list(_loops.values()):
+        reg.managers.clear()
+
+
+def manager_options() -> Dict[str, Any]:
+    """The options given to ``set_manager_options`` (a copy)."""
+    return dict(_options)
+
+
+def new_token() -> bytes:
+    """A fresh token: 16 bytes from the kernel's random source, as 32 hex characters."""
+    return core.random_bytes(TOKEN_BYTES).hex().encode()
+
+
+# --------------------------------------------------------------------------
+# nodes and the manager cache
+# --------------------------------------------------------------------------
+
+
+def node_list(redis: Any) -> List[Any]:
+    """A client, a URL, or a collection of them -> a list of nodes."""
+    if isinstance(redis, (str, NodeSpec)) or hasattr(redis, "connection_pool"):
+        return [redis]
+    if isinstance(redis, (list, tuple, set, frozenset)):
+        nodes = list(redis)
+        if not nodes:
+            raise ValueError("no nodes: give a redis-py client, a URL, or a list of them")
+        return nodes
+    raise TypeError(
+        "redis must be a redis-py client, a redis:// URL, or a list of them (a quorum), "
+        f"got {type(redis).__name__}"
+    )
+
+
+def _hashable(v: Any) -> Any:
+    try:
+        hash(v)
+    except TypeError:
+        return repr(v)
+    return v
+
+
+def _node_key(node: Any) -> Tuple[Any, ...]:
+    if isinstance(node, str):
+        return ("url", node)
+    if isinstance(node, NodeSpec):
+        return ("spec", node.identity, node.username, node.password, id(node.ssl) if node.ssl else None)
+    pool = getattr(node, "connection_pool", None)
+    kw = getattr(pool, "connection_kwargs", None)
+    if kw is None:
+        raise TypeError(
+            "each node must be a redis-py client (Redis or redis.asyncio.Redis; not a cluster client) "
+            f"or a redis:// URL, got {type(node).__name__}"
+        )
+    cls = getattr(pool, "connection_class", None)
+    return ("client", getattr(cls, "__name__", "")) + tuple(_hashable(kw.get(k)) for k in _CONN_KEYS)
+
+
+def _ordered(nodes: List[Any]) -> Tuple[Tuple[Any, ...], List[Any]]:
+    """Cache key of a node set and the nodes in the key's order: the same
+    nodes given in another order (a pottery ``masters`` set) share a manager."""
+    pairs = sorted(((_node_key(nd), nd) for nd in nodes), key=lambda kv: repr(kv[0]))
+    return tuple(k for k, _ in pairs), [nd for _, nd in pairs]
+
+
+class SharedManager:
+    """A blocking ``LockManager`` shared by every drop-in lock on the same
+    nodes.  Closed when evicted from the cache and no lock uses it any more."""
+
+    __slots__ = ("manager", "n", "quorum", "drift_factor", "node_timeout", "__weakref__")
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        self.n = manager.n
+        self.quorum = manager.quorum
+        self.drift_factor = manager.options.drift_factor
+        self.node_timeout = manager.options.node_timeout
+
+    def __del__(self) -> None:
+        try:
+            self.manager.close()
+        except Exception:  # pragma: no cover - best effort at garbage collection
+            pass
+
+
+_sync_cache: "OrderedDict[Tuple[Any, ...], SharedManager]" = OrderedDict()
+_sync_mutex = threading.Lock()
+
+
+def sync_manager(nodes: List[Any]) -> SharedManager:
+    """The shared blocking manager of ``nodes`` (made on first use; it
+    connects on its first operation)."""
+    key, ordered = _ordered(nodes)
+    with _sync_mutex:
+        sh = _sync_cache.get(key)
+        if sh is not None:
+            _sync_cache.move_to_end(key)
+            return sh
+    sh = SharedManager(LockManager(ordered, **_options))
+    with _sync_mutex:
+        other = _sync_cache.get(key)
+        if other is not None:  # another thread made it meanwhile: use theirs
+            _sync_cache.move_to_end(key)
+            return other
+        _sync_cache[key] = sh
+        while len(_sync_cache) > CACHE_SIZE:
+            _sync_cache.popitem(last=False)
+    return sh
+
+
+class AioSharedManager(SharedManager):
+    """An asyncio ``LockManager`` shared by the drop-in locks of one event loop
+    on the same nodes.  ``connected()`` connects it once, whoever asks first."""
+
+    __slots__ = ("loop", "_connecting")
+
+    def __init__(self, manager: Any, loop: Any) -> None:
+        super().__init__(manager)
+        self.loop = loop
+        self._connecting: Optional["asyncio.Task[Any]"] = None
+
+    async def connected(self) -> Any:
+        while True:
+            task = self._connecting
+            if task is None:
+                task = self._connecting = self.loop.create_task(self.manager.connect())
+                task.add_done_callback(_retrieve)
+            if not task.done():
+                # Shielded: one caller's cancellation must not cancel the
+                # connect that other callers wait for.
+                await asyncio.shield(task)
+            if task.cancelled() or task.exception() is not None:
+                self._connecting = None
+                return task.result()  # raises
+            if self.manager.engine is not None:
+                return self.manager
+            self._connecting = None  # closed since (loop shutdown): connect again
+
+    def __del__(self) -> None:
+        mgr, loop = self.manager, self.loop
+        if mgr.engine is None:
+            return
+        try:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_close_later, mgr)
+        except Exception:  # pragma: no cover - best effort at garbage collection
+            pass
+
+
+_closing: set = set()
+
+
+def _close_later(mgr: Any) -> None:
+    task = asyncio.ensure_future(mgr.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+def _retrieve(fut: "asyncio.Future[Any]") -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class _LoopManagers:
+    __slots__ = ("managers", "closer", "closed")
+
+    def __init__(self) -> None:
+        self.managers: "OrderedDict[Tuple[Any, ...], AioSharedManager]" = OrderedDict()
+        self.closer: Any = None
+        self.closed = False
+
+
+_loops: "weakref.WeakKeyDictionary[Any, _LoopManagers]" = weakref.WeakKeyDictionary()
+
+
+async def _close_at_shutdown(reg: _LoopManagers) -> Any:
+    # An asynchronous generator started on the loop: the loop's
+    # shutdown_asyncgens() closes it, and this closes the loop's managers while
+    # the loop still runs (there is no other hook at loop shutdown).
+    try:
+        yield
+    finally:
+        reg.closed = True
+        managers = list(reg.managers.values())
+        reg.managers.clear()
+        for sh in managers:
+            try:
+                await sh.manager.close()
+            except Exception:  # pragma: no cover - closing is best effort
+                pass
+
+
+async def aio_manager(nodes: List[Any]) -> AioSharedManager:
+    """The shared asyncio manager of ``nodes`` on the running loop, connected."""
+    loop = asyncio.get_running_loop()
+    reg = _loops.get(loop)
+    if reg is None or reg.closed:
+        reg = _LoopManagers()
+        _loops[loop] = reg
+        reg.closer = _close_at_shutdown(reg)
+        await reg.closer.asend(None)
+    key, ordered = _ordered(nodes)
+    sh = reg.managers.get(key)
+    if sh is None:
+        sh = AioSharedManager(AioLockManager(ordered, **_options), loop)
+        reg.managers[key] = sh
+        while len(reg.managers) > CACHE_SIZE:
+            reg.managers.popitem(last=False)
+    else:
+        reg.managers.move_to_end(key)
+    await sh.connected()
+    return sh
+
+
+# --------------------------------------------------------------------------
+# scripts and replies
+# --------------------------------------------------------------------------
+
+
+class Script:
+    """A Lua script sent as ``EVALSHA``, with ``EVAL`` when a node answers
+    ``NOSCRIPT`` (a restarted node forgot it; EVAL also caches it again)."""
+
+    __slots__ = ("body", "sha")
+
+    def __init__(self, body: str) -> None:
+        self.body = body.encode()
+        self.sha = hashlib.sha1(self.body).hexdigest().encode()
+
+    def evalsha(self, keys: Sequence[bytes], args: Sequence[Any]) -> tuple:
+        return (b"EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def eval(self, keys: Sequence[bytes], args: Sequence[Any]) -> tuple:
+        return (b"EVAL", self.body, len(keys), *keys, *args)
+
+
+def is_noscript(reply: Any) -> bool:
+    return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def script_commands(script: Script, keys: Sequence[bytes], args: Sequence[Any], n: int,
+                    only: Optional[Sequence[int]] = None) -> List[Optional[tuple]]:
+    cmd = script.evalsha(keys, args)
+    if only is None:
+        return [cmd] * n
+    return [cmd if i in only else None for i in range(n)]
+
+
+def noscript_retry(script: Script, keys: Sequence[bytes], args: Sequence[Any], results: List[Any]
+                   ) -> Optional[List[Optional[tuple]]]:
+    """The EVAL commands to resend where a node answered NOSCRIPT, or None."""
+    redo = [i for i, r in enumerate(results) if is_noscript(r)]
+    if not redo:
+        return None
+    cmd = script.eval(keys, args)
+    return [cmd if i in redo else None for i in range(len(results))]
+
+
+def run_script(sh: SharedManager, script: Script, keys: Sequence[bytes], args: Sequence[Any],
+               timeout: Optional[float] = None, *, only: Optional[Sequence[int]] = None,
+               guarded: bool = True, lease_ms: Optional[int] = None) -> List[Any]:
+    """Run ``script`` on every node (or the nodes in ``only``): one result per node."""
+    mgr = sh.manager
+    results = mgr.call_nodes(script_commands(script, keys, args, sh.n, only), timeout,
+                             guarded=guarded, lease_ms=lease_ms)
+    redo = noscript_retry(script, keys, args, results)
+    if redo is not None:
+        again = mgr.call_nodes(redo, timeout, guarded=guarded, lease_ms=lease_ms)
+        results = [a if c is not None else r for r, a, c in zip(results, again, redo)]
+    return results
+
+
+async def run_script_async(sh: AioSharedManager, script: Script, keys: Sequence[bytes], args: Sequence[Any],
+                           timeout: Optional[float] = None, *, only: Optional[Sequence[int]] = None,
+                           guarded: bool = True, lease_ms: Optional[int] = None) -> List[Any]:
+    """``run_script`` for an asyncio manager."""
+    mgr = sh.manager
+    results = await mgr.call_nodes(script_commands(script, keys, args, sh.n, only), timeout,
+                                   guarded=guarded, lease_ms=lease_ms)
+    redo = noscript_retry(script, keys, args, results)
+    if redo is not None:
+        again = await mgr.call_nodes(redo, timeout, guarded=guarded, lease_ms=lease_ms)
+        results = [a if c is not None else r for r, a, c in zip(results, again, redo)]
+    return results
+
+
+def lease_timeout(sh: SharedManager, ttl_ms: Optional[int]) -> float:
+    """Per-node reply deadline of a command that sets a lease: much smaller
+    than the TTL (DESIGN.md §2.2), at most the manager's ``node_timeout``."""
+    if not ttl_ms:
+        return sh.node_timeout
+    return max(0.001, min(sh.node_timeout, 0.010 + ttl_ms / 1000.0 * 0.05))
+
+
+def drift_ns(sh: SharedManager, ttl_ms: int) -> int:
+    """The Redlock clock-drift allowance: ``ttl * drift_factor + 2 ms``."""
+    return int(ttl_ms * 1e6 * sh.drift_factor) + 2_000_000
+
+
+class Tally:
+    """What the nodes answered to one per-node command: counts, a
+    ``NodeOutcome`` per node, and the failures as redis-py exceptions."""
+
+    __slots__ = ("ok", "held", "failed", "outcomes", "errors", "statuses")
+
+    def __init__(self, names: Sequence[str], results: Sequence[Any], ok: Callable[[Any], bool]) -> None:
+        self.ok = self.held = self.failed = 0
+        self.outcomes: List[NodeOutcome] = []
+        self.errors: List[_rexc.RedisError] = []
+        self.statuses: List[str] = []
+        for name, r in zip(names, results):
+            detail = None
+            if isinstance(r, ReplyError):
+                status, detail = "error", str(r)
+                self.errors.append(_rexc.ResponseError(f"{name}: {r}"))
+            elif isinstance(r, TimeoutError):
+                status, detail = "timeout", None
+                self.errors.append(_rexc.TimeoutError(f"{name}: no reply before the deadline"))
+            elif isinstance(r, ConnectionError):
+                text = str(r)
+                status = "excluded" if "restart guard" in text else "down"
+                detail = text if status == "excluded" else None
+                self.errors.append(_rexc.ConnectionError(text))
+            elif isinstance(r, BaseException):  # pragma: no cover - call_nodes returns only the above
+                status, detail = "error", repr(r)
+                self.errors.append(_rexc.RedisError(repr(r)))
+            elif ok(r):
+                status = "ok"
+            else:
+                status = "held"
+            if status == "ok":
+                self.ok += 1
+            elif status == "held":
+                self.held += 1
+            else:
+                self.failed += 1
+            self.statuses.append(status)
+            self.outcomes.append(NodeOutcome(name, status, detail))
+
+    def describe(self) -> str:
+        """``"2 ok, 1 held [redis://...: ok; ...]"``: for error messages."""
+        counts: Dict[str, int] = {}
+        for st in self.statuses:
+            counts[st] = counts.get(st, 0) + 1
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+        return f"{summary} [" + "; ".join(map(repr, self.outcomes)) + "]"
+
+    def may_hold(self) -> List[int]:
+        """Nodes where a ``SET NX`` of ours may have landed: every node that was
+        sent it and did not answer "held" (timeouts included: the SET may still
+        be applied, and a release sent now follows it on the same connection)."""
+        return [i for i, s in enumerate(self.statuses) if s in ("ok", "timeout", "error")]
