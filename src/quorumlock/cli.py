@@ -185,10 +185,32 @@ def _add_demo_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     add_parser(sub)
 
 
+def _add_bench_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .bench.runner import add_arguments
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmark quorumlock and its peers on local nodes, next to the redis-benchmark ceiling",
+        description="Start local nodes per --modes and --nodes, measure the redis-benchmark ceiling, "
+        "run the workloads and the peer libraries on the same nodes, time a node's recovery after "
+        "SIGKILL, and print a markdown table (also --json, --plots).  See docs/benchmarks.md.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """``quorumlock bench``: :func:`quorumlock.bench.runner.run_from_args`."""
+    from .bench.runner import run_from_args
+
+    return run_from_args(args, prog="quorumlock bench")
+
+
 #: Functions that each add one top-level subcommand to the parser.
 _SUBCOMMANDS: List[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
     _add_nodes_parser,
     _add_demo_parser,
+    _add_bench_parser,
 ]
 
 
