@@ -17,12 +17,15 @@ from .errors import (
     QuorumError,
     QuorumLockError,
 )
+from .leader import AsyncLeaderElection, LeaderElection
 
 __version__ = "0.1.0"
 
 __all__ = [
     "IMPLEMENTATION",
     "LockManager",
+    "LeaderElection",
+    "AsyncLeaderElection",
     "ConfigurationError",
     "LockLost",
     "LockNotOwned",

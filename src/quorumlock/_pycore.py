@@ -34,6 +34,8 @@ from quorumlock._scripts import (
     ACQUIRE_EX as ACQUIRE_EX_SCRIPT, ACQUIRE_EX_SHA, FENCE_COMMIT as FENCE_COMMIT_SCRIPT, FENCE_COMMIT_SHA,
     RELEASE_EX as RELEASE_EX_SCRIPT, RELEASE_EX_SHA, EXTEND_EX as EXTEND_EX_SCRIPT, EXTEND_EX_SHA,
     FENCE_PREFIX, DELAY_PREFIX,
+    RELEASE_NOTIFY as RELEASE_NOTIFY_SCRIPT, RELEASE_NOTIFY_SHA,
+    RELEASE_EX_NOTIFY as RELEASE_EX_NOTIFY_SCRIPT, RELEASE_EX_NOTIFY_SHA,
 )
 
 IMPLEMENTATION = "python"
@@ -667,9 +669,10 @@ class ReleaseOp(Op):
 
     def resend_eval(self, node, aux, deadline):
         if self.ex:
-            cmd = encode_command(b"EVAL", RELEASE_EX_SCRIPT, b"2", self.key_b, DELAY_PREFIX + self.key_b, self.token)
+            cmd = encode_command(b"EVAL", self.engine.release_ex_script, b"2", self.key_b,
+                                 DELAY_PREFIX + self.key_b, self.token)
         else:
-            cmd = encode_command(b"EVAL", RELEASE_SCRIPT, b"1", self.key_b, self.token)
+            cmd = encode_command(b"EVAL", self.engine.release_script, b"1", self.key_b, self.token)
         node.send(cmd, self, aux, deadline)
         self.engine.script_missing(node)
 
@@ -996,6 +999,19 @@ class Lock:
         """Extend the lease on a majority (compare-and-pexpire), with a fresh validity."""
         return self._owner._extend(self, ttl)
 
+    @property
+    def lost(self):
+        """An event (``asyncio.Event`` / ``threading.Event``) set when the
+        lease is known to be lost: a renewal failed to reach a quorum in time,
+        ``max_hold`` was reached, or validity ran out while held
+        (``quorumlock.leases``).  Reading it starts watching the lock."""
+        return self._owner._lost_event(self)
+
+    def check(self):
+        """Raise ``LockLost`` if the lease is lost (or its validity ran out
+        before a release); otherwise return the seconds of validity left."""
+        return self._owner._check_lock(self)
+
     def __aenter__(self):
         return self._owner._lock_aenter(self)
 
@@ -1051,7 +1067,8 @@ class Engine:
                  "stall_ns", "drift_factor", "max_key_len", "batch_chunk", "guard", "fencing",
                  "lock_delay_ms", "_sync", "flush_scheduled", "_flush_cb", "_call_soon", "_create_future",
                  "pre_release", "pre_extend", "pre_release_ex", "pre_extend_ex", "pre_acquire_ex",
-                 "pre_commit", "pre_acquire_many", "pre_release_many", "logger")
+                 "pre_commit", "pre_acquire_many", "pre_release_many", "logger",
+                 "release_notify", "release_script", "release_ex_script")
 
     def __init__(self, loop, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -1093,6 +1110,9 @@ class Engine:
         self.lock_delay_ms = 0
         self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
         self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
+        self.release_notify = False
+        self.release_script = RELEASE_SCRIPT
+        self.release_ex_script = RELEASE_EX_SCRIPT
         self.logger = logging.getLogger("quorumlock")
         self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
 
@@ -1190,10 +1210,10 @@ class Engine:
             dk = DELAY_PREFIX + key_b
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
                 self.pre_release_ex, len(key_b), key_b, len(dk), dk, len(token), token)
-            op.eval_args = (b"EVAL", RELEASE_EX_SCRIPT, b"2", key_b, dk, token)
+            op.eval_args = (b"EVAL", self.release_ex_script, b"2", key_b, dk, token)
         else:
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(key_b), key_b, len(token), token)
-            op.eval_args = (b"EVAL", RELEASE_SCRIPT, b"1", key_b, token)
+            op.eval_args = (b"EVAL", self.release_script, b"1", key_b, token)
         deadline = op.t0 + self.node_timeout_ns
         any_sent = False
         for i, node in enumerate(self.nodes):
@@ -1440,6 +1460,32 @@ class Engine:
         """Compare-and-pexpire on every node: a future of True on success (the
         lock's validity renewed from this operation's start), else False."""
         return self._extend(lock, ttl_ms).waiter
+
+    def extend_op(self, lock, ttl_ms):
+        """``extend`` returning the operation (like ``attempt``): its
+        ``waiter`` resolves to True/False and ``outcomes()`` says what each
+        node answered (the auto-extension tells "held by another token"
+        from "no reply")."""
+        return self._extend(lock, ttl_ms)
+
+    def set_release_notify(self, on):
+        """Opt-in: every release (also the clean-up after a failed attempt)
+        runs the notify form of the release script, which PUBLISHes on
+        ``ql:released:<key>`` when it deleted our token, so that waiters
+        (``quorumlock.leases.notify``) retry at once instead of polling.
+        Same arity as the plain scripts: only the SHA changes."""
+        on = True if on else False
+        self.release_notify = on
+        if on:
+            self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_NOTIFY_SHA + b"\r\n$1\r\n1\r\n"
+            self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_NOTIFY_SHA + b"\r\n$1\r\n2\r\n"
+            self.release_script = RELEASE_NOTIFY_SCRIPT
+            self.release_ex_script = RELEASE_EX_NOTIFY_SCRIPT
+        else:
+            self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
+            self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
+            self.release_script = RELEASE_SCRIPT
+            self.release_ex_script = RELEASE_EX_SCRIPT
 
     def acquire_many(self, keys, ttl_ms):
         """One attempt per key, all keys in one script call per node per
@@ -1705,6 +1751,17 @@ class SyncEngine(Engine):
         for op in ops:
             self._wait(op, 0)
         return [op.result for op in ops]
+
+    def extend_each_sync(self, locks, ttls_ms):
+        """Extend every lock in ``locks`` (``ttls_ms[i]`` ms for ``locks[i]``):
+        all extends are queued before the first wait, so each node gets them
+        in one write.  Returns the decided operations (``op.result`` is
+        True/False, ``op.outcomes()`` the per-node answers).  Used by the
+        auto-extension thread (``quorumlock.leases``)."""
+        ops = [self._extend(lk, t) for lk, t in zip(locks, ttls_ms)]
+        for op in ops:
+            self._wait(op, 0)
+        return ops
 
     def release_many_sync(self, locks):
         op = self._release_many(locks)

@@ -113,6 +113,35 @@ end
 return 0"""
 
 
+#: Channel prefix of release notifications: the notify forms of the release
+#: scripts PUBLISH on ``RELEASE_CHANNEL_PREFIX + key`` (one channel per key, so
+#: a node only sends a message to the waiters of that key).  Opt-in
+#: (``notify=True`` on a manager): the default release stays one script call
+#: without a PUBLISH.  Waiters: ``quorumlock.leases.notify``.
+RELEASE_CHANNEL_PREFIX = b"ql:released:"
+
+# Compare-and-delete that also tells the waiters (opt-in notify form of RELEASE).
+# KEYS[1]: lock key; ARGV[1]: our token.
+# Returns 1 if deleted (and publishes "1" on 'ql:released:' .. KEYS[1]), else 0.
+RELEASE_NOTIFY = b"""if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+  redis.call('publish', 'ql:released:' .. KEYS[1], '1')
+  return 1
+end
+return 0"""
+
+# Release with lock-delay that also tells the waiters (notify form of RELEASE_EX).
+# KEYS[1]: lock key; KEYS[2]: lock-delay marker; ARGV[1]: token.
+# Returns 1 if our token was deleted (the delay is lifted, the key published), else 0.
+RELEASE_EX_NOTIFY = b"""if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+  if redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
+  redis.call('publish', 'ql:released:' .. KEYS[1], '1')
+  return 1
+end
+return 0"""
+
+
 def sha1(script: bytes) -> bytes:
     return hashlib.sha1(script).hexdigest().encode()
 
@@ -126,6 +155,8 @@ ACQUIRE_EX_SHA = sha1(ACQUIRE_EX)
 FENCE_COMMIT_SHA = sha1(FENCE_COMMIT)
 RELEASE_EX_SHA = sha1(RELEASE_EX)
 EXTEND_EX_SHA = sha1(EXTEND_EX)
+RELEASE_NOTIFY_SHA = sha1(RELEASE_NOTIFY)
+RELEASE_EX_NOTIFY_SHA = sha1(RELEASE_EX_NOTIFY)
 
 ALL = (
     (RELEASE, RELEASE_SHA),
@@ -136,4 +167,6 @@ ALL = (
     (FENCE_COMMIT, FENCE_COMMIT_SHA),
     (RELEASE_EX, RELEASE_EX_SHA),
     (EXTEND_EX, EXTEND_EX_SHA),
+    (RELEASE_NOTIFY, RELEASE_NOTIFY_SHA),
+    (RELEASE_EX_NOTIFY, RELEASE_EX_NOTIFY_SHA),
 )

@@ -28,10 +28,13 @@ import time
 from typing import Any, Awaitable, Iterable, List, Optional, Sequence
 
 from . import _handshake
+from . import metrics as _metrics_mod
 from ._backend import IMPLEMENTATION, core
 from ._config import NodeSpec, Options, check_int, check_seconds, make_options, parse_nodes, ttl_to_ms
 from .blocking import _check_commands
 from .errors import ConfigurationError, LockNotOwned, LockTimeout
+from .leases import _async as _lease_async
+from .leases import close_manager as _close_leases
 
 __all__ = ["LockManager", "Lock", "IMPLEMENTATION"]
 
@@ -85,6 +88,14 @@ class LockManager:
         long; a clean release lifts it at once.
     ssl_context:
         For ``rediss://`` nodes, instead of the URL's ``ssl_*`` options.
+    notify:
+        Releases PUBLISH on ``ql:released:<key>`` (the notify form of the
+        release script), and ``acquire`` waits for those messages (and for
+        keyspace notifications, when the server has them) instead of only
+        polling: ``wait="notify"`` by default (``quorumlock.leases.notify``).
+    metrics:
+        Count operations and time them (``metrics()``; ``quorumlock.metrics``).
+        Off by default: no per-operation Python work is added.
     """
 
     def __init__(
@@ -105,6 +116,8 @@ class LockManager:
         fencing: bool = False,
         lock_delay: Optional[float] = None,
         ssl_context: Any = None,
+        notify: bool = False,
+        metrics: bool = False,
         _core: Any = None,
     ) -> None:
         self._core = core if _core is None else _core
@@ -131,6 +144,12 @@ class LockManager:
         self._max_ttl_used_ms = self._opts.ttl_ms
         self._ttl_cache: dict = {}
         self._guard = _handshake.GuardState(len(self._specs))
+        self._notify = bool(notify)
+        self._metrics: Any = None
+        self._leases: Any = None       # quorumlock.leases: the renewer (made on first use)
+        self._subscriber: Any = None   # quorumlock.leases.notify: release subscriptions
+        if metrics:
+            _metrics_mod.instrument(self)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -183,6 +202,8 @@ class LockManager:
         self._engine.guard = self._opts.restart_guard is not False
         self._engine.fencing = self._opts.fencing
         self._engine.lock_delay_ms = self._opts.lock_delay_ms
+        if self._notify:
+            self._engine.set_release_notify(True)
         results = await asyncio.gather(
             *(self._connect_node(i, initial=True) for i in range(self.n)), return_exceptions=True
         )
@@ -205,6 +226,7 @@ class LockManager:
     async def close(self) -> None:
         """Close every connection (queued releases are written first)."""
         self._closing = True
+        _close_leases(self)
         for t in list(self._reconnecting.values()):
             t.cancel()
         self._reconnecting.clear()
@@ -337,12 +359,18 @@ class LockManager:
         *,
         timeout: Optional[float] = None,
         retry_count: Optional[int] = None,
+        wait: Optional[str] = None,
     ) -> Any:
         """Acquire ``key``, retrying with jittered delays.
 
         With ``timeout`` (seconds), retries until it has passed; otherwise makes
         ``retry_count`` attempts (the manager's default: 3).  Raises
-        ``LockTimeout`` with the per-node outcome of the last attempt."""
+        ``LockTimeout`` with the per-node outcome of the last attempt.
+        ``wait="notify"`` (the default with ``notify=True``) retries as soon as
+        a majority of nodes report the key released, with the jittered delay
+        as the bound of every wait; ``wait="poll"`` only polls."""
+        if wait is not None or self._notify or self._metrics is not None:
+            return await _lease_async.acquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
         eng = self._require()
         ttl_ms = self._ttl_ms(ttl)
         attempts_left: Optional[int] = None
@@ -383,9 +411,31 @@ class LockManager:
         *,
         timeout: Optional[float] = None,
         retry_count: Optional[int] = None,
-    ) -> "_LockContext":
+        wait: Optional[str] = None,
+        auto_extend: bool = False,
+        max_hold: Optional[float] = None,
+        on_lost: Any = None,
+        margin: Optional[float] = None,
+        cancel: bool = True,
+        renew_fraction: float = 1.0 / 3.0,
+    ) -> Any:
         """``async with locks.lock(key, ttl=30.0) as lock:`` acquires (as
-        ``acquire``) and releases at the end of the block."""
+        ``acquire``) and releases at the end of the block.
+
+        With ``auto_extend=True`` the lease is renewed every ``ttl *
+        renew_fraction`` while the block runs, at most for ``max_hold``
+        seconds.  Any of ``auto_extend``, ``max_hold``, ``on_lost``, ``margin``
+        guards the lease: when it is lost (renewals failed to reach a quorum
+        in time, ``max_hold`` reached, validity ran out), the task running the
+        block is cancelled ``margin`` seconds before validity ends (unless
+        ``cancel=False``), ``lock.lost`` is set, ``on_lost(lock, reason)`` is
+        called, and the block raises ``LockLost`` (``quorumlock.leases``)."""
+        if auto_extend or max_hold is not None or on_lost is not None or margin is not None:
+            return _lease_async.AsyncLeaseContext(
+                self, key, ttl, timeout, retry_count, wait, auto_extend=bool(auto_extend), max_hold=max_hold,
+                on_lost=on_lost, margin=margin, cancel=bool(cancel), renew_fraction=renew_fraction)
+        if wait is not None:
+            return _lease_async.AsyncLeaseContext(self, key, ttl, timeout, retry_count, wait, _guarded=False)
         return _LockContext(self, key, ttl, timeout, retry_count)
 
     def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> Awaitable[List[Optional[Any]]]:
@@ -415,7 +465,8 @@ class LockManager:
             if not isinstance(lk, lock_cls):
                 raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
         eng = self._require()
-        if self._opts.lock_delay_ms:
+        if self._opts.lock_delay_ms or self._notify:
+            # The batch script neither lifts lock-delays nor publishes.
             return asyncio.gather(*[eng.release(lk) for lk in locks])
         return eng.release_many(locks)
 
@@ -470,6 +521,43 @@ class LockManager:
                 results[i] = exc
         return results
 
+    # -- leases, jobs, metrics ----------------------------------------------
+
+    def guard(
+        self,
+        lock: Any,
+        *,
+        auto_extend: bool = True,
+        max_hold: Optional[float] = None,
+        on_lost: Any = None,
+        margin: Optional[float] = None,
+        cancel: bool = False,
+        renew_fraction: float = 1.0 / 3.0,
+    ) -> Any:
+        """Watch a held ``lock`` (and renew it with ``auto_extend``) until it is
+        released; see ``lock()``.  ``cancel=True`` cancels the current task
+        when the lease is lost.  Returns the lock."""
+        _lease_async.guard(self, lock, auto_extend=auto_extend, max_hold=max_hold, on_lost=on_lost,
+                           margin=margin, cancel=cancel, renew_fraction=renew_fraction)
+        return lock
+
+    def exclusive(self, key: Any, ttl: Optional[float] = None, **options: Any) -> Any:
+        """Decorator: run a coroutine function only while holding ``key`` (a
+        ``str.format`` template of its arguments); see ``quorumlock.jobs``."""
+        from .jobs import exclusive
+
+        return exclusive(self, key, ttl, **options)
+
+    def metrics(self) -> dict:
+        """Counters and latency histograms as plain data (``quorumlock.metrics``)."""
+        return _metrics_mod.snapshot(self)
+
+    def _lost_event(self, lock: Any) -> Any:
+        return _lease_async.lost_event(self, lock)
+
+    def _check_lock(self, lock: Any) -> float:
+        return _lease_async.check(self, lock)
+
     # -- callbacks used by Lock --------------------------------------------
 
     def _release(self, lock: Any) -> Awaitable[bool]:
@@ -497,11 +585,6 @@ class LockManager:
     def __repr__(self) -> str:
         state = "connected" if self._engine is not None else "not connected"
         return f"<quorumlock.aio.LockManager {self.n} nodes quorum={self.quorum} {state} [{self._core.IMPLEMENTATION}]>"
-
-
-def _retrieve(fut: "asyncio.Future[Any]") -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _retrieve(fut: "asyncio.Future[Any]") -> None:

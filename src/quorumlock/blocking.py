@@ -36,9 +36,12 @@ import time
 from typing import Any, Iterable, List, Optional, Sequence
 
 from . import _handshake
+from . import metrics as _metrics_mod
 from ._backend import core
 from ._config import NodeSpec, Options, check_int, check_seconds, make_options, parse_nodes, ttl_to_ms
 from .errors import ConfigurationError, LockNotOwned, LockTimeout
+from .leases import _thread as _lease_thread
+from .leases import close_manager as _close_leases
 
 __all__ = ["LockManager"]
 
@@ -51,6 +54,9 @@ class LockManager:
     Takes the same arguments as ``quorumlock.aio.LockManager`` and has the
     same methods, returning values instead of awaitables.  Connections are
     made on first use (or by ``connect()`` / ``with``); ``close()`` closes them.
+    ``notify`` and ``metrics`` as there; the auto-extension runs in one
+    background thread per manager, with its own connection set
+    (``quorumlock.leases``).
     """
 
     def __init__(
@@ -71,6 +77,8 @@ class LockManager:
         fencing: bool = False,
         lock_delay: Optional[float] = None,
         ssl_context: Any = None,
+        notify: bool = False,
+        metrics: bool = False,
         _core: Any = None,
     ) -> None:
         self._core = core if _core is None else _core
@@ -99,6 +107,12 @@ class LockManager:
         self._connected_once = False
         self._max_ttl_used_ms = self._opts.ttl_ms
         self._ttl_cache: dict = {}
+        self._notify = bool(notify)
+        self._metrics: Any = None
+        self._leases: Any = None       # quorumlock.leases: the renewal thread (made on first use)
+        self._subscriber: Any = None   # quorumlock.leases.notify: release subscriptions
+        if metrics:
+            _metrics_mod.instrument(self)
 
     # -- properties --------------------------------------------------------
 
@@ -137,6 +151,7 @@ class LockManager:
 
     def close(self) -> None:
         """Close every connection of every thread's set (idempotent)."""
+        _close_leases(self)
         with self._mutex:
             self._closed = True
             engines, self._engines = list(self._engines.values()), {}
@@ -164,6 +179,8 @@ class LockManager:
         eng.guard = self._opts.restart_guard is not False
         eng.fencing = self._opts.fencing
         eng.lock_delay_ms = self._opts.lock_delay_ms
+        if self._notify:
+            eng.set_release_notify(True)
         initial = not self._connected_once
         self._connect_nodes(eng, range(self.n), self._opts.connect_timeout, initial)
         if initial:
@@ -356,9 +373,13 @@ class LockManager:
         *,
         timeout: Optional[float] = None,
         retry_count: Optional[int] = None,
+        wait: Optional[str] = None,
     ) -> Any:
         """Acquire ``key``, retrying with jittered delays (see
-        ``quorumlock.aio.LockManager.acquire``); raises ``LockTimeout``."""
+        ``quorumlock.aio.LockManager.acquire``, also for ``wait``); raises
+        ``LockTimeout``."""
+        if wait is not None or self._notify or self._metrics is not None:
+            return _lease_thread.acquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
         ttl_ms = self._ttl_ms(ttl)
         deadline: Optional[float] = None
         attempts_left: Optional[int] = None
@@ -396,8 +417,25 @@ class LockManager:
         *,
         timeout: Optional[float] = None,
         retry_count: Optional[int] = None,
-    ) -> "_LockContext":
-        """``with locks.lock(key, ttl=30.0) as lock:`` acquires and releases."""
+        wait: Optional[str] = None,
+        auto_extend: bool = False,
+        max_hold: Optional[float] = None,
+        on_lost: Any = None,
+        margin: Optional[float] = None,
+        renew_fraction: float = 1.0 / 3.0,
+    ) -> Any:
+        """``with locks.lock(key, ttl=30.0) as lock:`` acquires and releases.
+
+        ``auto_extend``, ``max_hold``, ``on_lost``, ``margin`` as in
+        ``quorumlock.aio.LockManager.lock``, except that a thread cannot be
+        cancelled: the block checks ``lock.lost`` / ``lock.check()``, and
+        raises ``LockLost`` on exit if the lease was lost."""
+        if auto_extend or max_hold is not None or on_lost is not None or margin is not None:
+            return _lease_thread.LeaseContext(
+                self, key, ttl, timeout, retry_count, wait, auto_extend=bool(auto_extend), max_hold=max_hold,
+                on_lost=on_lost, margin=margin, renew_fraction=renew_fraction)
+        if wait is not None:
+            return _lease_thread.LeaseContext(self, key, ttl, timeout, retry_count, wait, _guarded=False)
         return _LockContext(self, key, ttl, timeout, retry_count)
 
     def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> List[Optional[Any]]:
@@ -420,7 +458,8 @@ class LockManager:
             if not isinstance(lk, lock_cls):
                 raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
         eng = self._checkout()
-        if self._opts.lock_delay_ms:
+        if self._opts.lock_delay_ms or self._notify:
+            # The batch script neither lifts lock-delays nor publishes.
             return eng.release_each_sync(locks)
         return eng.release_many_sync(locks)
 
@@ -464,6 +503,43 @@ class LockManager:
             else:
                 pending.append(eng.call_op(i, args, t))
         return [p if p is None or isinstance(p, BaseException) else eng.wait(p) for p in pending]
+
+    # -- leases, jobs, metrics ----------------------------------------------
+
+    def guard(
+        self,
+        lock: Any,
+        *,
+        auto_extend: bool = True,
+        max_hold: Optional[float] = None,
+        on_lost: Any = None,
+        margin: Optional[float] = None,
+        renew_fraction: float = 1.0 / 3.0,
+    ) -> Any:
+        """Watch a held ``lock`` (and renew it with ``auto_extend``) until it is
+        released; see ``lock()``.  Returns the lock."""
+        _lease_thread.guard(self, lock, auto_extend=auto_extend, max_hold=max_hold, on_lost=on_lost,
+                            margin=margin, renew_fraction=renew_fraction)
+        return lock
+
+    def exclusive(self, key: Any, ttl: Optional[float] = None, **options: Any) -> Any:
+        """Decorator: run a function only while holding ``key`` (a
+        ``str.format`` template of its arguments); see ``quorumlock.jobs``."""
+        from .jobs import exclusive
+
+        return exclusive(self, key, ttl, **options)
+
+    def metrics(self) -> dict:
+        """Counters and latency histograms as plain data (``quorumlock.metrics``)."""
+        return _metrics_mod.snapshot(self)
+
+    def _lost_event(self, lock: Any) -> Any:
+        return _lease_thread.lost_event(self, lock)
+
+    def _check_lock(self, lock: Any) -> float:
+        from .leases import check_lock
+
+        return check_lock(lock)
 
     # -- callbacks used by Lock --------------------------------------------
 

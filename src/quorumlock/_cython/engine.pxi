@@ -1,5 +1,10 @@
 # The engine: fan-out of every operation to all nodes at once, auto-pipelined.
 
+from quorumlock._scripts import (
+    RELEASE_NOTIFY as RELEASE_NOTIFY_SCRIPT, RELEASE_NOTIFY_SHA,
+    RELEASE_EX_NOTIFY as RELEASE_EX_NOTIFY_SCRIPT, RELEASE_EX_NOTIFY_SHA,
+)
+
 
 cdef class Engine:
     """Quorum fan-out over N node connections on one event loop.
@@ -25,6 +30,7 @@ cdef class Engine:
         public bint guard
         public bint fencing
         public long long lock_delay_ms
+        readonly bint release_notify   # releases PUBLISH to waiters (set_release_notify)
         readonly bint sync
         bint flush_scheduled
         object _flush_cb
@@ -42,6 +48,8 @@ cdef class Engine:
         bytes pre_commit
         bytes pre_acquire_many
         bytes pre_release_many
+        object release_script       # EVAL fallbacks of the release in use
+        object release_ex_script
         object logger
 
     def __init__(self, loop, names, owner, double node_timeout, double drift_factor,
@@ -82,6 +90,9 @@ cdef class Engine:
         self.lock_delay_ms = 0
         self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
         self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
+        self.release_notify = False
+        self.release_script = RELEASE_SCRIPT
+        self.release_ex_script = RELEASE_EX_SCRIPT
         self.logger = logging.getLogger("quorumlock")
         self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
 
@@ -116,6 +127,24 @@ cdef class Engine:
     def flush(self):
         """Write everything queued now (normally done once per loop iteration)."""
         self._flush()
+
+    def set_release_notify(self, bint on):
+        """Opt-in: every release (also the clean-up after a failed attempt)
+        runs the notify form of the release script, which PUBLISHes on
+        ``ql:released:<key>`` when it deleted our token, so that waiters
+        (``quorumlock.leases.notify``) retry at once instead of polling.
+        Same arity as the plain scripts: only the SHA changes."""
+        self.release_notify = on
+        if on:
+            self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_NOTIFY_SHA + b"\r\n$1\r\n1\r\n"
+            self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_NOTIFY_SHA + b"\r\n$1\r\n2\r\n"
+            self.release_script = RELEASE_NOTIFY_SCRIPT
+            self.release_ex_script = RELEASE_EX_NOTIFY_SCRIPT
+        else:
+            self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
+            self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
+            self.release_script = RELEASE_SCRIPT
+            self.release_ex_script = RELEASE_EX_SCRIPT
 
     cdef inline uint64_t drift_ns_for(self, long long ttl_ms):
         # drift = ttl * drift_factor + 2 ms (the Redlock specification's allowance)
@@ -185,11 +214,11 @@ cdef class Engine:
             b.write_bytes(self.pre_release_ex)
             b.write_bulk_bytes(key_b)
             b.write_bulk_bytes(DELAY_PREFIX + key_b)
-            op.eval_args = (b"EVAL", RELEASE_EX_SCRIPT, b"2", key_b, DELAY_PREFIX + key_b, token)
+            op.eval_args = (b"EVAL", self.release_ex_script, b"2", key_b, DELAY_PREFIX + key_b, token)
         else:
             b.write_bytes(self.pre_release)
             b.write_bulk_bytes(key_b)
-            op.eval_args = (b"EVAL", RELEASE_SCRIPT, b"1", key_b, token)
+            op.eval_args = (b"EVAL", self.release_script, b"1", key_b, token)
         b.write_bulk_bytes(token)
         cdef uint64_t deadline = op.t0 + self.node_timeout_ns
         for i in range(self.n):
@@ -486,6 +515,13 @@ cdef class Engine:
         """Compare-and-pexpire on every node: a future of True on success (the
         lock's validity renewed from this operation's start), else False."""
         return self._extend(lock, ttl_ms).waiter
+
+    def extend_op(self, Lock lock not None, long long ttl_ms):
+        """``extend`` returning the operation (like ``attempt``): its
+        ``waiter`` resolves to True/False and ``outcomes()`` says what each
+        node answered (the auto-extension tells "held by another token"
+        from "no reply")."""
+        return self._extend(lock, ttl_ms)
 
     def acquire_many(self, keys, long long ttl_ms):
         """One attempt per key, all keys in one script call per node per

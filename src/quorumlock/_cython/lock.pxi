@@ -64,6 +64,19 @@ cdef class Lock:
         """Extend the lease on a majority (compare-and-pexpire), with a fresh validity."""
         return self._owner._extend(self, ttl)
 
+    @property
+    def lost(self):
+        """An event (``asyncio.Event`` / ``threading.Event``) set when the
+        lease is known to be lost: a renewal failed to reach a quorum in time,
+        ``max_hold`` was reached, or validity ran out while held
+        (``quorumlock.leases``).  Reading it starts watching the lock."""
+        return self._owner._lost_event(self)
+
+    def check(self):
+        """Raise ``LockLost`` if the lease is lost (or its validity ran out
+        before a release); otherwise return the seconds of validity left."""
+        return self._owner._check_lock(self)
+
     def __aenter__(self):
         return self._owner._lock_aenter(self)
 

@@ -280,9 +280,10 @@ cdef class ReleaseOp(Op):
         cdef WriteBuffer b = self.engine.scratch2
         b.clear()
         if self.ex:
-            b.write_command((b"EVAL", RELEASE_EX_SCRIPT, b"2", self.key_b, DELAY_PREFIX + self.key_b, self.token))
+            b.write_command((b"EVAL", self.engine.release_ex_script, b"2", self.key_b, DELAY_PREFIX + self.key_b,
+                             self.token))
         else:
-            b.write_command((b"EVAL", RELEASE_SCRIPT, b"1", self.key_b, self.token))
+            b.write_command((b"EVAL", self.engine.release_script, b"1", self.key_b, self.token))
         node.send(b, self, aux, deadline)
         self.engine.script_missing(node)
         return 0

@@ -341,6 +341,18 @@ cdef class SyncEngine(Engine):
             self._wait(op, 0)
         return [op.result for op in ops]
 
+    def extend_each_sync(self, locks, ttls_ms):
+        """Extend every lock in ``locks`` (``ttls_ms[i]`` ms for ``locks[i]``):
+        all extends are queued before the first wait, so each node gets them
+        in one write.  Returns the decided operations (``op.result`` is
+        True/False, ``op.outcomes()`` the per-node answers).  Used by the
+        auto-extension thread (``quorumlock.leases``)."""
+        cdef list ops = [self._extend(<Lock?>lk, <long long>t) for lk, t in zip(locks, ttls_ms)]
+        cdef Op op
+        for op in ops:
+            self._wait(op, 0)
+        return ops
+
     def release_many_sync(self, locks):
         cdef Op op = self._release_many(locks)
         self._wait(op, 0)

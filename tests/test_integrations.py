@@ -1,0 +1,185 @@
+"""Scheduler integrations (``quorumlock.integrations``) with real processes:
+three APScheduler processes sharing three nodes, and a Celery worker pool with
+a local Redis node as its broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+import pytest
+
+from quorumlock.aio import LockManager as AsyncLockManager
+
+from _engine_fixtures import clusters, core, run, _shared_clusters  # noqa: F401
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+pytest.importorskip("apscheduler", reason="APScheduler 3.x is not installed (pip install quorumlock[integrations])")
+
+
+def _examples_module(name):
+    if EXAMPLES not in sys.path:
+        sys.path.insert(0, EXAMPLES)
+    return __import__(name)
+
+
+def _check_ticks(ticks, t_kill, t_end, interval=1.0, after=2):
+    """Every tick between the first and the last ran exactly once, and ticks
+    kept running after the SIGKILL."""
+    assert ticks, "no tick ran"
+    assert sorted(set(ticks.values())) == [1], {k: v for k, v in ticks.items() if v != 1}
+    step = int(interval * 1_000_000)
+    first, last = min(ticks), max(ticks)
+    missing = [t for t in range(first, last + 1, step) if t not in ticks]
+    assert not missing, missing
+    after_kill = [t for t in ticks if t / 1e6 > t_kill + interval]
+    assert len(after_kill) >= after, (sorted(ticks), t_kill, t_end)
+
+
+def _run_three(make_cluster, seconds, kill_at):
+    mod = _examples_module("apscheduler_ticks")
+    nodes = make_cluster(n=3, mode="volatile", max_ttl=5.0)
+    store = make_cluster(n=1, mode="unsafe")
+    return mod.run_schedulers(nodes.urls, store.urls[0], seconds, kill_at)
+
+
+def test_apscheduler_three_processes_short(make_cluster):
+    """Three scheduler processes, an interval job every second for 5 s, the
+    active runner SIGKILLed after 2.5 s: every tick ran exactly once."""
+    ticks, t_start, t_kill, t_end = _run_three(make_cluster, 5.0, 2.5)
+    _check_ticks(ticks, t_kill, t_end, after=1)
+    assert len(ticks) >= 4
+
+
+@pytest.mark.slow
+def test_apscheduler_three_processes_20s(make_cluster):
+    """The full run: 20 s, SIGKILL after 10 s."""
+    ticks, t_start, t_kill, t_end = _run_three(make_cluster, 20.0, 10.0)
+    _check_ticks(ticks, t_kill, t_end)
+    assert len(ticks) >= 19
+
+
+def test_apscheduler_asyncio_executor(run, core, clusters):
+    """Two AsyncIOSchedulers (two managers) with the same job: each tick once."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from quorumlock.integrations.apscheduler import AsyncIOExecutor, interval_trigger, scheduled_run_time
+
+    cluster = clusters(3)
+
+    async def body():
+        runs = []
+        async with AsyncLockManager(cluster.urls, ttl=2.0, _core=core) as l1, \
+                AsyncLockManager(cluster.urls, ttl=2.0, _core=core) as l2:
+            scheds = []
+            for i, locks in enumerate((l1, l2)):
+                async def job(i=i):
+                    runs.append((scheduled_run_time(), i))
+
+                s = AsyncIOScheduler(executors={"default": AsyncIOExecutor(locks)}, timezone="UTC",
+                                     job_defaults={"misfire_grace_time": 1})
+                s.add_job(job, interval_trigger(seconds=1), id="atick")
+                s.start()
+                scheds.append(s)
+            await asyncio.sleep(3.2)
+            for s in scheds:
+                s.shutdown(wait=False)
+            await asyncio.sleep(0.05)
+        ticks = [rt for rt, _ in runs]
+        assert len(ticks) >= 3 and len(set(ticks)) == len(ticks), runs
+        ex = [s._executors["default"] for s in scheds]
+        assert sum(e.ran for e in ex) == len(ticks) and sum(e.skipped for e in ex) == len(ticks)
+
+    run(body())
+
+
+def test_interval_trigger_rules():
+    from quorumlock.integrations.apscheduler import EPOCH, interval_trigger
+
+    t = interval_trigger(seconds=5)
+    assert t.start_date == EPOCH
+    with pytest.raises(ValueError, match="jitter"):
+        interval_trigger(seconds=5, jitter=1)
+
+
+# -- Celery ----------------------------------------------------------------------
+
+
+@pytest.mark.slow   # a Celery worker pool takes 10-20 s to start, run and shut down here
+def test_celery_worker_pool_runs_duplicates_one_at_a_time(make_cluster):
+    """A prefork worker pool (4 processes) gets the same task many times at
+    once: with lock_wait it runs them one at a time; without, the duplicates
+    that arrive while one runs are skipped.  No two runs with the same
+    arguments overlap (CLOCK_MONOTONIC spans recorded by the tasks)."""
+    pytest.importorskip("celery", reason="celery is not installed (pip install quorumlock[integrations])")
+    mod = _examples_module("celery_app")
+    nodes = make_cluster(n=3, mode="volatile", max_ttl=2.0)
+    broker = make_cluster(n=1, mode="unsafe")
+    url = broker.urls[0]
+    mod.STORE = url
+    mod.app.conf.broker_url = url
+    worker = mod.start_worker(nodes.urls, url, concurrency=4)
+    try:
+        for _ in range(6):
+            mod.report.delay("mon", 0.15)
+        for _ in range(2):
+            mod.report.delay("tue", 0.15)
+        got = mod.wait_for("ql:celery:report", 8, 40)
+        for _ in range(5):
+            mod.report_once.delay("x", 0.4)
+        once = mod.wait_for("ql:celery:report_once", 1, 20)
+        time.sleep(0.5)           # the skipped ones are done by now
+        once = mod.spans("ql:celery:report_once")
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=30)
+    assert len(got) == 8, err[-3000:]
+    for day in ("mon", "tue"):
+        runs = sorted((a, b) for d, a, b, _ in got if d == day)
+        for x, y in zip(runs, runs[1:]):
+            assert x[1] <= y[0], (day, runs)
+    assert len({pid for *_, pid in got}) >= 2          # really several worker processes
+    runs = sorted((a, b) for _, a, b, _ in once)
+    assert 1 <= len(runs) < 5, runs
+    for x, y in zip(runs, runs[1:]):
+        assert x[1] <= y[0]
+
+
+def test_celery_exclusive_task_in_process(clusters):
+    """ExclusiveTask without a worker (the task called directly): a duplicate
+    of a running call is skipped, or retried with lock_retry."""
+    celery = pytest.importorskip("celery", reason="celery is not installed (pip install quorumlock[integrations])")
+    from quorumlock.integrations.celery import ExclusiveTask, configure, default_key, manager_for
+
+    cluster = clusters(3)
+    app = celery.Celery("ql_unit", broker="memory://")
+    configure(app, cluster.urls, ttl=1.0)
+    calls = []
+
+    @app.task(base=ExclusiveTask, lock_skip_result="skipped")
+    def job(a, b=2):
+        calls.append((a, b))
+        return a + b
+
+    @app.task(base=ExclusiveTask, lock_retry=5.0, bind=True)
+    def retried(self, a):
+        return a
+
+    assert job(1) == 3 and calls == [(1, 2)]
+    locks = manager_for(app)
+    assert manager_for(app) is locks
+    key = default_key(job.name, (1,), {})
+    assert key.startswith("celery:") and default_key(job.name, (1,), {}) == key != default_key(job.name, (2,), {})
+    held = locks.acquire(key)
+    assert job(1) == "skipped" and calls == [(1, 2)]
+    assert job(2) == 4                      # other arguments: its own key
+    held.release()
+    held = locks.acquire(default_key(retried.name, (7,), {}))
+    with pytest.raises(celery.exceptions.Retry):
+        retried.apply(args=(7,), throw=True)
+    held.release()
+    assert retried(7) == 7
+    locks.close()
