@@ -633,8 +633,9 @@ def test_busy_and_readonly_replies(run, core, make_cluster):
     def long_script():
         c = redis.Redis(port=cluster.ports[0])
         try:
-            c.eval("local t = redis.call('time'); local s = t[1] + 1; "
-                   "while tonumber(redis.call('time')[1]) < s + 0 do end return 1", 0)
+            # busy for 1.5 s of the node's clock
+            c.eval("local function us() local t = redis.call('time') return t[1] * 1000000 + t[2] end "
+                   "local stop = us() + 1500000 while us() < stop do end return 1", 0)
         except redis.exceptions.ResponseError:
             pass
 
@@ -642,7 +643,14 @@ def test_busy_and_readonly_replies(run, core, make_cluster):
         async with LockManager(cluster.urls, node_timeout=0.5, _core=core) as locks:
             t = threading.Thread(target=long_script)
             t.start()
-            await asyncio.sleep(0.2)
+            probe = redis.Redis(port=cluster.ports[0])
+            for _ in range(200):  # until the node answers BUSY
+                try:
+                    probe.ping()
+                except redis.exceptions.ResponseError as exc:
+                    if "BUSY" in str(exc):
+                        break
+                await asyncio.sleep(0.01)
             op = locks.engine.attempt("busy:a", 5000)
             lock = await op.waiter
             await asyncio.sleep(0.05)

@@ -1653,7 +1653,7 @@ class SyncEngine(Engine):
         b = self.backoff[idx]
         self.all_ready = False
         self.reconnect_at[idx] = _now_ns() + int(b * 1e9)
-        self.backoff[idx] = min(b * 2, 2.0)
+        self.backoff[idx] = min(b * 2, 0.5)
 
     def _wait(self, op, until):
         """Drive the sockets until ``op`` is decided or ``until`` (monotonic
@@ -1780,8 +1780,19 @@ class SyncEngine(Engine):
             raise op.result
         return op.result
 
-    def close(self):
-        self._flush()
+    def close(self, drain_timeout=0.5):
+        """Wait (at most ``drain_timeout`` s) for the replies still owed, then
+        close (see the compiled core: unread replies make close() a reset)."""
+        waiter = Op(self, None)
+        until = monotonic_ns() + int(drain_timeout * 1e9)
+        while True:
+            self._flush()
+            if not any(node.slots and node.connected for node in self.nodes):
+                break
+            step = monotonic_ns() + 1_000_000
+            if step >= until:
+                break
+            self._wait(waiter, step)
         for node in self.nodes:
             node.ready = False
             if node.transport is not None:

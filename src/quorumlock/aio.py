@@ -233,6 +233,13 @@ class LockManager:
         eng = self._engine
         if eng is None:
             return
+        # Wait (briefly) for the replies still owed: closing a connection with
+        # unread replies resets it, and the node drops the commands it had
+        # not read yet, e.g. the releases just sent.
+        eng.flush()
+        deadline = time.monotonic() + min(2.0, max(0.1, 2 * self._opts.node_timeout))
+        while time.monotonic() < deadline and any(nd.pending and nd.connected for nd in eng.nodes):
+            await asyncio.sleep(0.001)
         eng.close()
         # Let the transports finish closing (and their connection_lost run).
         for _ in range(3):

@@ -1,6 +1,12 @@
 # The lock a caller holds.
 
 
+cdef extern from "Python.h":
+    int PyObject_GC_IsTracked(object o)
+    void PyObject_GC_Track(object o)
+    void PyObject_GC_UnTrack(object o)
+
+
 cdef class Lock:
     """A held lease.
 
@@ -17,11 +23,25 @@ cdef class Lock:
         public object fence
         public int nodes
         public object _owner
-        public object _state     # used by the owner (auto-extension, lost-lease events)
+        object state             # used by the owner (auto-extension, lost-lease events)
         bytes key_b
         uint64_t deadline
         long long ttl_ms
         public bint released
+
+    @property
+    def _state(self):
+        """Owner data (auto-extension, lost-lease events); may refer back to the lock."""
+        return self.state
+
+    @_state.setter
+    def _state(self, value):
+        # A fresh lock is not tracked by the cyclic GC (see new_lock): it refers
+        # only to its manager and to bytes.  Owner state can refer back to the
+        # lock (a lease), so from then on the GC must see it.
+        if value is not None and not PyObject_GC_IsTracked(self):
+            PyObject_GC_Track(self)
+        self.state = value
 
     @property
     def validity(self):
@@ -96,3 +116,13 @@ cdef class Lock:
 
     def __reduce__(self):
         raise TypeError("a Lock cannot be pickled: it is bound to the manager that acquired it")
+
+
+cdef inline Lock new_lock():
+    """A Lock, untracked by the cyclic GC until owner state is attached.
+
+    Locks are made at the rate of the lock traffic; tracked, their allocations
+    drive gen-0 collections (the same reason the operations are no_gc)."""
+    cdef Lock lock = Lock.__new__(Lock)
+    PyObject_GC_UnTrack(lock)
+    return lock

@@ -135,7 +135,7 @@ cdef class AcquireOp(Op):
         cdef uint64_t end = self.t0 + <uint64_t>self.ttl_ms * 1000000ULL - self.drift_ns
         cdef Lock lock
         if self.n_ok >= self.quorum and now < end:
-            lock = Lock.__new__(Lock)
+            lock = new_lock()
             lock._owner = self.engine.owner
             lock.key = self.key
             lock.key_b = self.key_b
@@ -206,7 +206,7 @@ cdef class FencedAcquireOp(AcquireOp):
     cdef int commit_done(self, bint ok, uint64_t end) except -1:
         cdef Lock lock
         if ok and now_ns() < end:
-            lock = Lock.__new__(Lock)
+            lock = new_lock()
             lock._owner = self.engine.owner
             lock.key = self.key
             lock.key_b = self.key_b
@@ -512,7 +512,7 @@ cdef class AcquireManyOp(BatchOp):
         owner = self.engine.owner
         for k in range(self.m):
             if in_time and self.ok[k] >= self.quorum and not abandoned:
-                lock = Lock.__new__(Lock)
+                lock = new_lock()
                 lock._owner = owner
                 lock.key = self.keys[k]
                 lock.key_b = <bytes>self.keys_b[k]

@@ -221,7 +221,8 @@ cdef class SyncEngine(Engine):
         cdef double b = self.backoff[idx]
         self.all_ready = False
         self.reconnect_at[idx] = now_ns() + <uint64_t>(b * 1e9)
-        self.backoff[idx] = min(b * 2, 2.0)
+        # Capped at 0.5 s: a restarted node must not wait long to count again.
+        self.backoff[idx] = min(b * 2, 0.5)
 
     cdef int _wait(self, Op op, uint64_t until) except -1:
         """Drive the sockets until ``op`` is decided or ``until`` (monotonic
@@ -370,9 +371,24 @@ cdef class SyncEngine(Engine):
             raise op.result
         return op.result
 
-    def close(self):
+    def close(self, double drain_timeout=0.5):
+        """Wait (at most ``drain_timeout`` s) for the replies still owed, then
+        close.  Closing a socket with unread replies makes the kernel send a
+        reset, and the node drops the commands it had not read yet: releases
+        sent just before would be lost and their keys left until the TTL."""
         cdef NodeConn node
-        self._flush()
+        cdef Op waiter = Op.__new__(Op)
+        cdef uint64_t until, step
+        waiter._init(self, None)
+        until = now_ns() + <uint64_t>(drain_timeout * 1e9)
+        while True:
+            self._flush()
+            if not any((<NodeConn>node).count and (<NodeConn>node).connected for node in self.nodes):
+                break
+            step = now_ns() + 1000000ULL
+            if step >= until:
+                break
+            self._wait(waiter, step)
         for node in self.nodes:
             node.ready = False
             if node.transport is not None:
