@@ -283,7 +283,9 @@ def test_one_manager_per_node_set(sync_core, clusters):
         assert lk._shared is first._shared
         assert lk.acquire(blocking=False)
         lk.release()
-    assert connections() == before  # no connection per lock
+    # no connection per lock (other tests' managers may close meanwhile on
+    # these shared nodes, so compare with slack far below 200)
+    assert connections() - before < 10
     urls_lock = Lock(cluster.urls, "cp:m")
     assert urls_lock._shared is not first._shared  # URLs are another spelling: another manager
 

@@ -680,6 +680,38 @@ class ReleaseOp(Op):
         self.finish(self.n_ok >= self.quorum)
 
 
+class MultiReleaseOp(Op):
+    """The releases of one loop iteration, sent as one RELEASE_MANY call per
+    node; each key's reply is handed to its own ReleaseOp (which decides)."""
+
+    __slots__ = ("ops",)
+
+    def on_reply(self, node, reply, aux):
+        idx = node._idx
+        ops = self.ops
+        if type(reply) is list and len(reply) == len(ops):
+            for op, r in zip(ops, reply):
+                op.mark(idx, ST_OK if r == 1 else ST_HELD, None)
+            return
+        if _is_noscript(reply):
+            return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
+        node.errors += 1
+        text = str(reply) if isinstance(reply, ReplyError) else f"unexpected reply {reply!r}"
+        for op in ops:
+            op.mark(idx, ST_ERROR, text)
+
+    def on_fail(self, idx, aux, st, detail):
+        for op in self.ops:
+            op.on_fail(idx, 0, st, detail)
+
+    def resend_eval(self, node, aux, deadline):
+        ops = self.ops
+        cmd = encode_command(b"EVAL", RELEASE_MANY_SCRIPT, len(ops), *[o.key_b for o in ops],
+                             *[o.token for o in ops])
+        node.send(cmd, self, aux, deadline)
+        self.engine.script_missing(node)
+
+
 class ExtendOp(Op):
     """Compare-and-pexpire on every node.  Success only on a majority and with
     a fresh validity computed from this operation's own start (§2.5)."""
@@ -1068,6 +1100,7 @@ class Engine:
                  "lock_delay_ms", "_sync", "flush_scheduled", "_flush_cb", "_call_soon", "_create_future",
                  "pre_release", "pre_extend", "pre_release_ex", "pre_extend_ex", "pre_acquire_ex",
                  "pre_commit", "pre_acquire_many", "pre_release_many", "logger",
+                 "rel_queue", "coalesce_releases",
                  "release_notify", "release_script", "release_ex_script")
 
     def __init__(self, loop, names, owner, node_timeout, drift_factor,
@@ -1111,6 +1144,8 @@ class Engine:
         self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
         self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
         self.release_notify = False
+        self.rel_queue = []              # releases asked for this iteration, not yet encoded
+        self.coalesce_releases = True    # False: one script call per release
         self.release_script = RELEASE_SCRIPT
         self.release_ex_script = RELEASE_EX_SCRIPT
         self.logger = logging.getLogger("quorumlock")
@@ -1135,6 +1170,8 @@ class Engine:
 
     def _flush(self):
         self.flush_scheduled = False
+        if self.rel_queue:
+            self.materialize_releases()
         for node in self.nodes:
             out = node.out
             if out:
@@ -1184,6 +1221,9 @@ class Engine:
 
     def fanout(self, cmd, op, aux, deadline, guarded):
         """Queue ``cmd`` on every node; nodes that cannot take it fail at once."""
+        if self.rel_queue:
+            # Earlier releases go on the wire first: order is what it was asked.
+            self.materialize_releases()
         now = op.t0
         failed = None
         for node in self.nodes:
@@ -1205,6 +1245,8 @@ class Engine:
     def send_release(self, key_b, token, waiter, skip):
         """Compare-and-delete on every ready node (except where ``skip`` says
         the key is held by someone else).  No waiter: replies are drained."""
+        if self.rel_queue:
+            self.materialize_releases()
         op = SinkOp(self, None)
         if self.lock_delay_ms > 0:
             dk = DELAY_PREFIX + key_b
@@ -1226,6 +1268,8 @@ class Engine:
             self.schedule_flush()
 
     def send_release_many_to(self, idx, keys_b, tokens):
+        if self.rel_queue:
+            self.materialize_releases()
         node = self.nodes[idx]
         m = len(keys_b)
         if not node.ready:
@@ -1313,6 +1357,30 @@ class Engine:
             self.pre_commit, len(kb), kb, len(fk), fk, len(tok), tok, _bulk_int(acq.fence))
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
 
+    def materialize_releases(self):
+        """Encode the releases queued since the last flush: one plain release
+        script call for a single one, else one RELEASE_MANY call per node per
+        chunk (the compiled core's materialize_releases)."""
+        q = self.rel_queue
+        self.rel_queue = []
+        m = len(q)
+        if m == 0:
+            return
+        if m == 1:
+            op = q[0]
+            kb, tok = op.key_b, op.token
+            cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(kb), kb, len(tok), tok)
+            self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, False)
+            return
+        chunk = self.batch_chunk
+        for start in range(0, m, chunk):
+            ops = q[start:start + chunk]
+            mop = MultiReleaseOp(self, None)
+            mop.ops = ops
+            cmd = encode_command(b"EVALSHA", RELEASE_MANY_SHA, len(ops), *[o.key_b for o in ops],
+                                 *[o.token for o in ops])
+            self.fanout(cmd, mop, 0, mop.t0 + self.node_timeout_ns + len(ops) * 2000, False)
+
     def _release(self, lock):
         _check_lock(lock)
         if lock._released:
@@ -1321,6 +1389,13 @@ class Engine:
         op = ReleaseOp(self, self.new_waiter())
         op.key_b = kb = lock._key_b
         op.token = tok = lock._token
+        op.ex = False
+        if self.lock_delay_ms == 0 and not self.release_notify and self.coalesce_releases:
+            # Coalesced: every release asked for in this loop iteration goes
+            # out as one RELEASE_MANY script call per node (materialize_releases).
+            self.rel_queue.append(op)
+            self.schedule_flush()
+            return op
         if self.lock_delay_ms > 0:
             op.ex = True
             dk = DELAY_PREFIX + kb
@@ -1420,6 +1495,8 @@ class Engine:
         idx = self._node_index(idx)
         node = self.nodes[idx]
         op = CallOp(self, self.new_waiter())
+        if self.rel_queue:
+            self.materialize_releases()
         if not node.connected:
             op.on_fail(idx, 0, ST_DOWN, None)
             return op

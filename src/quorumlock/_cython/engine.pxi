@@ -31,6 +31,9 @@ cdef class Engine:
         public bint fencing
         public long long lock_delay_ms
         readonly bint release_notify   # releases PUBLISH to waiters (set_release_notify)
+        list rel_queue                 # releases asked for this iteration, not yet encoded
+        public bint coalesce_releases  # default True; False: one script call per release
+        WriteBuffer scratch_mat
         readonly bint sync
         bint flush_scheduled
         object _flush_cb
@@ -91,6 +94,9 @@ cdef class Engine:
         self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
         self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
         self.release_notify = False
+        self.rel_queue = []
+        self.coalesce_releases = True
+        self.scratch_mat = WriteBuffer(65536)
         self.release_script = RELEASE_SCRIPT
         self.release_ex_script = RELEASE_EX_SCRIPT
         self.logger = logging.getLogger("quorumlock")
@@ -111,6 +117,8 @@ cdef class Engine:
     def _flush(self):
         cdef NodeConn node
         self.flush_scheduled = False
+        if self.rel_queue:
+            self.materialize_releases()
         for node in self.nodes:
             if node.out.len:
                 if node.connected:
@@ -182,6 +190,9 @@ cdef class Engine:
         cdef int i
         cdef uint32_t down = 0, excluded = 0
         cdef uint64_t now = op.t0
+        if self.rel_queue:
+            # Earlier releases go on the wire first: order is what it was asked.
+            self.materialize_releases()
         for i in range(self.n):
             node = <NodeConn>self.nodes[i]
             if not node.ready:
@@ -204,6 +215,8 @@ cdef class Engine:
         the key is held by someone else).  No waiter: replies are drained."""
         cdef WriteBuffer b = self.scratch_rel
         cdef NodeConn node
+        if self.rel_queue:
+            self.materialize_releases()
         cdef SinkOp op
         cdef int i
         cdef bint any_sent = False
@@ -236,6 +249,8 @@ cdef class Engine:
         cdef NodeConn node = <NodeConn>self.nodes[idx]
         cdef Py_ssize_t m = len(keys_b), start, end
         cdef WriteBuffer b = self.scratch_rel
+        if self.rel_queue:
+            self.materialize_releases()
         cdef SinkOp op
         if not node.ready:
             return 0
@@ -343,6 +358,43 @@ cdef class Engine:
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return 0
 
+    cdef int materialize_releases(self) except -1:
+        """Encode the releases queued since the last flush: one plain release
+        script call for a single one, else one RELEASE_MANY call per node per
+        chunk.  A node runs one script call for a whole iteration's releases
+        (a script call costs a node about two SETs, bench/RESULTS.md)."""
+        cdef list q = self.rel_queue
+        cdef ReleaseOp op
+        cdef MultiReleaseOp mop
+        cdef WriteBuffer b = self.scratch_mat
+        cdef Py_ssize_t m = len(q), start, end, k
+        self.rel_queue = []
+        if m == 0:
+            return 0
+        if m == 1:
+            op = <ReleaseOp>q[0]
+            b.clear()
+            b.write_bytes(self.pre_release)
+            b.write_bulk_bytes(op.key_b)
+            b.write_bulk_bytes(op.token)
+            self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, False)
+            return 0
+        for start in range(0, m, self.batch_chunk):
+            end = min(start + self.batch_chunk, m)
+            mop = MultiReleaseOp.__new__(MultiReleaseOp)
+            mop._init(self, None)
+            mop.ops = q[start:end]
+            b.clear()
+            b.write_prefixed_int(c'*', 3 + 2 * (end - start))
+            b.write_bytes(self.pre_release_many)
+            b.write_bulk_int(end - start)
+            for k in range(start, end):
+                b.write_bulk_bytes((<ReleaseOp>q[k]).key_b)
+            for k in range(start, end):
+                b.write_bulk_bytes((<ReleaseOp>q[k]).token)
+            self.fanout(b, mop, 0, mop.t0 + self.node_timeout_ns + <uint64_t>(end - start) * 2000ULL, False)
+        return 0
+
     cdef Op _release(self, Lock lock):
         cdef ReleaseOp op
         cdef WriteBuffer b = self.scratch
@@ -353,6 +405,12 @@ cdef class Engine:
         op._init(self, self.new_waiter())
         op.key_b = lock.key_b
         op.token = lock.token
+        if self.lock_delay_ms == 0 and not self.release_notify and self.coalesce_releases:
+            # Coalesced: every release asked for in this loop iteration goes
+            # out as one RELEASE_MANY script call per node (materialize_releases).
+            self.rel_queue.append(op)
+            self.schedule_flush()
+            return op
         b.clear()
         if self.lock_delay_ms > 0:
             op.ex = True
@@ -471,6 +529,8 @@ cdef class Engine:
         cdef NodeConn node = <NodeConn>self.nodes[idx]
         cdef CallOp op = CallOp.__new__(CallOp)
         cdef uint64_t t
+        if self.rel_queue:
+            self.materialize_releases()
         op._init(self, self.new_waiter())
         if not node.connected:
             op.on_fail(idx, 0, ST_DOWN, None)

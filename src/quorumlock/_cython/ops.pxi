@@ -293,6 +293,48 @@ cdef class ReleaseOp(Op):
 
 
 @cython.no_gc
+cdef class MultiReleaseOp(Op):
+    """The releases of one loop iteration, sent as one RELEASE_MANY call per
+    node; each key's reply is handed to its own ReleaseOp (which decides)."""
+
+    cdef list ops
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        cdef Py_ssize_t i
+        cdef list lst
+        cdef int idx = node.idx
+        cdef ReleaseOp op
+        if type(reply) is list and len(<list>reply) == len(self.ops):
+            lst = <list>reply
+            for i in range(len(lst)):
+                (<ReleaseOp>self.ops[i]).mark(idx, ST_OK if lst[i] == 1 else ST_HELD, None)
+            return 0
+        if is_noscript(reply):
+            return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
+        node.errors += 1
+        text = str(reply) if is_reply_error(reply) else f"unexpected reply {reply!r}"
+        for op in self.ops:
+            op.mark(idx, ST_ERROR, text)
+        return 0
+
+    cdef int on_fail(self, int idx, int32_t aux, int st, object detail) except -1:
+        cdef ReleaseOp op
+        for op in self.ops:
+            op.on_fail(idx, 0, st, detail)
+        return 0
+
+    cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
+        cdef WriteBuffer b = self.engine.scratch2
+        cdef ReleaseOp op
+        b.clear()
+        b.write_command((b"EVAL", RELEASE_MANY_SCRIPT, len(self.ops))
+                        + tuple([op.key_b for op in self.ops]) + tuple([op.token for op in self.ops]))
+        node.send(b, self, aux, deadline)
+        self.engine.script_missing(node)
+        return 0
+
+
+@cython.no_gc
 cdef class ExtendOp(Op):
     """Compare-and-pexpire on every node.  Success only on a majority and with
     a fresh validity computed from this operation's own start (§2.5)."""
