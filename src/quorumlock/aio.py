@@ -30,7 +30,8 @@ from typing import Any, Awaitable, Iterable, List, Optional, Sequence
 from . import _handshake
 from . import metrics as _metrics_mod
 from ._backend import IMPLEMENTATION, core
-from ._config import NodeSpec, Options, check_int, check_seconds, make_options, parse_nodes, ttl_to_ms
+from ._manager import ManagerBase
+from ._config import check_int, check_seconds
 from .blocking import _check_commands
 from .errors import ConfigurationError, LockNotOwned, LockTimeout
 from .leases import _async as _lease_async
@@ -42,10 +43,10 @@ Lock = core.Lock
 log = logging.getLogger("quorumlock")
 
 _RECONNECT_MIN = 0.05
-_RECONNECT_MAX = 2.0
+_RECONNECT_MAX = 0.5  # a restarted node must not wait long to count again
 
 
-class LockManager:
+class LockManager(ManagerBase):
     """Redlock over N independent Redis masters, on the running event loop.
 
     Parameters
@@ -98,83 +99,13 @@ class LockManager:
         Off by default: no per-operation Python work is added.
     """
 
-    def __init__(
-        self,
-        nodes: Sequence[Any],
-        *,
-        ttl: float = 10.0,
-        drift_factor: float = 0.01,
-        retry_count: int = 3,
-        retry_delay: Any = (0.1, 0.3),
-        node_timeout: Optional[float] = None,
-        connect_timeout: float = 2.0,
-        max_key_length: int = 1024,
-        max_ttl: float = 86400.0,
-        batch_chunk: int = 500,
-        restart_guard: Any = True,
-        guard_window: Optional[float] = None,
-        fencing: bool = False,
-        lock_delay: Optional[float] = None,
-        ssl_context: Any = None,
-        notify: bool = False,
-        metrics: bool = False,
-        _core: Any = None,
-    ) -> None:
-        self._core = core if _core is None else _core
-        self._opts: Options = make_options(
-            ttl=ttl,
-            drift_factor=drift_factor,
-            retry_count=retry_count,
-            retry_delay=retry_delay,
-            node_timeout=node_timeout,
-            connect_timeout=connect_timeout,
-            max_key_length=max_key_length,
-            max_ttl=max_ttl,
-            batch_chunk=batch_chunk,
-            restart_guard=restart_guard,
-            guard_window=guard_window,
-            fencing=fencing,
-            lock_delay=lock_delay,
-        )
-        self._specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
+    def _init_api(self) -> None:
         self._engine: Any = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closing = False
         self._reconnecting: dict = {}
-        self._max_ttl_used_ms = self._opts.ttl_ms
-        self._ttl_cache: dict = {}
-        self._guard = _handshake.GuardState(len(self._specs))
-        self._notify = bool(notify)
-        self._metrics: Any = None
-        self._leases: Any = None       # quorumlock.leases: the renewer (made on first use)
-        self._subscriber: Any = None   # quorumlock.leases.notify: release subscriptions
-        if metrics:
-            _metrics_mod.instrument(self)
 
     # -- lifecycle ---------------------------------------------------------
-
-    @property
-    def n(self) -> int:
-        """Number of nodes."""
-        return len(self._specs)
-
-    @property
-    def quorum(self) -> int:
-        """Votes needed: ``n // 2 + 1``."""
-        return len(self._specs) // 2 + 1
-
-    @property
-    def nodes(self) -> List[str]:
-        """The node addresses (no passwords)."""
-        return [s.name for s in self._specs]
-
-    @property
-    def ttl(self) -> float:
-        return self._opts.ttl
-
-    @property
-    def options(self) -> Options:
-        return self._opts
 
     @property
     def engine(self) -> Any:
@@ -199,11 +130,7 @@ class LockManager:
             self._opts.max_key_length,
             self._opts.batch_chunk,
         )
-        self._engine.guard = self._opts.restart_guard is not False
-        self._engine.fencing = self._opts.fencing
-        self._engine.lock_delay_ms = self._opts.lock_delay_ms
-        if self._notify:
-            self._engine.set_release_notify(True)
+        self._configure(self._engine)
         results = await asyncio.gather(
             *(self._connect_node(i, initial=True) for i in range(self.n)), return_exceptions=True
         )
@@ -298,12 +225,6 @@ class LockManager:
             i, spec, info, initial, self._opts.restart_guard, self.guard_window, self._core.monotonic_ns()
         )
 
-    @property
-    def guard_window(self) -> float:
-        """Seconds a restarted node stays out of quorums (restart guard)."""
-        if self._opts.guard_window is not None:
-            return self._opts.guard_window
-        return self._max_ttl_used_ms / 1000.0 * (1.0 + self._opts.drift_factor)
 
     def _node_lost(self, i: int, exc: Any) -> None:
         if not self._closing:
@@ -339,17 +260,6 @@ class LockManager:
             raise RuntimeError("LockManager is not connected: use 'async with LockManager(...)' or await connect()")
         return eng
 
-    def _ttl_ms(self, ttl: Any) -> int:
-        if ttl is None:
-            return self._opts.ttl_ms
-        ms = self._ttl_cache.get(ttl) if type(ttl) in (int, float) else None
-        if ms is None:
-            ms = ttl_to_ms("ttl", ttl, self._opts.drift_factor, self._opts.max_ttl)
-            if type(ttl) in (int, float) and len(self._ttl_cache) < 64:
-                self._ttl_cache[ttl] = ms
-        if ms > self._max_ttl_used_ms:
-            self._max_ttl_used_ms = ms
-        return ms
 
     # -- locks -------------------------------------------------------------
 

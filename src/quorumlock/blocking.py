@@ -37,8 +37,8 @@ from typing import Any, Iterable, List, Optional, Sequence
 
 from . import _handshake
 from . import metrics as _metrics_mod
-from ._backend import core
-from ._config import NodeSpec, Options, check_int, check_seconds, make_options, parse_nodes, ttl_to_ms
+from ._manager import ManagerBase
+from ._config import check_int, check_seconds
 from .errors import ConfigurationError, LockNotOwned, LockTimeout
 from .leases import _thread as _lease_thread
 from .leases import close_manager as _close_leases
@@ -48,7 +48,7 @@ __all__ = ["LockManager"]
 log = logging.getLogger("quorumlock")
 
 
-class LockManager:
+class LockManager(ManagerBase):
     """Redlock over N independent Redis masters, for threads and plain scripts.
 
     Takes the same arguments as ``quorumlock.aio.LockManager`` and has the
@@ -59,88 +59,13 @@ class LockManager:
     (``quorumlock.leases``).
     """
 
-    def __init__(
-        self,
-        nodes: Sequence[Any],
-        *,
-        ttl: float = 10.0,
-        drift_factor: float = 0.01,
-        retry_count: int = 3,
-        retry_delay: Any = (0.1, 0.3),
-        node_timeout: Optional[float] = None,
-        connect_timeout: float = 2.0,
-        max_key_length: int = 1024,
-        max_ttl: float = 86400.0,
-        batch_chunk: int = 500,
-        restart_guard: Any = True,
-        guard_window: Optional[float] = None,
-        fencing: bool = False,
-        lock_delay: Optional[float] = None,
-        ssl_context: Any = None,
-        notify: bool = False,
-        metrics: bool = False,
-        _core: Any = None,
-    ) -> None:
-        self._core = core if _core is None else _core
-        self._opts: Options = make_options(
-            ttl=ttl,
-            drift_factor=drift_factor,
-            retry_count=retry_count,
-            retry_delay=retry_delay,
-            node_timeout=node_timeout,
-            connect_timeout=connect_timeout,
-            max_key_length=max_key_length,
-            max_ttl=max_ttl,
-            batch_chunk=batch_chunk,
-            restart_guard=restart_guard,
-            guard_window=guard_window,
-            fencing=fencing,
-            lock_delay=lock_delay,
-        )
-        self._specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
+    def _init_api(self) -> None:
         self._engines: dict = {}  # thread ident -> its SyncEngine
         self._mutex = threading.Lock()
-        self._guard = _handshake.GuardState(len(self._specs))
         self._guard_epoch = 0
         self._closed = False
         self._pid = os.getpid()
         self._connected_once = False
-        self._max_ttl_used_ms = self._opts.ttl_ms
-        self._ttl_cache: dict = {}
-        self._notify = bool(notify)
-        self._metrics: Any = None
-        self._leases: Any = None       # quorumlock.leases: the renewal thread (made on first use)
-        self._subscriber: Any = None   # quorumlock.leases.notify: release subscriptions
-        if metrics:
-            _metrics_mod.instrument(self)
-
-    # -- properties --------------------------------------------------------
-
-    @property
-    def n(self) -> int:
-        return len(self._specs)
-
-    @property
-    def quorum(self) -> int:
-        return len(self._specs) // 2 + 1
-
-    @property
-    def nodes(self) -> List[str]:
-        return [s.name for s in self._specs]
-
-    @property
-    def ttl(self) -> float:
-        return self._opts.ttl
-
-    @property
-    def options(self) -> Options:
-        return self._opts
-
-    @property
-    def guard_window(self) -> float:
-        if self._opts.guard_window is not None:
-            return self._opts.guard_window
-        return self._max_ttl_used_ms / 1000.0 * (1.0 + self._opts.drift_factor)
 
     # -- connections -------------------------------------------------------
 
@@ -176,11 +101,7 @@ class LockManager:
             self._opts.max_key_length,
             self._opts.batch_chunk,
         )
-        eng.guard = self._opts.restart_guard is not False
-        eng.fencing = self._opts.fencing
-        eng.lock_delay_ms = self._opts.lock_delay_ms
-        if self._notify:
-            eng.set_release_notify(True)
+        self._configure(eng)
         initial = not self._connected_once
         self._connect_nodes(eng, range(self.n), self._opts.connect_timeout, initial)
         if initial:
@@ -342,17 +263,6 @@ class LockManager:
             eng.maintenance_epoch = self._guard_epoch
         eng.all_ready = all(nd.ready for nd in eng.nodes)
 
-    def _ttl_ms(self, ttl: Any) -> int:
-        if ttl is None:
-            return self._opts.ttl_ms
-        ms = self._ttl_cache.get(ttl) if type(ttl) in (int, float) else None
-        if ms is None:
-            ms = ttl_to_ms("ttl", ttl, self._opts.drift_factor, self._opts.max_ttl)
-            if type(ttl) in (int, float) and len(self._ttl_cache) < 64:
-                self._ttl_cache[ttl] = ms
-        if ms > self._max_ttl_used_ms:
-            self._max_ttl_used_ms = ms
-        return ms
 
     # -- locks -------------------------------------------------------------
 
