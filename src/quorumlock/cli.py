@@ -206,11 +206,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_from_args(args, prog="quorumlock bench")
 
 
+def _add_chaos_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``quorumlock chaos``: the fault-injection safety checker (:mod:`quorumlock.chaos.cli`)."""
+    from .chaos.cli import add_parser
+
+    add_parser(sub)
+
+
 #: Functions that each add one top-level subcommand to the parser.
 _SUBCOMMANDS: List[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
     _add_nodes_parser,
     _add_demo_parser,
     _add_bench_parser,
+    _add_chaos_parser,
 ]
 
 
