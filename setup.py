@@ -8,6 +8,7 @@ import os
 import sys
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ext_modules = []
 if not os.environ.get("QUORUMLOCK_NO_EXTENSIONS"):
@@ -36,4 +37,18 @@ if not os.environ.get("QUORUMLOCK_NO_EXTENSIONS"):
         include_path=["src/quorumlock"],
     )
 
-setup(ext_modules=ext_modules)
+
+class build_py_with_shim(build_py):
+    """Also ship csrc/ql_clockshim.c as quorumlock/chaos/ql_clockshim.c: the
+    safety checker compiles it at run time, and a wheel has no csrc/."""
+
+    def run(self):
+        super().run()
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "ql_clockshim.c")
+        if os.path.isfile(src) and not self.editable_mode:
+            dst = os.path.join(self.build_lib, "quorumlock", "chaos", "ql_clockshim.c")
+            self.mkpath(os.path.dirname(dst))
+            self.copy_file(src, dst)
+
+
+setup(ext_modules=ext_modules, cmdclass={"build_py": build_py_with_shim})

@@ -583,13 +583,17 @@ class FencedAcquireOp(AcquireOp):
 
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
-            if reply > 0:
+            if reply > 1 or (reply == 1 and not self.fencing):
+                # A fence is at least the node's TIME in us, never 1: a 1
+                # under fencing is some other command's reply, not a vote.
                 # Only replies before the decision count: the commit round
                 # carries the fence as it was then.
                 if reply > self.fence and not self.decided:
                     self.fence = reply
                 return self.mark(node._idx, ST_OK, None)
-            return self.mark(node._idx, ST_HELD, None)
+            if reply == 0:
+                return self.mark(node._idx, ST_HELD, None)
+            return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r} to a fenced acquire")
         if _is_noscript(reply):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
@@ -793,6 +797,9 @@ class SinkOp(Op):
         pass
 
     def resend_eval(self, node, aux, deadline):
+        if self.eval_args is None:  # a SCRIPT LOAD has no EVAL form
+            node.errors += 1
+            return
         node.send(encode_command(*self.eval_args), self, aux, deadline)
         self.engine.script_missing(node)
 

@@ -172,13 +172,17 @@ cdef class FencedAcquireOp(AcquireOp):
 
     cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
         if type(reply) is int:
-            if reply > 0:
+            if reply > 1 or (reply == 1 and not self.fencing):
+                # A fence is at least the node's TIME in us, never 1: a 1
+                # under fencing is some other command's reply, not a vote.
                 # Only replies before the decision count: the commit round
                 # carries the fence as it was then.
                 if reply > self.fence and not self.decided:
                     self.fence = reply
                 return self.mark(node.idx, ST_OK, None)
-            return self.mark(node.idx, ST_HELD, None)
+            if reply == 0:
+                return self.mark(node.idx, ST_HELD, None)
+            return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r} to a fenced acquire")
         if is_noscript(reply):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
@@ -423,6 +427,9 @@ cdef class SinkOp(Op):
 
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
+        if self.eval_args is None:   # a SCRIPT LOAD has no EVAL form
+            node.errors += 1
+            return 0
         b.clear()
         b.write_command(self.eval_args)
         node.send(b, self, aux, deadline)

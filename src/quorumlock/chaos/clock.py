@@ -93,11 +93,15 @@ host_monotonic_ns = _make_host_clock()
 
 
 def shim_source() -> Optional[str]:
-    """Path of ``csrc/ql_clockshim.c`` in the source tree, or None."""
+    """Path of the shim's C source (in the package, or ``csrc/`` of a source
+    tree), or None."""
     env = os.environ.get("QUORUMLOCK_CLOCKSHIM_SRC")
     if env:
         return env if os.path.isfile(env) else None
     here = os.path.dirname(os.path.abspath(__file__))
+    shipped = os.path.join(here, "ql_clockshim.c")  # wheels: copied in by setup.py
+    if os.path.isfile(shipped):
+        return shipped
     for up in (3, 2, 4):
         cand = os.path.normpath(os.path.join(here, *[".."] * up, "csrc", "ql_clockshim.c"))
         if os.path.isfile(cand):
