@@ -38,6 +38,15 @@ def core(request: Any) -> Any:
     return _pycore
 
 
+@pytest.fixture
+def sync_core(core: Any) -> Any:
+    """The engine build under test, for the blocking API (both builds have
+    a blocking driver; the fixture skips one that would not)."""
+    if not hasattr(core, "SyncEngine"):
+        pytest.skip(f"{core.IMPLEMENTATION} engine has no blocking driver")
+    return core
+
+
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run(request: Any) -> Iterator[Callable[..., Any]]:
     """``run(coro, timeout=60)`` runs a coroutine on a fresh loop of the

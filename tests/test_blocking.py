@@ -12,14 +12,8 @@ import redis
 from quorumlock import ConfigurationError, LockManager, LockNotOwned, LockTimeout
 from quorumlock.chaos.proxy import FaultProxy
 
-from _engine_fixtures import clusters, core, free_port, _shared_clusters  # noqa: F401
+from _engine_fixtures import sync_core, clusters, core, free_port, _shared_clusters  # noqa: F401
 
-
-@pytest.fixture
-def sync_core(core):
-    if not hasattr(core, "SyncEngine"):
-        pytest.skip(f"{core.IMPLEMENTATION} engine has no blocking driver yet")
-    return core
 
 
 def _holders(cluster, key):

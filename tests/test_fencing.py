@@ -16,16 +16,10 @@ import redis
 from quorumlock import LockManager
 from quorumlock.chaos.proxy import FaultProxy
 
-from _engine_fixtures import clusters, core, _shared_clusters  # noqa: F401
+from _engine_fixtures import sync_core, clusters, core, _shared_clusters  # noqa: F401
 
 WORKER = os.path.join(os.path.dirname(__file__), "_lock_worker.py")
 
-
-@pytest.fixture
-def sync_core(core):
-    if not hasattr(core, "SyncEngine"):
-        pytest.skip(f"{core.IMPLEMENTATION} engine has no blocking driver yet")
-    return core
 
 
 def test_fence_grows_and_survives_renewal(sync_core, clusters):

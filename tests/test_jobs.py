@@ -13,14 +13,8 @@ from quorumlock import LockLost, LockManager
 from quorumlock.aio import LockManager as AsyncLockManager
 from quorumlock.jobs import JobSkipped, current_lock
 
-from _engine_fixtures import clusters, core, run, _shared_clusters  # noqa: F401
+from _engine_fixtures import sync_core, clusters, core, run, _shared_clusters  # noqa: F401
 
-
-@pytest.fixture
-def sync_core(core):
-    if not hasattr(core, "SyncEngine"):
-        pytest.skip(f"{core.IMPLEMENTATION} engine has no blocking driver")
-    return core
 
 
 def test_skip_when_held_and_key_template(sync_core, clusters, caplog):

@@ -17,17 +17,11 @@ import pytest
 from quorumlock import AsyncLeaderElection, LeaderElection, LockManager
 from quorumlock.aio import LockManager as AsyncLockManager
 
-from _engine_fixtures import clusters, core, run, _shared_clusters  # noqa: F401
+from _engine_fixtures import sync_core, clusters, core, run, _shared_clusters  # noqa: F401
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
                        "leader_election.py")
 
-
-@pytest.fixture
-def sync_core(core):
-    if not hasattr(core, "SyncEngine"):
-        pytest.skip(f"{core.IMPLEMENTATION} engine has no blocking driver")
-    return core
 
 
 def test_one_leader_and_clean_handover(sync_core, clusters):

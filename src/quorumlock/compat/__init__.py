@@ -441,3 +441,21 @@ class Tally:
         sent it and did not answer "held" (timeouts included: the SET may still
         be applied, and a release sent now follows it on the same connection)."""
         return [i for i, s in enumerate(self.statuses) if s in ("ok", "timeout", "error")]
+
+
+_tasks: set = set()
+
+
+def background(coro: Any) -> None:
+    """Run ``coro`` to completion in the background (a cancelled async
+    acquire's clean-up release): a strong reference keeps the task alive,
+    and its exception is retrieved so the loop does not report it."""
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(_background_done)
+
+
+def _background_done(task: Any) -> None:
+    _tasks.discard(task)
+    if not task.cancelled():
+        task.exception()

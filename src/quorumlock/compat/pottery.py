@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 from .. import _scripts
 from .._backend import core
 from . import (
+    background,
     AioSharedManager,
     Script,
     SharedManager,
@@ -542,7 +543,7 @@ class AIORedlock(_RedlockBase):
                                                   lease_timeout(sh, ttl_ms), lease_ms=ttl_ms)
         except asyncio.CancelledError:
             # The SETs are out and may land: release behind them, unawaited.
-            _background(run_script_async(sh, _RELEASE, [key], [token], guarded=False))
+            background(run_script_async(sh, _RELEASE, [key], [token], guarded=False))
             raise
         acquired, tally = self._acquired(sh, results, t0, token)
         if acquired:
@@ -625,19 +626,6 @@ class AIORedlock(_RedlockBase):
         await self.release()
 
 
-_tasks: set = set()
-
-
-def _background(coro: Any) -> None:
-    task = asyncio.ensure_future(coro)
-    _tasks.add(task)
-    task.add_done_callback(_done)
-
-
-def _done(task: Any) -> None:
-    _tasks.discard(task)
-    if not task.cancelled():
-        task.exception()
 
 
 def synchronize(

@@ -54,6 +54,7 @@ from .. import _scripts
 from .._backend import core
 from ..errors import LockNotOwned, NodeOutcome, QuorumError, QuorumLockError
 from . import (
+    background,
     AioSharedManager,
     Script,
     SharedManager,
@@ -583,7 +584,7 @@ class AsyncLock(_LockBase):
             # Cancelled while the SETs were out: they may land, and nobody
             # would own the key.  Release everywhere (queued behind the SETs
             # on the same connections), without waiting.
-            _background(run_script_async(sh, _RELEASE, [key], [token], guarded=False))
+            background(run_script_async(sh, _RELEASE, [key], [token], guarded=False))
             raise
         held, tally = self._acquire_verdict(sh, results, t0, ttl_ms)
         if held:
@@ -681,16 +682,3 @@ class AsyncLock(_LockBase):
         return self._owned_result(sh, Tally(sh.manager.nodes, results, _is_one), "reacquire")
 
 
-_tasks: set = set()
-
-
-def _background(coro: Any) -> None:
-    task = _aio.ensure_future(coro)
-    _tasks.add(task)
-    task.add_done_callback(_done)
-
-
-def _done(task: Any) -> None:
-    _tasks.discard(task)
-    if not task.cancelled():
-        task.exception()
