@@ -1797,10 +1797,12 @@ class SyncEngine(Engine):
 
     # -- the blocking face: each returns the result -----------------------
 
-    def try_acquire_sync(self, key, ttl_ms):
-        op = self._attempt(key, ttl_ms)
+    def _run(self, op):
         self._wait(op, 0)
         return op.result
+
+    def try_acquire_sync(self, key, ttl_ms):
+        return self._run(self._attempt(key, ttl_ms))
 
     def attempt_sync(self, key, ttl_ms):
         op = self._attempt(key, ttl_ms)
@@ -1808,19 +1810,13 @@ class SyncEngine(Engine):
         return op
 
     def release_sync(self, lock):
-        op = self._release(lock)
-        self._wait(op, 0)
-        return op.result
+        return self._run(self._release(lock))
 
     def extend_sync(self, lock, ttl_ms):
-        op = self._extend(lock, ttl_ms)
-        self._wait(op, 0)
-        return op.result
+        return self._run(self._extend(lock, ttl_ms))
 
     def acquire_many_sync(self, keys, ttl_ms):
-        op = self._acquire_many(keys, ttl_ms)
-        self._wait(op, 0)
-        return op.result
+        return self._run(self._acquire_many(keys, ttl_ms))
 
     def acquire_each_sync(self, keys, ttl_ms):
         """One attempt per key with the single-key operation (fenced or
@@ -1848,9 +1844,7 @@ class SyncEngine(Engine):
         return ops
 
     def release_many_sync(self, locks):
-        op = self._release_many(locks)
-        self._wait(op, 0)
-        return op.result
+        return self._run(self._release_many(locks))
 
     def call_op(self, idx, args, timeout=None):
         """Queue one command to one node; ``wait(op)`` gives its reply."""

@@ -301,10 +301,12 @@ cdef class SyncEngine(Engine):
 
     # -- the blocking face: each returns the result -----------------------
 
-    def try_acquire_sync(self, key, long long ttl_ms):
-        cdef AcquireOp op = self._attempt(key, ttl_ms)
+    cdef inline object _run(self, Op op):
         self._wait(op, 0)
         return op.result
+
+    def try_acquire_sync(self, key, long long ttl_ms):
+        return self._run(self._attempt(key, ttl_ms))
 
     def attempt_sync(self, key, long long ttl_ms):
         cdef AcquireOp op = self._attempt(key, ttl_ms)
@@ -312,19 +314,13 @@ cdef class SyncEngine(Engine):
         return op
 
     def release_sync(self, Lock lock not None):
-        cdef Op op = self._release(lock)
-        self._wait(op, 0)
-        return op.result
+        return self._run(self._release(lock))
 
     def extend_sync(self, Lock lock not None, long long ttl_ms):
-        cdef Op op = self._extend(lock, ttl_ms)
-        self._wait(op, 0)
-        return op.result
+        return self._run(self._extend(lock, ttl_ms))
 
     def acquire_many_sync(self, keys, long long ttl_ms):
-        cdef Op op = self._acquire_many(keys, ttl_ms)
-        self._wait(op, 0)
-        return op.result
+        return self._run(self._acquire_many(keys, ttl_ms))
 
     def acquire_each_sync(self, keys, long long ttl_ms):
         """One attempt per key with the single-key operation (fenced or
@@ -355,9 +351,7 @@ cdef class SyncEngine(Engine):
         return ops
 
     def release_many_sync(self, locks):
-        cdef Op op = self._release_many(locks)
-        self._wait(op, 0)
-        return op.result
+        return self._run(self._release_many(locks))
 
     def call_op(self, int idx, tuple args not None, timeout=None):
         """Queue one command to one node; ``wait(op)`` gives its reply."""

@@ -606,22 +606,25 @@ def r_partition(env: Env, sc: Scenario, stop: threading.Event, rng: random.Rando
             env.link(w.name, i, "pass")
 
 
+def _flap_links(env: Env, stop: threading.Event, rng: random.Random, workers: List[Worker], mode: str,
+                every: Tuple[float, float], hold: Tuple[float, float]) -> None:
+    """Until ``stop``: every ``every`` seconds, put a random client's link to
+    a random node in ``mode`` for ``hold`` seconds, then heal it."""
+    while _every(stop, rng, *every):
+        w, i = rng.choice(workers), rng.randrange(env.n)
+        env.link(w.name, i, mode)
+        stop.wait(rng.uniform(*hold))
+        env.link(w.name, i, "pass")
+
+
 def r_half_reply(env: Env, sc: Scenario, stop: threading.Event, rng: random.Random, workers: List[Worker]) -> None:
     """Row 17 at random: a link applies requests but loses replies for a while."""
-    while _every(stop, rng, 0.2, 0.8):
-        w, i = rng.choice(workers), rng.randrange(env.n)
-        env.link(w.name, i, "half-reply")
-        stop.wait(rng.uniform(0.05, 0.5))
-        env.link(w.name, i, "pass")
+    _flap_links(env, stop, rng, workers, "half-reply", (0.2, 0.8), (0.05, 0.5))
 
 
 def r_reset(env: Env, sc: Scenario, stop: threading.Event, rng: random.Random, workers: List[Worker]) -> None:
     """Row 18: RST a random link mid-operation."""
-    while _every(stop, rng, 0.05, 0.4):
-        w, i = rng.choice(workers), rng.randrange(env.n)
-        env.link(w.name, i, "reset")
-        stop.wait(rng.uniform(0.005, 0.1))
-        env.link(w.name, i, "pass")
+    _flap_links(env, stop, rng, workers, "reset", (0.05, 0.4), (0.005, 0.1))
 
 
 def r_script_flush(env: Env, sc: Scenario, stop: threading.Event, rng: random.Random, workers: List[Worker]) -> None:
