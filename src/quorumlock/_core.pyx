@@ -27,7 +27,7 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.string cimport memcpy, memset
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
 
-from quorumlock.errors import NodeOutcome
+from quorumlock.errors import NodeOutcome, scrub_text
 from quorumlock._scripts import (
     RELEASE as RELEASE_SCRIPT, RELEASE_SHA, EXTEND as EXTEND_SCRIPT, EXTEND_SHA,
     ACQUIRE_MANY as ACQUIRE_MANY_SCRIPT, ACQUIRE_MANY_SHA,

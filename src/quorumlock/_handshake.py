@@ -120,3 +120,25 @@ def check_unique(specs: List[NodeSpec], run_ids: List[Optional[str]]) -> None:
                 f"(run_id {rid}); it would be counted twice in the quorum"
             )
         seen[rid] = i
+
+
+def duplicate_of(i: int, run_id: Optional[str], nodes: List[Any]) -> Optional[int]:
+    """The index of another node, connected and counted (``ready``), that is
+    the same server as node ``i`` (same ``run_id``), else None.
+
+    Run on every (re)connect, not only the first: a server listed twice
+    under two spellings that was down at the first connect would otherwise
+    vote twice once it came up."""
+    if run_id is None:
+        return None
+    for j, nd in enumerate(nodes):
+        if j != i and nd.ready and nd.run_id == run_id:
+            return j
+    return None
+
+
+def duplicate_text(specs: List[NodeSpec], i: int, j: int) -> str:
+    """The per-node outcome detail (and log text) of node ``i``, excluded as
+    the same server as node ``j``."""
+    return (f"duplicate of node {j} ({specs[j].name}): {specs[i].name} reaches the same server; "
+            "not counted")

@@ -26,7 +26,7 @@ from collections import deque
 
 from hiredis import Reader, ReplyError
 
-from quorumlock.errors import NodeOutcome
+from quorumlock.errors import NodeOutcome, scrub_text
 from quorumlock._scripts import (
     RELEASE as RELEASE_SCRIPT, RELEASE_SHA, EXTEND as EXTEND_SCRIPT, EXTEND_SHA,
     ACQUIRE_MANY as ACQUIRE_MANY_SCRIPT, ACQUIRE_MANY_SHA,
@@ -494,8 +494,13 @@ class Op:
             self.decide()
 
     def mark_error(self, node, reply):
+        # The server's text may echo our arguments (a token): scrubbed.
         node.errors += 1
-        return self.mark(node._idx, ST_ERROR, str(reply))
+        return self.mark(node._idx, ST_ERROR, scrub_text(reply, self.secrets()))
+
+    def secrets(self):
+        """Tokens this operation sends (kept out of error texts)."""
+        return ()
 
     def decide(self):
         pass
@@ -539,6 +544,9 @@ class AcquireOp(Op):
 
     __slots__ = ("key", "key_b", "token", "ttl_ms", "drift_ns")
 
+    def secrets(self):
+        return (self.token,)
+
     def on_reply(self, node, reply, aux):
         if reply is None:
             return self.mark(node._idx, ST_HELD, None)
@@ -546,7 +554,7 @@ class AcquireOp(Op):
             return self.mark(node._idx, ST_OK, None)
         if isinstance(reply, ReplyError):
             return self.mark_error(node, reply)
-        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def decide(self):
         # Elapsed time is read here, after the deciding reply was parsed, never
@@ -593,12 +601,12 @@ class FencedAcquireOp(AcquireOp):
                 return self.mark(node._idx, ST_OK, None)
             if reply == 0:
                 return self.mark(node._idx, ST_HELD, None)
-            return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r} to a fenced acquire")
+            return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r} to a fenced acquire", self.secrets()))
         if _is_noscript(reply):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
             return self.mark_error(node, reply)
-        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def resend_eval(self, node, aux, deadline):
         kb = self.key_b
@@ -643,7 +651,7 @@ class CommitOp(Op):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
             return self.mark_error(node, reply)
-        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def resend_eval(self, node, aux, deadline):
         acq = self.acq
@@ -662,6 +670,9 @@ class ReleaseOp(Op):
 
     __slots__ = ("key_b", "token", "ex")    # ex: lock-delay form (also lifts the delay marker)
 
+    def secrets(self):
+        return (self.token,)
+
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
             return self.mark(node._idx, ST_OK if reply == 1 else ST_HELD, None)
@@ -669,7 +680,7 @@ class ReleaseOp(Op):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
             return self.mark_error(node, reply)
-        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def resend_eval(self, node, aux, deadline):
         if self.ex:
@@ -701,6 +712,7 @@ class MultiReleaseOp(Op):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         node.errors += 1
         text = str(reply) if isinstance(reply, ReplyError) else f"unexpected reply {reply!r}"
+        text = scrub_text(text, [o.token for o in ops])
         for op in ops:
             op.mark(idx, ST_ERROR, text)
 
@@ -722,6 +734,9 @@ class ExtendOp(Op):
 
     __slots__ = ("lock", "ttl_ms", "drift_ns", "delay_ms")   # delay_ms > 0: lock-delay form
 
+    def secrets(self):
+        return (self.lock._token,)
+
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
             return self.mark(node._idx, ST_OK if reply == 1 else ST_HELD, None)
@@ -729,7 +744,7 @@ class ExtendOp(Op):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
             return self.mark_error(node, reply)
-        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def resend_eval(self, node, aux, deadline):
         lock = self.lock
@@ -751,6 +766,17 @@ class ExtendOp(Op):
             lock._nodes = self.n_ok
             self.finish(True)
             return
+        # Failed (or too late).  Nodes that applied the PEXPIRE, including
+        # ones that timed out or have not answered yet, now drop the key
+        # ``ttl_ms`` after this operation started; the others keep the old
+        # expiry.  So the lease the lock may still believe in ends at the
+        # earlier of the two: a failed extend only ever shortens it.
+        if end < lock._deadline:
+            lock._deadline = end
+        n_held = sum(1 for i in range(self.n) if self.status[i] == ST_HELD)
+        if n_held > self.n - self.quorum and self.t0 < lock._deadline:
+            # A majority answered that our token is gone: the lease is lost.
+            lock._deadline = self.t0
         self.finish(False)
 
 
@@ -870,7 +896,8 @@ class BatchOp(Op):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         else:
             node.errors += 1
-            self._fail_chunk(idx, aux, ST_ERROR, str(reply))
+            text = str(reply) if isinstance(reply, ReplyError) else f"unexpected reply {reply!r}"
+            self._fail_chunk(idx, aux, ST_ERROR, scrub_text(text, self.tokens[aux:aux + self.chunk]))
             return
         self._check()
 
@@ -1108,7 +1135,7 @@ class Engine:
                  "pre_release", "pre_extend", "pre_release_ex", "pre_extend_ex", "pre_acquire_ex",
                  "pre_commit", "pre_acquire_many", "pre_release_many", "logger",
                  "rel_queue", "coalesce_releases",
-                 "release_notify", "release_script", "release_ex_script")
+                 "release_notify", "release_script", "release_ex_script", "down_detail")
 
     def __init__(self, loop, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -1156,6 +1183,9 @@ class Engine:
         self.release_script = RELEASE_SCRIPT
         self.release_ex_script = RELEASE_EX_SCRIPT
         self.logger = logging.getLogger("quorumlock")
+        # Why node i is not ready, when the API layer knows better than "down"
+        # (e.g. "duplicate of node 0 (...)"): the per-node outcome's detail.
+        self.down_detail = [None] * self.n
         self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
 
     @property
@@ -1247,7 +1277,7 @@ class Engine:
         self.schedule_flush()
         if failed is not None:
             for i, st in failed:
-                op.on_fail(i, aux, st, None if st == ST_DOWN else _GUARD_DETAIL)
+                op.on_fail(i, aux, st, self.down_detail[i] if st == ST_DOWN else _GUARD_DETAIL)
 
     def send_release(self, key_b, token, waiter, skip):
         """Compare-and-delete on every ready node (except where ``skip`` says
@@ -1312,7 +1342,8 @@ class Engine:
             cb(idx, exc)
 
     def _log_error(self, name, what, obj):
-        self.logger.warning("quorumlock: %s: %s: %r", name, what, obj)
+        # A stray reply may carry a token: never log it verbatim.
+        self.logger.warning("quorumlock: %s: %s: %s", name, what, scrub_text(repr(obj)))
 
     # -- operations (each returns its Op; the waiter is a future, or None
     #    for the blocking engine) ----------------------------------------
@@ -1500,6 +1531,8 @@ class Engine:
         if type(args) is not tuple:
             raise TypeError(f"Argument 'args' has incorrect type (expected tuple, got {type(args).__name__})")
         idx = self._node_index(idx)
+        if timeout is not None and not (0 < timeout <= 1e9):
+            raise ValueError(f"timeout must be > 0 and <= 1e9 seconds, got {timeout!r}")
         node = self.nodes[idx]
         op = CallOp(self, self.new_waiter())
         if self.rel_queue:

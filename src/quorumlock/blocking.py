@@ -66,6 +66,7 @@ class LockManager(ManagerBase):
         self._closed = False
         self._pid = os.getpid()
         self._connected_once = False
+        self._dup_logged: set = set()   # nodes whose duplicate was already logged
 
     # -- connections -------------------------------------------------------
 
@@ -199,6 +200,17 @@ class LockManager(ManagerBase):
             node = eng.nodes[i]
             node.info = info
             node.run_id = info.get("run_id")
+            if not initial:
+                # Identity on every reconnect (see quorumlock.aio): a server
+                # already counted under another spelling must not vote twice.
+                dup = _handshake.duplicate_of(i, node.run_id, eng.nodes)
+                if dup is not None:
+                    eng.down_detail[i] = _handshake.duplicate_text(self._specs, i, dup)
+                    (log.debug if i in self._dup_logged else log.error)("quorumlock: %s", eng.down_detail[i])
+                    self._dup_logged.add(i)
+                    node.abort()
+                    continue
+            eng.down_detail[i] = None
             with self._mutex:
                 before = self._guard.counted_after[i]
                 node.counted_after = self._guard.on_connect(

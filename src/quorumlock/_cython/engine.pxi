@@ -54,6 +54,7 @@ cdef class Engine:
         object release_script       # EVAL fallbacks of the release in use
         object release_ex_script
         object logger
+        public list down_detail        # why node i is not ready (per-node outcome detail), or None
 
     def __init__(self, loop, names, owner, double node_timeout, double drift_factor,
                  Py_ssize_t max_key_len=1024, Py_ssize_t batch_chunk=500, stall_timeout=None):
@@ -100,6 +101,9 @@ cdef class Engine:
         self.release_script = RELEASE_SCRIPT
         self.release_ex_script = RELEASE_EX_SCRIPT
         self.logger = logging.getLogger("quorumlock")
+        # Why node i is not ready, when the API layer knows better than "down"
+        # (e.g. "duplicate of node 0 (...)"): the per-node outcome's detail.
+        self.down_detail = [None] * self.n
         self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
 
     # -- plumbing ----------------------------------------------------------
@@ -205,7 +209,7 @@ cdef class Engine:
         if down | excluded:
             for i in range(self.n):
                 if down & (1u << i):
-                    op.on_fail(i, aux, ST_DOWN, None)
+                    op.on_fail(i, aux, ST_DOWN, self.down_detail[i])
                 elif excluded & (1u << i):
                     op.on_fail(i, aux, ST_EXCLUDED, "restart guard: node restarted recently")
         return 0
@@ -292,7 +296,8 @@ cdef class Engine:
             cb(idx, exc)
 
     def _log_error(self, name, what, obj):
-        self.logger.warning("quorumlock: %s: %s: %r", name, what, obj)
+        # A stray reply may carry a token: never log it verbatim.
+        self.logger.warning("quorumlock: %s: %s: %s", name, what, scrub_text(repr(obj)))
 
     # -- operations ------------------------------------------------------
 
@@ -529,6 +534,8 @@ cdef class Engine:
         cdef NodeConn node = <NodeConn>self.nodes[idx]
         cdef CallOp op = CallOp.__new__(CallOp)
         cdef uint64_t t
+        if timeout is not None and not (0 < timeout <= 1e9):
+            raise ValueError(f"timeout must be > 0 and <= 1e9 seconds, got {timeout!r}")
         if self.rel_queue:
             self.materialize_releases()
         op._init(self, self.new_waiter())

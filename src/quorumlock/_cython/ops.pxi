@@ -68,8 +68,13 @@ cdef class Op:
         return 0
 
     cdef int mark_error(self, NodeConn node, object reply) except -1:
+        # The server's text may echo our arguments (a token): scrubbed.
         node.errors += 1
-        return self.mark(node.idx, ST_ERROR, str(reply))
+        return self.mark(node.idx, ST_ERROR, scrub_text(reply, self.secrets()))
+
+    cdef tuple secrets(self):
+        """Tokens this operation sends (kept out of error texts)."""
+        return ()
 
     cdef int decide(self) except -1:
         return 0
@@ -125,7 +130,10 @@ cdef class AcquireOp(Op):
             return self.mark(node.idx, ST_OK, None)
         if is_reply_error(reply):
             return self.mark_error(node, reply)
-        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
+
+    cdef tuple secrets(self):
+        return (self.token,)
 
     cdef int decide(self) except -1:
         # Elapsed time is read here, after the deciding reply was parsed, never
@@ -182,12 +190,12 @@ cdef class FencedAcquireOp(AcquireOp):
                 return self.mark(node.idx, ST_OK, None)
             if reply == 0:
                 return self.mark(node.idx, ST_HELD, None)
-            return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r} to a fenced acquire")
+            return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r} to a fenced acquire", self.secrets()))
         if is_noscript(reply):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
             return self.mark_error(node, reply)
-        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
@@ -245,7 +253,7 @@ cdef class CommitOp(Op):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
             return self.mark_error(node, reply)
-        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
@@ -278,7 +286,7 @@ cdef class ReleaseOp(Op):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
             return self.mark_error(node, reply)
-        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
@@ -291,6 +299,9 @@ cdef class ReleaseOp(Op):
         node.send(b, self, aux, deadline)
         self.engine.script_missing(node)
         return 0
+
+    cdef tuple secrets(self):
+        return (self.token,)
 
     cdef int decide(self) except -1:
         return self.finish(self.n_ok >= self.quorum)
@@ -317,6 +328,7 @@ cdef class MultiReleaseOp(Op):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         node.errors += 1
         text = str(reply) if is_reply_error(reply) else f"unexpected reply {reply!r}"
+        text = scrub_text(text, [op.token for op in self.ops])
         for op in self.ops:
             op.mark(idx, ST_ERROR, text)
         return 0
@@ -349,6 +361,9 @@ cdef class ExtendOp(Op):
         uint64_t drift_ns
         long long delay_ms    # > 0: lock-delay form
 
+    cdef tuple secrets(self):
+        return (self.lock.token,)
+
     cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
         if type(reply) is int:
             return self.mark(node.idx, ST_OK if reply == 1 else ST_HELD, None)
@@ -356,7 +371,7 @@ cdef class ExtendOp(Op):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
             return self.mark_error(node, reply)
-        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
@@ -373,11 +388,25 @@ cdef class ExtendOp(Op):
     cdef int decide(self) except -1:
         cdef uint64_t now = now_ns()
         cdef uint64_t end = self.t0 + <uint64_t>self.ttl_ms * 1000000ULL - self.drift_ns
+        cdef int i, n_held = 0
         if self.n_ok >= self.quorum and now < end and not self.lock.released:
             self.lock.deadline = end
             self.lock.ttl_ms = self.ttl_ms
             self.lock.nodes = self.n_ok
             return self.finish(True)
+        # Failed (or too late).  Nodes that applied the PEXPIRE, including
+        # ones that timed out or have not answered yet, now drop the key
+        # ``ttl_ms`` after this operation started; the others keep the old
+        # expiry.  So the lease the lock may still believe in ends at the
+        # earlier of the two: a failed extend only ever shortens it.
+        if end < self.lock.deadline:
+            self.lock.deadline = end
+        for i in range(self.n):
+            if self.status[i] == ST_HELD:
+                n_held += 1
+        if n_held > self.n - self.quorum and self.t0 < self.lock.deadline:
+            # A majority answered that our token is gone: the lease is lost.
+            self.lock.deadline = self.t0
         return self.finish(False)
 
 
@@ -510,7 +539,8 @@ cdef class BatchOp(Op):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         else:
             node.errors += 1
-            self._fail_chunk(idx, aux, ST_ERROR, str(reply))
+            text = str(reply) if is_reply_error(reply) else f"unexpected reply {reply!r}"
+            self._fail_chunk(idx, aux, ST_ERROR, scrub_text(text, self.tokens[aux:aux + self.chunk]))
             return 0
         return self._check()
 
