@@ -343,3 +343,194 @@ def test_duplicate_spelling_down_at_connect_blocking(sync_core, make_cluster, tm
         op = eng.attempt_sync("dup:d", 5000)
         details = [o.detail or "" for o in op.outcomes()]
         assert sum("duplicate of node" in d for d in details) == 1, details
+
+
+# -- smaller engine items ------------------------------------------------------
+
+
+def test_cleanup_release_reaches_a_node_that_dropped_after_the_set(run, core, clusters):
+    """Node 0 holds the key for someone else, node 1 grants, node 2 (behind a
+    proxy) receives the SET but its reply is lost, then the connection is
+    reset: the attempt fails, and node 2 was down when the clean-up release
+    was due.  Once node 2 is back, the held-back release must reach it.
+
+    First-round code (both builds, both loops): node 2 kept our key for the
+    whole TTL (1 orphan key per run)."""
+    from quorumlock.chaos.proxy import FaultProxy
+
+    cluster = clusters(3)
+
+    async def body():
+        proxy = FaultProxy("127.0.0.1", cluster.ports[2])
+        try:
+            urls = cluster.urls[:2] + [proxy.url]
+            async with LockManager(urls, ttl=5.0, node_timeout=0.5, restart_guard=False, _core=core) as locks:
+                r0 = redis.Redis(port=cluster.ports[0])
+                r0.set("cl:a", b"someone-else", px=5000)
+                proxy.set_mode("half-reply")
+                op = locks.engine.attempt("cl:a", 5000)
+                await asyncio.sleep(0.05)      # the SET reached node 2; its reply was dropped
+                r2 = redis.Redis(port=cluster.ports[2])
+                assert r2.get("cl:a") is not None
+                proxy.set_mode("reset")        # node 2's connection drops: the attempt fails
+                assert await op.waiter is None
+                await asyncio.sleep(0.1)
+                proxy.set_mode("pass")         # node 2 comes back
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline and not locks.engine.nodes[2].ready:
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.2)
+                left = r2.get("cl:a")
+                r0.close()
+                r2.close()
+                return left
+        finally:
+            proxy.close()
+
+    assert run(body()) is None, "node 2 kept the failed attempt's key"
+
+
+def test_noscript_after_the_decision_is_not_resent(run, core, clusters):
+    """A node that lost its scripts (SCRIPT FLUSH) and answers slowly: the
+    NOSCRIPT of a fenced acquire arrives after the acquire was decided (by the
+    two fast nodes) and after the lock was released there.  Re-sending it
+    then would set a key no release follows.
+
+    First-round code (both builds, both loops): the slow node kept the
+    released lock's key for its whole TTL (1 orphan per run)."""
+    from quorumlock.chaos.proxy import FaultProxy
+
+    cluster = clusters(3)
+
+    async def body():
+        proxy = FaultProxy("127.0.0.1", cluster.ports[2])
+        try:
+            urls = cluster.urls[:2] + [proxy.url]
+            async with LockManager(urls, ttl=5.0, fencing=True, node_timeout=1.0, _core=core) as locks:
+                r2 = redis.Redis(port=cluster.ports[2])
+                r2.script_flush()
+                # The proxy delays each chunk by 0.2 s, one after the other in
+                # each direction: a's NOSCRIPT is back at ~0.4 s (and reloads
+                # the scripts), x's at ~0.6 s; x is released at ~0.5 s, after
+                # the reload on the wire and before x's NOSCRIPT arrives.
+                proxy.set_mode("latency", 0.2)
+                t0 = time.monotonic()
+                a = await locks.try_acquire("ns:a")
+                await asyncio.sleep(0.05)
+                x = await locks.try_acquire("ns:x")
+                assert a is not None and x is not None
+                await asyncio.sleep(max(0.0, t0 + 0.5 - time.monotonic()))
+                await x.release()
+                await a.release()
+                await asyncio.sleep(1.2)
+                left = r2.get("ns:x")
+                r2.close()
+                return left
+        finally:
+            proxy.close()
+
+    assert run(body()) is None, "the slow node kept a key nobody releases"
+
+
+def test_reserved_prefix_and_user_keys(run, core, clusters):
+    """A fence counter must never block a user key.  First-round code: once
+    "job" was fenced, the user key "ql:fence:job" could never be locked (the
+    counter lived there); both builds, both loops."""
+    cluster = clusters(3)
+
+    async def body():
+        async with LockManager(cluster.urls, ttl=5.0, fencing=True, lock_delay=0.1, _core=core) as locks:
+            lk = await locks.try_acquire("job")
+            await lk.release()
+            for user_key in ("ql:fence:job", "ql:delay:job"):
+                other = await locks.try_acquire(user_key)
+                assert other is not None, f"{user_key!r} could not be locked"
+                await other.release()
+            with pytest.raises(ValueError, match="reserved"):
+                await locks.try_acquire(b"\xffql:fence:job")
+
+    run(body())
+
+
+def test_lock_delay_survives_a_volatile_restart_window(clusters):
+    """The restart guard keeps a restarted node out for ttl + lock_delay, so
+    a lost delay marker cannot shorten the delay.  First-round code: the
+    window was ttl only (1.01 s here instead of 3.03 s)."""
+    cluster = clusters(3)
+    m = LockManager(cluster.urls, ttl=1.0, lock_delay=2.0)
+    assert m.guard_window == pytest.approx(3.0 * 1.01)
+
+
+def test_config_bounds_name_the_argument(clusters):
+    """First-round code: ``redis://host:0`` became port 6379,
+    ``node_timeout=1e-12`` was accepted, ``max_ttl=1e300`` with ``ttl=1e20``
+    raised a bare OverflowError at the first acquire, ``ttl=10**400``
+    raised OverflowError (int too large to convert to float)."""
+    cluster = clusters(1)
+    url = cluster.urls[0]
+    for mgr in (LockManager, SyncLockManager):
+        with pytest.raises(ValueError, match="port"):
+            mgr(["redis://127.0.0.1:0"])
+        with pytest.raises(ValueError, match="node_timeout"):
+            mgr([url], node_timeout=1e-12)
+        with pytest.raises(ValueError, match="max_ttl"):
+            mgr([url], max_ttl=1e300, ttl=1e20)
+        with pytest.raises(ValueError, match="ttl"):
+            mgr([url], ttl=10**400)
+        with pytest.raises(ValueError, match="max_key_length"):
+            mgr([url], max_key_length=2**70)
+        with pytest.raises(ValueError, match="batch_chunk"):
+            mgr([url], batch_chunk=2**70)
+        with pytest.raises(ValueError, match="guard_window"):
+            mgr([url], guard_window=1e300)
+        with pytest.raises(ValueError, match="retry_delay"):
+            mgr([url], retry_delay=1e300)
+        mgr([url], node_timeout=0.001)   # the minimum is accepted
+
+
+def test_long_ttl_validity_does_not_wrap(run, core, clusters):
+    """The longest allowed TTL keeps a sane validity.  First-round code:
+    ``max_ttl=1e14`` was accepted, and ``ttl=1e13`` then gave a lock whose
+    validity had wrapped in the compiled core's 64-bit ns arithmetic
+    (1.86e9 s left instead of 9.9e12); now max_ttl is capped at 1e9 s."""
+    cluster = clusters(1)
+    with pytest.raises(ValueError, match="max_ttl"):
+        LockManager(cluster.urls, max_ttl=1e14, _core=core)
+
+    async def body():
+        async with LockManager(cluster.urls, ttl=10.0, max_ttl=1e9, _core=core) as locks:
+            lk = await locks.try_acquire("long:a", ttl=1e9)
+            assert lk is not None
+            assert 0.98e9 < lk.validity <= 1e9
+            await lk.release()
+
+    run(body())
+
+
+def test_acquire_many_refuses_one_string(sync_core, clusters):
+    """First-round code: ``acquire_many("abc")`` locked 'a', 'b' and 'c'."""
+    cluster = clusters(1)
+    with SyncLockManager(cluster.urls, _core=sync_core) as locks:
+        for bad in ("abc", b"abc"):
+            with pytest.raises(TypeError, match="keys"):
+                locks.acquire_many(bad)
+    assert _dbsizes(cluster) == [0]
+
+
+def test_lease_clock_is_boottime(core):
+    """Both builds read one lease clock, CLOCK_BOOTTIME (it counts system
+    suspend; CLOCK_MONOTONIC stops).  On a machine that never suspended the
+    two clocks agree to within microseconds, so this cannot tell them apart
+    here; it checks that every reader of lease deadlines uses the same
+    clock as the engine (the first round mixed none, but read MONOTONIC)."""
+    import quorumlock._clock as qclock
+    from quorumlock.leases import _async as la, _thread as lt
+
+    if not hasattr(time, "CLOCK_BOOTTIME"):
+        pytest.skip("no CLOCK_BOOTTIME on this platform")
+    assert qclock.CLOCK_NAME == "CLOCK_BOOTTIME"
+    for read in (core.monotonic_ns, qclock.now_ns, la._now_ns, lt._now_ns):
+        b0 = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        x = read()
+        b1 = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        assert b0 <= x <= b1

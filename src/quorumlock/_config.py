@@ -285,6 +285,16 @@ def check_seconds(name: str, value: Any, *, minimum: float = 0.0, maximum: float
     return v
 
 
+def check_keys_arg(keys: Any) -> None:
+    """``acquire_many("abc")`` would lock 'a', 'b' and 'c': refuse one str or
+    bytes given where an iterable of keys is expected (``TypeError`` naming
+    ``keys``)."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"keys must be an iterable of keys, got a single {type(keys).__name__} "
+            "(wrap it in a list to lock one key)")
+
+
 def ttl_to_ms(name: str, value: Any, drift_factor: float, max_ttl: float) -> int:
     """Seconds (int or float) to whole milliseconds, rounded up.
 

@@ -19,6 +19,7 @@ include "_cython/clock.pxi"
 import asyncio
 import logging
 import ssl
+from collections import deque
 
 from hiredis import Reader, ReplyError
 
@@ -34,7 +35,7 @@ from quorumlock._scripts import (
     RELEASE_MANY as RELEASE_MANY_SCRIPT, RELEASE_MANY_SHA, ALL as SCRIPTS,
     ACQUIRE_EX as ACQUIRE_EX_SCRIPT, ACQUIRE_EX_SHA, FENCE_COMMIT as FENCE_COMMIT_SCRIPT, FENCE_COMMIT_SHA,
     RELEASE_EX as RELEASE_EX_SCRIPT, RELEASE_EX_SHA, EXTEND_EX as EXTEND_EX_SCRIPT, EXTEND_EX_SHA,
-    FENCE_PREFIX, DELAY_PREFIX,
+    FENCE_PREFIX, DELAY_PREFIX, RESERVED_PREFIX,
 )
 
 include "_cython/consts.pxi"

@@ -26,6 +26,7 @@ from collections import deque
 
 from hiredis import Reader, ReplyError
 
+from quorumlock._clock import now_ns as _clock_now_ns
 from quorumlock.errors import NodeOutcome, scrub_text
 from quorumlock._scripts import (
     RELEASE as RELEASE_SCRIPT, RELEASE_SHA, EXTEND as EXTEND_SCRIPT, EXTEND_SHA,
@@ -33,7 +34,7 @@ from quorumlock._scripts import (
     RELEASE_MANY as RELEASE_MANY_SCRIPT, RELEASE_MANY_SHA, ALL as SCRIPTS,
     ACQUIRE_EX as ACQUIRE_EX_SCRIPT, ACQUIRE_EX_SHA, FENCE_COMMIT as FENCE_COMMIT_SCRIPT, FENCE_COMMIT_SHA,
     RELEASE_EX as RELEASE_EX_SCRIPT, RELEASE_EX_SHA, EXTEND_EX as EXTEND_EX_SCRIPT, EXTEND_EX_SHA,
-    FENCE_PREFIX, DELAY_PREFIX,
+    FENCE_PREFIX, DELAY_PREFIX, RESERVED_PREFIX,
     RELEASE_NOTIFY as RELEASE_NOTIFY_SCRIPT, RELEASE_NOTIFY_SHA,
     RELEASE_EX_NOTIFY as RELEASE_EX_NOTIFY_SCRIPT, RELEASE_EX_NOTIFY_SHA,
 )
@@ -44,8 +45,10 @@ _POOL_SIZE = 4096
 
 
 def monotonic_ns() -> int:
-    """CLOCK_MONOTONIC in integer nanoseconds."""
-    return time.monotonic_ns()
+    """The lease clock in integer nanoseconds: CLOCK_BOOTTIME where available
+    (it keeps counting during system suspend), else CLOCK_MONOTONIC; the
+    compiled core reads the same clock (quorumlock._clock)."""
+    return _clock_now_ns()
 
 
 class _Pool:
@@ -95,7 +98,7 @@ def random_bytes(n: int) -> bytes:
 # compiled core (``_cython/{consts,buffer,node,ops,lock,engine,sync}.pxi``).
 # ---------------------------------------------------------------------------
 
-_now_ns = time.monotonic_ns
+_now_ns = _clock_now_ns
 
 # -- constants (consts.pxi) ---------------------------------------------------
 
@@ -440,6 +443,10 @@ class NodeProtocol(NodeConn, asyncio.BufferedProtocol):
 
 # -- quorum operations (ops.pxi) -------------------------------------------------
 
+_HELD_BACK_MAX = 4096   # clean-up releases kept per down node for its reconnect
+_NOSCRIPT_LATE = "NOSCRIPT after the operation was decided: not re-sent"
+
+
 def _is_noscript(reply):
     return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
 
@@ -450,7 +457,7 @@ class Op:
     replies only update the counters."""
 
     __slots__ = ("engine", "waiter", "result", "t0", "n", "quorum", "n_ok", "n_bad",
-                 "decided", "complete", "status", "details")
+                 "decided", "complete", "status", "details", "sent")
 
     def __init__(self, engine=None, waiter=None):
         self.engine = engine
@@ -467,6 +474,7 @@ class Op:
         self.n_bad = 0
         self.decided = False
         self.complete = False   # the result is set (decided, and any second round done)
+        self.sent = 0           # bit i: the command was queued to node i (fanout)
         self.status = bytearray(self.n)
         self.details = None
 
@@ -570,14 +578,17 @@ class AcquireOp(Op):
                 # The caller was cancelled while we waited: it will never see
                 # this lock, so it must not stay on the nodes.
                 lock._released = True
-                self.engine.send_release(self.key_b, self.token, None, None)
+                self.engine.send_release(self.key_b, self.token, None, None, self.sent,
+                                         self.t0 + self.ttl_ms * 1000000)
                 return
             self.finish(lock)
             return
         # Failed: release everywhere the SET may have landed, including nodes
         # that timed out or have not answered yet (their SET is ahead of the
-        # release on the same ordered connection).
-        self.engine.send_release(self.key_b, self.token, None, self.status)
+        # release on the same ordered connection), and nodes whose connection
+        # dropped after the SET was written (released when they are back).
+        self.engine.send_release(self.key_b, self.token, None, self.status, self.sent,
+                                 self.t0 + self.ttl_ms * 1000000)
         self.finish(None)
 
 
@@ -609,6 +620,13 @@ class FencedAcquireOp(AcquireOp):
         return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def resend_eval(self, node, aux, deadline):
+        if self.decided:
+            # The script never ran on this node, and its vote can no longer
+            # count: re-sending would only set a key that a release queued
+            # since the decision may already have passed (an orphan until
+            # its TTL).  Reload the scripts for the next calls, send nothing.
+            self.engine.script_missing(node)
+            return self.mark(node._idx, ST_ERROR, _NOSCRIPT_LATE)
         kb = self.key_b
         node.send(encode_command(b"EVAL", ACQUIRE_EX_SCRIPT, b"3", kb, FENCE_PREFIX + kb, DELAY_PREFIX + kb,
                                  self.token, self.ttl_ms, self.delay_ms, b"1" if self.fencing else b"0"),
@@ -921,6 +939,10 @@ class AcquireManyOp(BatchOp):
     __slots__ = ("keys",)
 
     def resend_eval(self, node, aux, deadline):
+        if self.decided:
+            # As FencedAcquireOp.resend_eval: never re-send a decided acquire.
+            self.engine.script_missing(node)
+            return self._fail_chunk(node._idx, aux, ST_ERROR, _NOSCRIPT_LATE)
         end = min(aux + self.chunk, self.m)
         node.send(encode_command(b"EVAL", ACQUIRE_MANY_SCRIPT, end - aux, *self.keys_b[aux:end],
                                  self.ttl_ms, *self.tokens[aux:end]), self, aux, deadline)
@@ -978,7 +1000,7 @@ class Lock:
     """A held lease.
 
     ``key`` as given, ``token`` (20 random bytes), ``validity`` (seconds left,
-    from CLOCK_MONOTONIC: never from the wall clock), ``valid``, ``nodes`` (how
+    from the lease clock, CLOCK_BOOTTIME: never from the wall clock), ``valid``, ``nodes`` (how
     many nodes said OK when the quorum was decided), ``fence`` (an int when the
     manager uses fencing, else None).  ``release()`` and ``extend()`` go
     through the manager that made the lock (awaitables in ``quorumlock.aio``,
@@ -1051,7 +1073,7 @@ class Lock:
 
     @property
     def deadline_ns(self):
-        """CLOCK_MONOTONIC ns at which validity ends."""
+        """Lease-clock ns (``monotonic_ns()``, CLOCK_BOOTTIME) at which validity ends."""
         return self._deadline
 
     def _set_deadline_ns(self, deadline):
@@ -1135,7 +1157,7 @@ class Engine:
                  "pre_release", "pre_extend", "pre_release_ex", "pre_extend_ex", "pre_acquire_ex",
                  "pre_commit", "pre_acquire_many", "pre_release_many", "logger",
                  "rel_queue", "coalesce_releases",
-                 "release_notify", "release_script", "release_ex_script", "down_detail")
+                 "release_notify", "release_script", "release_ex_script", "down_detail", "held_back")
 
     def __init__(self, loop, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -1186,6 +1208,11 @@ class Engine:
         # Why node i is not ready, when the API layer knows better than "down"
         # (e.g. "duplicate of node 0 (...)"): the per-node outcome's detail.
         self.down_detail = [None] * self.n
+        # Clean-up releases for nodes that were down when they were due, but
+        # may hold the key (the SET was written before the connection
+        # dropped): sent when the node is back (node_ready), while the key's
+        # TTL still runs.  Bounded per node; the oldest go first.
+        self.held_back = [deque(maxlen=_HELD_BACK_MAX) for _ in range(self.n)]
         self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
 
     @property
@@ -1250,6 +1277,8 @@ class Engine:
             raise ValueError("key must not be empty")
         if len(kb) > self.max_key_len:
             raise ValueError(f"key is {len(kb)} bytes long; max_key_length is {self.max_key_len}")
+        if kb[:1] == b"\xff" and kb.startswith(RESERVED_PREFIX):
+            raise ValueError(f"key {key!r} starts with {RESERVED_PREFIX!r}, reserved for quorumlock's fence counters and lock-delay markers")
         return kb
 
     def check_key(self, key):
@@ -1270,6 +1299,7 @@ class Engine:
                 st = ST_EXCLUDED
             else:
                 node.send(cmd, op, aux, deadline)
+                op.sent |= 1 << node._idx
                 continue
             if failed is None:
                 failed = []
@@ -1279,11 +1309,9 @@ class Engine:
             for i, st in failed:
                 op.on_fail(i, aux, st, self.down_detail[i] if st == ST_DOWN else _GUARD_DETAIL)
 
-    def send_release(self, key_b, token, waiter, skip):
-        """Compare-and-delete on every ready node (except where ``skip`` says
-        the key is held by someone else).  No waiter: replies are drained."""
-        if self.rel_queue:
-            self.materialize_releases()
+    def _release_cmd(self, key_b, token):
+        """The compare-and-delete of ``key_b``/``token`` and the SinkOp that
+        drains its replies (EVAL form for NOSCRIPT)."""
         op = SinkOp(self, None)
         if self.lock_delay_ms > 0:
             dk = DELAY_PREFIX + key_b
@@ -1293,6 +1321,16 @@ class Engine:
         else:
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(key_b), key_b, len(token), token)
             op.eval_args = (b"EVAL", self.release_script, b"1", key_b, token)
+        return cmd, op
+
+    def send_release(self, key_b, token, waiter, skip, sent=0, expiry=0):
+        """Compare-and-delete on every ready node (except where ``skip`` says
+        the key is held by someone else).  No waiter: replies are drained.
+        Nodes in ``sent`` (the SET went out to them) that are not ready now
+        get the release when they are back, if before ``expiry``."""
+        if self.rel_queue:
+            self.materialize_releases()
+        cmd, op = self._release_cmd(key_b, token)
         deadline = op.t0 + self.node_timeout_ns
         any_sent = False
         for i, node in enumerate(self.nodes):
@@ -1301,8 +1339,33 @@ class Engine:
             if node.ready:
                 node.send(cmd, op, 0, deadline)
                 any_sent = True
+            elif sent & (1 << i) and expiry > op.t0:
+                self.held_back[i].append((expiry, key_b, token))
         if any_sent:
             self.schedule_flush()
+
+    def node_ready(self, idx):
+        """Node ``idx`` is connected and ready again: send the clean-up
+        releases held back for it whose key may still be alive.  Returns how
+        many were sent."""
+        idx = self._node_index(idx)
+        node = self.nodes[idx]
+        q = self.held_back[idx]
+        if not q or not node.ready:
+            return 0
+        now = _now_ns()
+        items = list(q)
+        q.clear()
+        sent = 0
+        for expiry, key_b, token in items:
+            if expiry <= now:
+                continue
+            cmd, op = self._release_cmd(key_b, token)
+            node.send(cmd, op, 0, now + self.node_timeout_ns)
+            sent += 1
+        if sent:
+            self.schedule_flush()
+        return sent
 
     def send_release_many_to(self, idx, keys_b, tokens):
         if self.rel_queue:

@@ -35,7 +35,7 @@ from . import _handshake
 from . import metrics as _metrics_mod
 from ._backend import IMPLEMENTATION, core
 from ._manager import ManagerBase
-from ._config import check_int, check_seconds
+from ._config import check_int, check_keys_arg, check_seconds
 from .blocking import _check_commands
 from .errors import ConfigurationError, DuplicateNode, LockNotOwned, LockTimeout
 from .leases import _async as _lease_async
@@ -223,6 +223,8 @@ class LockManager(ManagerBase):
                 raise DuplicateNode(text)
         eng.down_detail[i] = None
         node.ready = True
+        # Clean-up releases that could not reach it while it was away.
+        eng.node_ready(i)
 
     async def _handshake(self, i: int, initial: bool) -> None:
         spec = self._specs[i]
@@ -526,15 +528,6 @@ class LockManager(ManagerBase):
 def _retrieve(fut: "asyncio.Future[Any]") -> None:
     if not fut.cancelled():
         fut.exception()
-
-
-def check_keys_arg(keys: Any) -> None:
-    """``acquire_many("abc")`` would lock 'a', 'b' and 'c': refuse one str or
-    bytes given where an iterable of keys is expected."""
-    if isinstance(keys, (str, bytes, bytearray, memoryview)):
-        raise TypeError(
-            f"keys must be an iterable of keys, got a single {type(keys).__name__} "
-            "(wrap it in a list to lock one key)")
 
 
 def abandon(eng: Any, waiter: "asyncio.Future[Any]") -> None:

@@ -38,7 +38,7 @@ from typing import Any, Iterable, List, Optional, Sequence
 from . import _handshake
 from . import metrics as _metrics_mod
 from ._manager import ManagerBase
-from ._config import check_int, check_seconds
+from ._config import check_int, check_keys_arg, check_seconds
 from .errors import ConfigurationError, LockNotOwned, LockTimeout
 from .leases import _thread as _lease_thread
 from .leases import close_manager as _close_leases
@@ -219,6 +219,7 @@ class LockManager(ManagerBase):
                 if node.counted_after != before:
                     self._guard_epoch += 1
             node.ready = True
+            eng.node_ready(i)   # clean-up releases held back while it was away
             eng.backoff[i] = 0.05
         if errors:
             eng.close()
@@ -362,6 +363,7 @@ class LockManager(ManagerBase):
 
     def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> List[Optional[Any]]:
         """One attempt per key, pipelined: a list of ``Lock`` or None, in order."""
+        check_keys_arg(keys)
         ttl_ms = self._ttl_ms(ttl)
         keys = list(keys)
         eng = self._checkout()

@@ -47,7 +47,7 @@ from .errors import LockTimeout
 __all__ = ["LeaderElection", "AsyncLeaderElection"]
 
 log = logging.getLogger("quorumlock.leader")
-_now_ns = time.monotonic_ns
+from ._clock import now_ns as _now_ns  # the lease clock (CLOCK_BOOTTIME)
 
 
 def _check(ttl: Any, lease_fraction: Any, retry_fraction: Any) -> None:

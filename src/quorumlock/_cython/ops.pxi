@@ -11,6 +11,9 @@
 # future completes or is cancelled.
 
 
+NOSCRIPT_LATE = "NOSCRIPT after the operation was decided: not re-sent"
+
+
 cdef inline bint is_reply_error(object reply):
     return isinstance(reply, ReplyError)
 
@@ -31,6 +34,7 @@ cdef class Op:
         int n_ok
         int n_bad
         bint decided
+        uint32_t sent           # nodes the command was queued to (fanout)
         public bint complete    # the result is set (decided, and any second round done)
         unsigned char status[MAX_NODES]
         list details
@@ -156,13 +160,16 @@ cdef class AcquireOp(Op):
                 # The caller was cancelled while we waited: it will never see
                 # this lock, so it must not stay on the nodes.
                 lock.released = True
-                self.engine.send_release(self.key_b, self.token, None, NULL)
+                self.engine.send_release(self.key_b, self.token, None, NULL, self.sent,
+                                         self.t0 + <uint64_t>self.ttl_ms * 1000000ULL)
                 return 0
             return self.finish(lock)
         # Failed: release everywhere the SET may have landed, including nodes
         # that timed out or have not answered yet (their SET is ahead of the
-        # release on the same ordered connection).
-        self.engine.send_release(self.key_b, self.token, None, self.status)
+        # release on the same ordered connection), and nodes whose connection
+        # dropped after the SET was written (released when they are back).
+        self.engine.send_release(self.key_b, self.token, None, self.status, self.sent,
+                                 self.t0 + <uint64_t>self.ttl_ms * 1000000ULL)
         return self.finish(None)
 
 
@@ -199,6 +206,13 @@ cdef class FencedAcquireOp(AcquireOp):
 
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
+        if self.decided:
+            # The script never ran on this node, and its vote can no longer
+            # count: re-sending would only set a key that a release queued
+            # since the decision may already have passed (an orphan until
+            # its TTL).  Reload the scripts for the next calls, send nothing.
+            self.engine.script_missing(node)
+            return self.mark(node.idx, ST_ERROR, NOSCRIPT_LATE)
         b.clear()
         b.write_command((b"EVAL", ACQUIRE_EX_SCRIPT, b"3", self.key_b, FENCE_PREFIX + self.key_b,
                          DELAY_PREFIX + self.key_b, self.token, self.ttl_ms, self.delay_ms,
@@ -568,6 +582,10 @@ cdef class AcquireManyOp(BatchOp):
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef Py_ssize_t end = min(<Py_ssize_t>aux + self.chunk, self.m)
         cdef WriteBuffer b = self.engine.scratch2
+        if self.decided:
+            # As FencedAcquireOp.resend_eval: never re-send a decided acquire.
+            self.engine.script_missing(node)
+            return self._fail_chunk(node.idx, aux, ST_ERROR, NOSCRIPT_LATE)
         b.clear()
         b.write_command((b"EVAL", ACQUIRE_MANY_SCRIPT, end - aux) + tuple(self.keys_b[aux:end])
                         + (self.ttl_ms,) + tuple(self.tokens[aux:end]))
