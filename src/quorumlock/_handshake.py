@@ -10,7 +10,7 @@ from hiredis import ReplyError
 
 from . import _scripts
 from ._config import NodeSpec, parse_info
-from .errors import ConfigurationError
+from .errors import ConfigurationError, scrub_text
 
 log = logging.getLogger("quorumlock")
 
@@ -39,7 +39,9 @@ def check(spec: NodeSpec, replies: List[Tuple[str, Any]]) -> Dict[str, str]:
     role: Any = None
     for name, r in replies:
         if isinstance(r, ReplyError):
-            text = str(r)
+            # A server (or a proxy in front of it) may echo the AUTH
+            # arguments: never let the password into the message.
+            text = scrub_text(r, [spec.password.encode()] if spec.password else [])
             if name == "AUTH" or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")) or "invalid password" in text:
                 raise ConfigurationError(f"{spec.name}: authentication failed: {text}")
             if name == "SELECT":

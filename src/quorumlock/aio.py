@@ -560,7 +560,13 @@ async def receive(eng: Any, waiter: "asyncio.Future[Any]") -> Any:
 
 
 async def _try_acquire(eng: Any, key: Any, ttl_ms: int) -> Optional[Any]:
-    return await receive(eng, eng.try_acquire(key, ttl_ms))
+    # ``receive`` inlined: one coroutine per call on the hot path.
+    waiter = eng.try_acquire(key, ttl_ms)
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        abandon(eng, waiter)
+        raise
 
 
 async def _acquire_many(eng: Any, keys: Iterable[Any], ttl_ms: int, per_key: bool) -> List[Optional[Any]]:
