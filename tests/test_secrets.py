@@ -157,3 +157,33 @@ def test_error_reply_echoing_the_token_blocking(sync_core, make_cluster):
         assert any("EVALSHA" in t for t in texts), texts
         for t in texts:
             _assert_clean(t, lock.token)
+
+
+def test_nodes_up_crash_line_hides_the_password(redis_server):
+    """``quorumlock nodes up --password``: the URL lines carry the password
+    (that is what they are for), the crash line must not.
+
+    First-round code: ``# node 0 (redis://:s3cr3t-pw@127.0.0.1:...) crashed``."""
+    import signal
+
+    import psutil
+
+    from test_cli_nodes import NodesUp
+
+    cli = NodesUp("-n", "1", "--mode", "unsafe", "--max-ttl", "1", "--password", SECRET,
+                  "--server", redis_server)
+    try:
+        cli.expect(r"^QUORUMLOCK_NODES=")
+        cli.expect(r"Ctrl-C stops them")
+        (server,) = [p for p in psutil.Process(cli.proc.pid).children() if "server" in p.name()]
+        server.kill()
+        line = cli.expect(r"^# node 0 .*crashed")
+        assert SECRET not in line, line
+        assert "***" in line
+        cli.expect(r"^# node 0 up again")
+        cli.proc.send_signal(signal.SIGINT)
+        assert cli.proc.wait(timeout=15) == 0
+        err = cli.proc.stderr.read() if cli.proc.stderr else ""
+        assert SECRET not in err
+    finally:
+        cli.close()
