@@ -579,3 +579,16 @@ def test_lease_clock_is_boottime(core):
         x = read()
         b1 = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         assert b0 <= x <= b1
+
+
+def test_call_nodes_bounds_name_the_argument(sync_core, clusters):
+    """First-round code: ``call_nodes(..., lease_ms=10**30)`` raised a bare
+    OverflowError at the next reconnect (the restart guard's window in
+    uint64 ns), and ``timeout=1e300`` was cast to uint64 unchecked."""
+    cluster = clusters(1)
+    with SyncLockManager(cluster.urls, _core=sync_core) as locks:
+        with pytest.raises(ValueError, match="lease_ms"):
+            locks.call_nodes([("PING",)], lease_ms=10**30)
+        with pytest.raises(ValueError, match="timeout"):
+            locks.call_nodes([("PING",)], timeout=1e300)
+        assert locks.call_nodes([("PING",)]) == [b"PONG"]

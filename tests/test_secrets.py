@@ -5,7 +5,6 @@ first-round code showed."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -44,6 +43,15 @@ def test_bad_url_messages_hide_the_password(url):
             mgr([url])
         assert SECRET not in str(info.value), str(info.value)
         assert SECRET not in repr(info.value)
+
+
+def test_single_url_string_message_hides_the_password():
+    """``LockManager("redis://:pw@h")`` (a string, not a list) is refused
+    naming the string.  First-round code: the message showed the password."""
+    for mgr in (LockManager, SyncLockManager):
+        with pytest.raises(TypeError) as info:
+            mgr(f"redis://:{SECRET}@127.0.0.1:7001")
+        assert SECRET not in str(info.value)
 
 
 def test_redact_url():

@@ -242,7 +242,7 @@ def parse_nodes(nodes: Any, ssl_context: Optional[_ssl.SSLContext] = None, conne
         if hasattr(nodes, "connection_pool"):
             nodes = [nodes]
         elif isinstance(nodes, str):
-            raise TypeError(f"nodes must be a list of URLs, got the string {nodes!r} (wrap it in a list)")
+            raise TypeError(f"nodes must be a list of URLs, got the string {redact_url(nodes)!r} (wrap it in a list)")
         else:
             raise TypeError(f"nodes must be a list of node URLs or clients, got {type(nodes).__name__}")
     if len(nodes) == 0:
@@ -275,7 +275,7 @@ def check_seconds(name: str, value: Any, *, minimum: float = 0.0, maximum: float
     try:
         v = float(value)
     except OverflowError:
-        raise ValueError(f"{name} is too large: {value!r}") from None
+        raise ValueError(f"{name} is too large (an int of {value.bit_length()} bits)") from None
     if math.isnan(v) or math.isinf(v):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if v < minimum or (v == 0 and not allow_zero) or (v < 0):
@@ -318,7 +318,8 @@ def check_int(name: str, value: Any, minimum: int = 0, maximum: int = 2**31 - 1)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     if value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+        shown = repr(value) if value.bit_length() < 128 else f"an int of {value.bit_length()} bits"
+        raise ValueError(f"{name} must be <= {maximum}, got {shown}")
     return value
 
 

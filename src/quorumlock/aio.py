@@ -35,7 +35,7 @@ from . import _handshake
 from . import metrics as _metrics_mod
 from ._backend import IMPLEMENTATION, core
 from ._manager import ManagerBase
-from ._config import check_int, check_keys_arg, check_seconds
+from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
 from .blocking import _check_commands
 from .errors import ConfigurationError, DuplicateNode, LockNotOwned, LockTimeout
 from .leases import _async as _lease_async
@@ -433,6 +433,8 @@ class LockManager(ManagerBase):
         cmds = _check_commands(commands, self.n)
         t = self._opts.node_timeout if timeout is None else check_seconds("timeout", timeout)
         eng = self._require()
+        if lease_ms is not None:
+            lease_ms = check_int("lease_ms", lease_ms, minimum=0, maximum=int(MAX_SECONDS * 1000))
         if lease_ms is not None and lease_ms > self._max_ttl_used_ms:
             self._max_ttl_used_ms = int(lease_ms)
         now = self._core.monotonic_ns()

@@ -38,7 +38,7 @@ from typing import Any, Iterable, List, Optional, Sequence
 from . import _handshake
 from . import metrics as _metrics_mod
 from ._manager import ManagerBase
-from ._config import check_int, check_keys_arg, check_seconds
+from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
 from .errors import ConfigurationError, LockNotOwned, LockTimeout
 from .leases import _thread as _lease_thread
 from .leases import close_manager as _close_leases
@@ -411,6 +411,8 @@ class LockManager(ManagerBase):
         The building block of the drop-in classes in ``quorumlock.compat``."""
         cmds = _check_commands(commands, self.n)
         t = self._opts.node_timeout if timeout is None else check_seconds("timeout", timeout)
+        if lease_ms is not None:
+            lease_ms = check_int("lease_ms", lease_ms, minimum=0, maximum=int(MAX_SECONDS * 1000))
         if lease_ms is not None and lease_ms > self._max_ttl_used_ms:
             self._max_ttl_used_ms = int(lease_ms)
         eng = self._checkout()

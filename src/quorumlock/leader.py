@@ -39,7 +39,6 @@ import os
 import random
 import socket
 import threading
-import time
 from typing import Any, Callable, Optional
 
 from .errors import LockTimeout

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 __all__ = [
