@@ -15,6 +15,7 @@ import redis
 
 from quorumlock import LockManager
 from quorumlock.chaos.proxy import FaultProxy
+from quorumlock._scripts import FENCE_PREFIX
 
 from _engine_fixtures import sync_core, clusters, core, _shared_clusters  # noqa: F401
 
@@ -28,7 +29,7 @@ def test_fence_grows_and_survives_renewal(sync_core, clusters):
         a = locks.try_acquire("f:a")
         assert isinstance(a.fence, int) and a.fence > 0
         # the fence is committed on every node that holds our token
-        counters = [int(redis.Redis(port=p).get("ql:fence:f:a")) for p in cluster.ports]
+        counters = [int(redis.Redis(port=p).get(FENCE_PREFIX + b"f:a")) for p in cluster.ports]
         assert sum(c >= a.fence for c in counters) >= 2
         f0 = a.fence
         assert a.extend(3.0) and a.fence == f0  # renewals keep the fence
@@ -48,7 +49,7 @@ def test_fence_is_max_of_quorum_and_beats_a_stale_counter(sync_core, clusters):
     """A node whose counter is far ahead forces later fences above it."""
     cluster = clusters(3)
     big = 4 * 10**15  # above TIME in us, below 2**53 (Lua numbers are doubles)
-    redis.Redis(port=cluster.ports[0]).set("ql:fence:f:big", big)
+    redis.Redis(port=cluster.ports[0]).set(FENCE_PREFIX + b"f:big", big)
     with LockManager(cluster.urls, fencing=True, _core=sync_core) as locks:
         fences = []
         for _ in range(20):

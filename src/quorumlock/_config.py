@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import ssl as _ssl
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,23 @@ MAX_NODES = 32
 DEFAULT_MAX_TTL = 86400.0
 #: Default cap on a key's length in bytes (FAULTS.md (d): never send a huge key N times).
 DEFAULT_MAX_KEY_LENGTH = 1024
+#: Hard ceiling of any duration option, seconds (~31.7 years): durations are
+#: CLOCK_BOOTTIME nanoseconds in 64-bit arithmetic inside the engine, and a
+#: bigger value would wrap there (ttl >= 1e13 s did in the first round).
+MAX_SECONDS = 1e9
+#: The smallest accepted ``node_timeout`` (1 ms): below it every reply misses.
+MIN_NODE_TIMEOUT = 0.001
+
+_URL_PASSWORD = re.compile(r"(//[^/@:?#]*:)[^@/?#]*@")
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pass|token|auth)=)[^&#]*", re.I)
+
+
+def redact_url(url: Any) -> str:
+    """``url`` with any password (``user:password@``, ``?password=``) replaced
+    by ``***``: the form every message, repr and log line uses."""
+    text = url if isinstance(url, str) else str(url)
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    return _QUERY_SECRET.sub(r"\1***", text)
 
 _SSL_CERT_REQS = {
     "none": _ssl.CERT_NONE,
@@ -42,6 +60,15 @@ class NodeSpec:
     server_hostname: Optional[str] = None
     connect_timeout: float = 2.0
     identity: Tuple[Any, ...] = field(default=(), repr=False)
+
+    def __repr__(self) -> str:
+        # Never the password (a dataclass repr would print it).
+        parts = [self.name]
+        if self.username:
+            parts.append(f"username={self.username!r}")
+        if self.password is not None:
+            parts.append("password='***'")
+        return f"NodeSpec({', '.join(parts)})"
 
     @property
     def name(self) -> str:
@@ -114,7 +141,11 @@ def parse_node(spec: Any, ssl_context: Optional[_ssl.SSLContext] = None, connect
 
 
 def _parse_url(url: str, ssl_context: Optional[_ssl.SSLContext], connect_timeout: float) -> NodeSpec:
-    parts = urlsplit(url)
+    shown = redact_url(url)   # every message below: never the password
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"node URL {shown!r} cannot be parsed: {redact_url(exc)}") from None
     q = parse_qs(parts.query)
     scheme = parts.scheme.lower()
     username = unquote(parts.username) if parts.username else None
@@ -126,24 +157,29 @@ def _parse_url(url: str, ssl_context: Optional[_ssl.SSLContext], connect_timeout
     db = 0
     if scheme == "unix":
         if not parts.path:
-            raise ValueError(f"node URL {url!r} has no socket path")
+            raise ValueError(f"node URL {shown!r} has no socket path")
         if "db" in q:
-            db = _parse_db(q["db"][0], url)
+            db = _parse_db(q["db"][0], shown)
         return NodeSpec(path=parts.path, username=username, password=password, db=db,
                         connect_timeout=connect_timeout, identity=("unix", parts.path, db))
     if scheme not in ("redis", "rediss"):
-        raise ValueError(f"node URL {url!r}: scheme must be redis://, rediss:// or unix://")
+        raise ValueError(f"node URL {shown!r}: scheme must be redis://, rediss:// or unix://")
     if not parts.hostname:
-        raise ValueError(f"node URL {url!r} has no host")
+        raise ValueError(f"node URL {shown!r} has no host")
     try:
-        port = parts.port or DEFAULT_PORT
+        port = parts.port
     except ValueError as exc:
-        raise ValueError(f"node URL {url!r}: bad port ({exc})") from None
+        raise ValueError(f"node URL {shown!r}: bad port ({redact_url(exc)})") from None
+    if port is None:
+        port = DEFAULT_PORT
+    elif port == 0:
+        # Port 0 is not a server's port (it used to turn silently into 6379).
+        raise ValueError(f"node URL {shown!r}: port must be 1-65535, got 0")
     path = parts.path.lstrip("/")
     if path:
-        db = _parse_db(path, url)
+        db = _parse_db(path, shown)
     elif "db" in q:
-        db = _parse_db(q["db"][0], url)
+        db = _parse_db(q["db"][0], shown)
     ctx = None
     if scheme == "rediss":
         ctx = _ssl_from_query(q, ssl_context)
@@ -158,8 +194,8 @@ def _parse_db(text: str, url: str) -> int:
         db = int(text)
     except ValueError:
         raise ValueError(f"node URL {url!r}: database must be an integer, got {text!r}") from None
-    if db < 0:
-        raise ValueError(f"node URL {url!r}: database must be >= 0, got {db}")
+    if db < 0 or db > 2**31 - 1:
+        raise ValueError(f"node URL {url!r}: database must be in 0..2147483647, got {db}")
     return db
 
 
@@ -187,6 +223,8 @@ def _from_redis_py(pool: Any, kw: dict, ssl_context, connect_timeout: float) -> 
                 ctx.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"))
     host = kw.get("host", "localhost")
     port = int(kw.get("port", DEFAULT_PORT))
+    if not 0 < port < 65536:
+        raise ValueError(f"redis-py client for {host}: port must be 1-65535, got {port}")
     db = int(kw.get("db") or 0)
     return NodeSpec(host=host, port=port, username=kw.get("username"), password=kw.get("password"), db=db,
                     ssl=ctx, server_hostname=host if ctx is not None else None,
@@ -204,7 +242,7 @@ def parse_nodes(nodes: Any, ssl_context: Optional[_ssl.SSLContext] = None, conne
         if hasattr(nodes, "connection_pool"):
             nodes = [nodes]
         elif isinstance(nodes, str):
-            raise TypeError(f"nodes must be a list of URLs, got the string {nodes!r} (wrap it in a list)")
+            raise TypeError(f"nodes must be a list of URLs, got the string {redact_url(nodes)!r} (wrap it in a list)")
         else:
             raise TypeError(f"nodes must be a list of node URLs or clients, got {type(nodes).__name__}")
     if len(nodes) == 0:
@@ -234,7 +272,10 @@ def check_seconds(name: str, value: Any, *, minimum: float = 0.0, maximum: float
     """A finite number of seconds (not bool) within bounds, else a TypeError/ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__} {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large (an int of {value.bit_length()} bits)") from None
     if math.isnan(v) or math.isinf(v):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if v < minimum or (v == 0 and not allow_zero) or (v < 0):
@@ -242,6 +283,16 @@ def check_seconds(name: str, value: Any, *, minimum: float = 0.0, maximum: float
     if v > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return v
+
+
+def check_keys_arg(keys: Any) -> None:
+    """``acquire_many("abc")`` would lock 'a', 'b' and 'c': refuse one str or
+    bytes given where an iterable of keys is expected (``TypeError`` naming
+    ``keys``)."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"keys must be an iterable of keys, got a single {type(keys).__name__} "
+            "(wrap it in a list to lock one key)")
 
 
 def ttl_to_ms(name: str, value: Any, drift_factor: float, max_ttl: float) -> int:
@@ -260,11 +311,15 @@ def ttl_to_ms(name: str, value: Any, drift_factor: float, max_ttl: float) -> int
     return int(ms)
 
 
-def check_int(name: str, value: Any, minimum: int = 0) -> int:
+def check_int(name: str, value: Any, minimum: int = 0, maximum: int = 2**31 - 1) -> int:
+    """An int (not bool) in ``[minimum, maximum]``, else a TypeError/ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if value > maximum:
+        shown = repr(value) if value.bit_length() < 128 else f"an int of {value.bit_length()} bits"
+        raise ValueError(f"{name} must be <= {maximum}, got {shown}")
     return value
 
 
@@ -309,15 +364,15 @@ def make_options(
         raise TypeError(f"drift_factor must be a finite number, got {drift_factor!r}")
     if not 0 <= drift_factor < 0.5:
         raise ValueError(f"drift_factor must be in [0, 0.5), got {drift_factor!r}")
-    max_ttl_v = check_seconds("max_ttl", max_ttl)
+    max_ttl_v = check_seconds("max_ttl", max_ttl, maximum=MAX_SECONDS)
     ttl_ms = ttl_to_ms("ttl", ttl, float(drift_factor), max_ttl_v)
     retry_count = check_int("retry_count", retry_count, minimum=1)
     if isinstance(retry_delay, (int, float)) and not isinstance(retry_delay, bool):
-        d = check_seconds("retry_delay", retry_delay, allow_zero=True)
+        d = check_seconds("retry_delay", retry_delay, allow_zero=True, maximum=MAX_SECONDS)
         delay = (d * 0.5, d * 1.5)
     elif isinstance(retry_delay, (tuple, list)) and len(retry_delay) == 2:
-        lo = check_seconds("retry_delay[0]", retry_delay[0], allow_zero=True)
-        hi = check_seconds("retry_delay[1]", retry_delay[1], allow_zero=True)
+        lo = check_seconds("retry_delay[0]", retry_delay[0], allow_zero=True, maximum=MAX_SECONDS)
+        hi = check_seconds("retry_delay[1]", retry_delay[1], allow_zero=True, maximum=MAX_SECONDS)
         if hi < lo:
             raise ValueError(f"retry_delay must be (low, high) with low <= high, got {retry_delay!r}")
         delay = (lo, hi)
@@ -329,12 +384,16 @@ def make_options(
         node_timeout_v = min(0.010 + ttl_ms / 1000.0 * 0.05, 1.0)
     else:
         node_timeout_v = check_seconds("node_timeout", node_timeout, maximum=ttl_ms / 1000.0)
+        if node_timeout_v < MIN_NODE_TIMEOUT:
+            raise ValueError(f"node_timeout must be >= {MIN_NODE_TIMEOUT} s (1 ms), got {node_timeout!r}")
     connect_timeout_v = check_seconds("connect_timeout", connect_timeout, maximum=3600)
-    max_key_length = check_int("max_key_length", max_key_length, minimum=1)
-    batch_chunk = check_int("batch_chunk", batch_chunk, minimum=1)
+    # Redis keys are at most 512 MiB; a batch chunk is one script call's keys.
+    max_key_length = check_int("max_key_length", max_key_length, minimum=1, maximum=512 * 1024 * 1024)
+    batch_chunk = check_int("batch_chunk", batch_chunk, minimum=1, maximum=1_000_000)
     if restart_guard not in (True, False, "strict"):
         raise ValueError(f"restart_guard must be True, False or 'strict', got {restart_guard!r}")
-    gw = None if guard_window is None else check_seconds("guard_window", guard_window, allow_zero=True)
+    gw = None if guard_window is None else check_seconds("guard_window", guard_window, allow_zero=True,
+                                                         maximum=MAX_SECONDS)
     if not isinstance(fencing, bool):
         raise TypeError(f"fencing must be True or False, got {fencing!r}")
     delay_ms = 0

@@ -19,6 +19,7 @@ include "_cython/clock.pxi"
 import asyncio
 import logging
 import ssl
+from collections import deque
 
 from hiredis import Reader, ReplyError
 
@@ -27,14 +28,14 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.string cimport memcpy, memset
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
 
-from quorumlock.errors import NodeOutcome
+from quorumlock.errors import NodeOutcome, scrub_text
 from quorumlock._scripts import (
     RELEASE as RELEASE_SCRIPT, RELEASE_SHA, EXTEND as EXTEND_SCRIPT, EXTEND_SHA,
     ACQUIRE_MANY as ACQUIRE_MANY_SCRIPT, ACQUIRE_MANY_SHA,
     RELEASE_MANY as RELEASE_MANY_SCRIPT, RELEASE_MANY_SHA, ALL as SCRIPTS,
     ACQUIRE_EX as ACQUIRE_EX_SCRIPT, ACQUIRE_EX_SHA, FENCE_COMMIT as FENCE_COMMIT_SCRIPT, FENCE_COMMIT_SHA,
     RELEASE_EX as RELEASE_EX_SCRIPT, RELEASE_EX_SHA, EXTEND_EX as EXTEND_EX_SCRIPT, EXTEND_EX_SHA,
-    FENCE_PREFIX, DELAY_PREFIX,
+    FENCE_PREFIX, DELAY_PREFIX, RESERVED_PREFIX,
 )
 
 include "_cython/consts.pxi"

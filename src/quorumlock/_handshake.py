@@ -10,7 +10,7 @@ from hiredis import ReplyError
 
 from . import _scripts
 from ._config import NodeSpec, parse_info
-from .errors import ConfigurationError
+from .errors import ConfigurationError, scrub_text
 
 log = logging.getLogger("quorumlock")
 
@@ -39,7 +39,9 @@ def check(spec: NodeSpec, replies: List[Tuple[str, Any]]) -> Dict[str, str]:
     role: Any = None
     for name, r in replies:
         if isinstance(r, ReplyError):
-            text = str(r)
+            # A server (or a proxy in front of it) may echo the AUTH
+            # arguments: never let the password into the message.
+            text = scrub_text(r, [spec.password.encode()] if spec.password else [])
             if name == "AUTH" or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")) or "invalid password" in text:
                 raise ConfigurationError(f"{spec.name}: authentication failed: {text}")
             if name == "SELECT":
@@ -120,3 +122,25 @@ def check_unique(specs: List[NodeSpec], run_ids: List[Optional[str]]) -> None:
                 f"(run_id {rid}); it would be counted twice in the quorum"
             )
         seen[rid] = i
+
+
+def duplicate_of(i: int, run_id: Optional[str], nodes: List[Any]) -> Optional[int]:
+    """The index of another node, connected and counted (``ready``), that is
+    the same server as node ``i`` (same ``run_id``), else None.
+
+    Run on every (re)connect, not only the first: a server listed twice
+    under two spellings that was down at the first connect would otherwise
+    vote twice once it came up."""
+    if run_id is None:
+        return None
+    for j, nd in enumerate(nodes):
+        if j != i and nd.ready and nd.run_id == run_id:
+            return j
+    return None
+
+
+def duplicate_text(specs: List[NodeSpec], i: int, j: int) -> str:
+    """The per-node outcome detail (and log text) of node ``i``, excluded as
+    the same server as node ``j``."""
+    return (f"duplicate of node {j} ({specs[j].name}): {specs[i].name} reaches the same server; "
+            "not counted")

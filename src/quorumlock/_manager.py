@@ -100,7 +100,10 @@ class ManagerBase:
         """Seconds a restarted node stays out of quorums (restart guard)."""
         if self._opts.guard_window is not None:
             return self._opts.guard_window
-        return self._max_ttl_used_ms / 1000.0 * (1.0 + self._opts.drift_factor)
+        # With lock_delay, a marker outlives its lease by the delay: a node
+        # that lost it in a volatile restart must stay out for that long too,
+        # or its missing marker would shorten the delay.
+        return (self._max_ttl_used_ms + self._opts.lock_delay_ms) / 1000.0 * (1.0 + self._opts.drift_factor)
 
     # -- helpers -----------------------------------------------------------
 

@@ -26,14 +26,15 @@ from collections import deque
 
 from hiredis import Reader, ReplyError
 
-from quorumlock.errors import NodeOutcome
+from quorumlock._clock import now_ns as _clock_now_ns
+from quorumlock.errors import NodeOutcome, scrub_text
 from quorumlock._scripts import (
     RELEASE as RELEASE_SCRIPT, RELEASE_SHA, EXTEND as EXTEND_SCRIPT, EXTEND_SHA,
     ACQUIRE_MANY as ACQUIRE_MANY_SCRIPT, ACQUIRE_MANY_SHA,
     RELEASE_MANY as RELEASE_MANY_SCRIPT, RELEASE_MANY_SHA, ALL as SCRIPTS,
     ACQUIRE_EX as ACQUIRE_EX_SCRIPT, ACQUIRE_EX_SHA, FENCE_COMMIT as FENCE_COMMIT_SCRIPT, FENCE_COMMIT_SHA,
     RELEASE_EX as RELEASE_EX_SCRIPT, RELEASE_EX_SHA, EXTEND_EX as EXTEND_EX_SCRIPT, EXTEND_EX_SHA,
-    FENCE_PREFIX, DELAY_PREFIX,
+    FENCE_PREFIX, DELAY_PREFIX, RESERVED_PREFIX,
     RELEASE_NOTIFY as RELEASE_NOTIFY_SCRIPT, RELEASE_NOTIFY_SHA,
     RELEASE_EX_NOTIFY as RELEASE_EX_NOTIFY_SCRIPT, RELEASE_EX_NOTIFY_SHA,
 )
@@ -44,8 +45,10 @@ _POOL_SIZE = 4096
 
 
 def monotonic_ns() -> int:
-    """CLOCK_MONOTONIC in integer nanoseconds."""
-    return time.monotonic_ns()
+    """The lease clock in integer nanoseconds: CLOCK_BOOTTIME where available
+    (it keeps counting during system suspend), else CLOCK_MONOTONIC; the
+    compiled core reads the same clock (quorumlock._clock)."""
+    return _clock_now_ns()
 
 
 class _Pool:
@@ -95,7 +98,7 @@ def random_bytes(n: int) -> bytes:
 # compiled core (``_cython/{consts,buffer,node,ops,lock,engine,sync}.pxi``).
 # ---------------------------------------------------------------------------
 
-_now_ns = time.monotonic_ns
+_now_ns = _clock_now_ns
 
 # -- constants (consts.pxi) ---------------------------------------------------
 
@@ -440,6 +443,10 @@ class NodeProtocol(NodeConn, asyncio.BufferedProtocol):
 
 # -- quorum operations (ops.pxi) -------------------------------------------------
 
+_HELD_BACK_MAX = 4096   # clean-up releases kept per down node for its reconnect
+_NOSCRIPT_LATE = "NOSCRIPT after the operation was decided: not re-sent"
+
+
 def _is_noscript(reply):
     return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
 
@@ -450,7 +457,7 @@ class Op:
     replies only update the counters."""
 
     __slots__ = ("engine", "waiter", "result", "t0", "n", "quorum", "n_ok", "n_bad",
-                 "decided", "complete", "status", "details")
+                 "decided", "complete", "status", "details", "sent")
 
     def __init__(self, engine=None, waiter=None):
         self.engine = engine
@@ -467,6 +474,7 @@ class Op:
         self.n_bad = 0
         self.decided = False
         self.complete = False   # the result is set (decided, and any second round done)
+        self.sent = 0           # bit i: the command was queued to node i (fanout)
         self.status = bytearray(self.n)
         self.details = None
 
@@ -494,8 +502,13 @@ class Op:
             self.decide()
 
     def mark_error(self, node, reply):
+        # The server's text may echo our arguments (a token): scrubbed.
         node.errors += 1
-        return self.mark(node._idx, ST_ERROR, str(reply))
+        return self.mark(node._idx, ST_ERROR, scrub_text(reply, self.secrets()))
+
+    def secrets(self):
+        """Tokens this operation sends (kept out of error texts)."""
+        return ()
 
     def decide(self):
         pass
@@ -539,6 +552,9 @@ class AcquireOp(Op):
 
     __slots__ = ("key", "key_b", "token", "ttl_ms", "drift_ns")
 
+    def secrets(self):
+        return (self.token,)
+
     def on_reply(self, node, reply, aux):
         if reply is None:
             return self.mark(node._idx, ST_HELD, None)
@@ -546,7 +562,7 @@ class AcquireOp(Op):
             return self.mark(node._idx, ST_OK, None)
         if isinstance(reply, ReplyError):
             return self.mark_error(node, reply)
-        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def decide(self):
         # Elapsed time is read here, after the deciding reply was parsed, never
@@ -562,14 +578,17 @@ class AcquireOp(Op):
                 # The caller was cancelled while we waited: it will never see
                 # this lock, so it must not stay on the nodes.
                 lock._released = True
-                self.engine.send_release(self.key_b, self.token, None, None)
+                self.engine.send_release(self.key_b, self.token, None, None, self.sent,
+                                         self.t0 + self.ttl_ms * 1000000)
                 return
             self.finish(lock)
             return
         # Failed: release everywhere the SET may have landed, including nodes
         # that timed out or have not answered yet (their SET is ahead of the
-        # release on the same ordered connection).
-        self.engine.send_release(self.key_b, self.token, None, self.status)
+        # release on the same ordered connection), and nodes whose connection
+        # dropped after the SET was written (released when they are back).
+        self.engine.send_release(self.key_b, self.token, None, self.status, self.sent,
+                                 self.t0 + self.ttl_ms * 1000000)
         self.finish(None)
 
 
@@ -593,14 +612,21 @@ class FencedAcquireOp(AcquireOp):
                 return self.mark(node._idx, ST_OK, None)
             if reply == 0:
                 return self.mark(node._idx, ST_HELD, None)
-            return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r} to a fenced acquire")
+            return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r} to a fenced acquire", self.secrets()))
         if _is_noscript(reply):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
             return self.mark_error(node, reply)
-        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def resend_eval(self, node, aux, deadline):
+        if self.decided:
+            # The script never ran on this node, and its vote can no longer
+            # count: re-sending would only set a key that a release queued
+            # since the decision may already have passed (an orphan until
+            # its TTL).  Reload the scripts for the next calls, send nothing.
+            self.engine.script_missing(node)
+            return self.mark(node._idx, ST_ERROR, _NOSCRIPT_LATE)
         kb = self.key_b
         node.send(encode_command(b"EVAL", ACQUIRE_EX_SCRIPT, b"3", kb, FENCE_PREFIX + kb, DELAY_PREFIX + kb,
                                  self.token, self.ttl_ms, self.delay_ms, b"1" if self.fencing else b"0"),
@@ -643,7 +669,7 @@ class CommitOp(Op):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
             return self.mark_error(node, reply)
-        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def resend_eval(self, node, aux, deadline):
         acq = self.acq
@@ -662,6 +688,9 @@ class ReleaseOp(Op):
 
     __slots__ = ("key_b", "token", "ex")    # ex: lock-delay form (also lifts the delay marker)
 
+    def secrets(self):
+        return (self.token,)
+
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
             return self.mark(node._idx, ST_OK if reply == 1 else ST_HELD, None)
@@ -669,7 +698,7 @@ class ReleaseOp(Op):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
             return self.mark_error(node, reply)
-        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def resend_eval(self, node, aux, deadline):
         if self.ex:
@@ -701,6 +730,7 @@ class MultiReleaseOp(Op):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         node.errors += 1
         text = str(reply) if isinstance(reply, ReplyError) else f"unexpected reply {reply!r}"
+        text = scrub_text(text, [o.token for o in ops])
         for op in ops:
             op.mark(idx, ST_ERROR, text)
 
@@ -722,6 +752,9 @@ class ExtendOp(Op):
 
     __slots__ = ("lock", "ttl_ms", "drift_ns", "delay_ms")   # delay_ms > 0: lock-delay form
 
+    def secrets(self):
+        return (self.lock._token,)
+
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
             return self.mark(node._idx, ST_OK if reply == 1 else ST_HELD, None)
@@ -729,7 +762,7 @@ class ExtendOp(Op):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
             return self.mark_error(node, reply)
-        return self.mark(node._idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     def resend_eval(self, node, aux, deadline):
         lock = self.lock
@@ -751,6 +784,17 @@ class ExtendOp(Op):
             lock._nodes = self.n_ok
             self.finish(True)
             return
+        # Failed (or too late).  Nodes that applied the PEXPIRE, including
+        # ones that timed out or have not answered yet, now drop the key
+        # ``ttl_ms`` after this operation started; the others keep the old
+        # expiry.  So the lease the lock may still believe in ends at the
+        # earlier of the two: a failed extend only ever shortens it.
+        if end < lock._deadline:
+            lock._deadline = end
+        n_held = sum(1 for i in range(self.n) if self.status[i] == ST_HELD)
+        if n_held > self.n - self.quorum and self.t0 < lock._deadline:
+            # A majority answered that our token is gone: the lease is lost.
+            lock._deadline = self.t0
         self.finish(False)
 
 
@@ -870,7 +914,8 @@ class BatchOp(Op):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         else:
             node.errors += 1
-            self._fail_chunk(idx, aux, ST_ERROR, str(reply))
+            text = str(reply) if isinstance(reply, ReplyError) else f"unexpected reply {reply!r}"
+            self._fail_chunk(idx, aux, ST_ERROR, scrub_text(text, self.tokens[aux:aux + self.chunk]))
             return
         self._check()
 
@@ -894,6 +939,10 @@ class AcquireManyOp(BatchOp):
     __slots__ = ("keys",)
 
     def resend_eval(self, node, aux, deadline):
+        if self.decided:
+            # As FencedAcquireOp.resend_eval: never re-send a decided acquire.
+            self.engine.script_missing(node)
+            return self._fail_chunk(node._idx, aux, ST_ERROR, _NOSCRIPT_LATE)
         end = min(aux + self.chunk, self.m)
         node.send(encode_command(b"EVAL", ACQUIRE_MANY_SCRIPT, end - aux, *self.keys_b[aux:end],
                                  self.ttl_ms, *self.tokens[aux:end]), self, aux, deadline)
@@ -951,7 +1000,7 @@ class Lock:
     """A held lease.
 
     ``key`` as given, ``token`` (20 random bytes), ``validity`` (seconds left,
-    from CLOCK_MONOTONIC: never from the wall clock), ``valid``, ``nodes`` (how
+    from the lease clock, CLOCK_BOOTTIME: never from the wall clock), ``valid``, ``nodes`` (how
     many nodes said OK when the quorum was decided), ``fence`` (an int when the
     manager uses fencing, else None).  ``release()`` and ``extend()`` go
     through the manager that made the lock (awaitables in ``quorumlock.aio``,
@@ -1024,7 +1073,7 @@ class Lock:
 
     @property
     def deadline_ns(self):
-        """CLOCK_MONOTONIC ns at which validity ends."""
+        """Lease-clock ns (``monotonic_ns()``, CLOCK_BOOTTIME) at which validity ends."""
         return self._deadline
 
     def _set_deadline_ns(self, deadline):
@@ -1108,7 +1157,7 @@ class Engine:
                  "pre_release", "pre_extend", "pre_release_ex", "pre_extend_ex", "pre_acquire_ex",
                  "pre_commit", "pre_acquire_many", "pre_release_many", "logger",
                  "rel_queue", "coalesce_releases",
-                 "release_notify", "release_script", "release_ex_script")
+                 "release_notify", "release_script", "release_ex_script", "down_detail", "held_back")
 
     def __init__(self, loop, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -1156,6 +1205,14 @@ class Engine:
         self.release_script = RELEASE_SCRIPT
         self.release_ex_script = RELEASE_EX_SCRIPT
         self.logger = logging.getLogger("quorumlock")
+        # Why node i is not ready, when the API layer knows better than "down"
+        # (e.g. "duplicate of node 0 (...)"): the per-node outcome's detail.
+        self.down_detail = [None] * self.n
+        # Clean-up releases for nodes that were down when they were due, but
+        # may hold the key (the SET was written before the connection
+        # dropped): sent when the node is back (node_ready), while the key's
+        # TTL still runs.  Bounded per node; the oldest go first.
+        self.held_back = [deque(maxlen=_HELD_BACK_MAX) for _ in range(self.n)]
         self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
 
     @property
@@ -1220,6 +1277,8 @@ class Engine:
             raise ValueError("key must not be empty")
         if len(kb) > self.max_key_len:
             raise ValueError(f"key is {len(kb)} bytes long; max_key_length is {self.max_key_len}")
+        if kb[:1] == b"\xff" and kb.startswith(RESERVED_PREFIX):
+            raise ValueError(f"key {key!r} starts with {RESERVED_PREFIX!r}, reserved for quorumlock's fence counters and lock-delay markers")
         return kb
 
     def check_key(self, key):
@@ -1240,6 +1299,7 @@ class Engine:
                 st = ST_EXCLUDED
             else:
                 node.send(cmd, op, aux, deadline)
+                op.sent |= 1 << node._idx
                 continue
             if failed is None:
                 failed = []
@@ -1247,13 +1307,11 @@ class Engine:
         self.schedule_flush()
         if failed is not None:
             for i, st in failed:
-                op.on_fail(i, aux, st, None if st == ST_DOWN else _GUARD_DETAIL)
+                op.on_fail(i, aux, st, self.down_detail[i] if st == ST_DOWN else _GUARD_DETAIL)
 
-    def send_release(self, key_b, token, waiter, skip):
-        """Compare-and-delete on every ready node (except where ``skip`` says
-        the key is held by someone else).  No waiter: replies are drained."""
-        if self.rel_queue:
-            self.materialize_releases()
+    def _release_cmd(self, key_b, token):
+        """The compare-and-delete of ``key_b``/``token`` and the SinkOp that
+        drains its replies (EVAL form for NOSCRIPT)."""
         op = SinkOp(self, None)
         if self.lock_delay_ms > 0:
             dk = DELAY_PREFIX + key_b
@@ -1263,6 +1321,16 @@ class Engine:
         else:
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(key_b), key_b, len(token), token)
             op.eval_args = (b"EVAL", self.release_script, b"1", key_b, token)
+        return cmd, op
+
+    def send_release(self, key_b, token, waiter, skip, sent=0, expiry=0):
+        """Compare-and-delete on every ready node (except where ``skip`` says
+        the key is held by someone else).  No waiter: replies are drained.
+        Nodes in ``sent`` (the SET went out to them) that are not ready now
+        get the release when they are back, if before ``expiry``."""
+        if self.rel_queue:
+            self.materialize_releases()
+        cmd, op = self._release_cmd(key_b, token)
         deadline = op.t0 + self.node_timeout_ns
         any_sent = False
         for i, node in enumerate(self.nodes):
@@ -1271,8 +1339,33 @@ class Engine:
             if node.ready:
                 node.send(cmd, op, 0, deadline)
                 any_sent = True
+            elif sent & (1 << i) and expiry > op.t0:
+                self.held_back[i].append((expiry, key_b, token))
         if any_sent:
             self.schedule_flush()
+
+    def node_ready(self, idx):
+        """Node ``idx`` is connected and ready again: send the clean-up
+        releases held back for it whose key may still be alive.  Returns how
+        many were sent."""
+        idx = self._node_index(idx)
+        node = self.nodes[idx]
+        q = self.held_back[idx]
+        if not q or not node.ready:
+            return 0
+        now = _now_ns()
+        items = list(q)
+        q.clear()
+        sent = 0
+        for expiry, key_b, token in items:
+            if expiry <= now:
+                continue
+            cmd, op = self._release_cmd(key_b, token)
+            node.send(cmd, op, 0, now + self.node_timeout_ns)
+            sent += 1
+        if sent:
+            self.schedule_flush()
+        return sent
 
     def send_release_many_to(self, idx, keys_b, tokens):
         if self.rel_queue:
@@ -1312,7 +1405,8 @@ class Engine:
             cb(idx, exc)
 
     def _log_error(self, name, what, obj):
-        self.logger.warning("quorumlock: %s: %s: %r", name, what, obj)
+        # A stray reply may carry a token: never log it verbatim.
+        self.logger.warning("quorumlock: %s: %s: %s", name, what, scrub_text(repr(obj)))
 
     # -- operations (each returns its Op; the waiter is a future, or None
     #    for the blocking engine) ----------------------------------------
@@ -1500,6 +1594,8 @@ class Engine:
         if type(args) is not tuple:
             raise TypeError(f"Argument 'args' has incorrect type (expected tuple, got {type(args).__name__})")
         idx = self._node_index(idx)
+        if timeout is not None and not (0 < timeout <= 1e9):
+            raise ValueError(f"timeout must be > 0 and <= 1e9 seconds, got {timeout!r}")
         node = self.nodes[idx]
         op = CallOp(self, self.new_waiter())
         if self.rel_queue:

@@ -51,9 +51,15 @@ end
 return out"""
 
 
-#: Per-key fence counter and lock-delay marker live next to the lock key.
-FENCE_PREFIX = b"ql:fence:"
-DELAY_PREFIX = b"ql:delay:"
+#: Per-key fence counter and lock-delay marker live next to the lock key, in
+#: a namespace no user key can reach: every internal key starts with the byte
+#: 0xFF, which never occurs in UTF-8 (so no ``str`` key maps there), and the
+#: engine refuses ``bytes`` keys that start with ``RESERVED_PREFIX``.  (The
+#: first round used "ql:fence:" / "ql:delay:", so a user key "ql:fence:job"
+#: collided with the fence counter of "job" and could never be locked.)
+RESERVED_PREFIX = b"\xffql:"
+FENCE_PREFIX = RESERVED_PREFIX + b"fence:"
+DELAY_PREFIX = RESERVED_PREFIX + b"delay:"
 
 # Acquire with a fence and/or a lock-delay (DESIGN.md §6; Chubby's lock-delay).
 # KEYS[1]: lock key; KEYS[2]: fence counter; KEYS[3]: lock-delay marker.

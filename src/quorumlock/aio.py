@@ -13,10 +13,14 @@ async with LockManager(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002",
         ...
 ```
 
-The hot paths (``try_acquire``, ``Lock.release``, ``acquire_many``,
-``release_many``) return the engine's future directly: no coroutine is created
-per call.  Connections, the handshake, reconnects and retries are here, in
-plain Python, shared by both engine builds.
+``Lock.release`` and ``release_many`` return the engine's future directly.
+``try_acquire`` and ``acquire_many`` return a coroutine instead: a lock is
+taken only once the call is awaited (an un-awaited call warns "never awaited"
+and sends nothing), and a caller cancelled after the engine granted the lock
+(``asyncio.timeout`` close to the round trip, a failing ``TaskGroup``
+sibling) never leaves the key set: the lock nobody will receive is released
+in the background.  Connections, the handshake, reconnects and retries are
+here, in plain Python, shared by both engine builds.
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ from . import _handshake
 from . import metrics as _metrics_mod
 from ._backend import IMPLEMENTATION, core
 from ._manager import ManagerBase
-from ._config import check_int, check_seconds
+from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
 from .blocking import _check_commands
-from .errors import ConfigurationError, LockNotOwned, LockTimeout
+from .errors import ConfigurationError, DuplicateNode, LockNotOwned, LockTimeout
 from .leases import _async as _lease_async
 from .leases import close_manager as _close_leases
 
@@ -104,6 +108,7 @@ class LockManager(ManagerBase):
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closing = False
         self._reconnecting: dict = {}
+        self._dup_logged: set = set()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -204,7 +209,22 @@ class LockManager(ManagerBase):
         except BaseException:
             node.abort()
             raise
+        if not initial:
+            # Identity on every reconnect (the first connect checks all nodes
+            # at once, check_unique): the same server under another spelling,
+            # already counted, must not vote a second time.  Checked right
+            # before ``ready`` with no await in between, so two reconnects
+            # cannot both pass.
+            dup = _handshake.duplicate_of(i, node.run_id, eng.nodes)
+            if dup is not None:
+                text = _handshake.duplicate_text(self._specs, i, dup)
+                eng.down_detail[i] = text
+                node.abort()
+                raise DuplicateNode(text)
+        eng.down_detail[i] = None
         node.ready = True
+        # Clean-up releases that could not reach it while it was away.
+        eng.node_ready(i)
 
     async def _handshake(self, i: int, initial: bool) -> None:
         spec = self._specs[i]
@@ -246,6 +266,13 @@ class LockManager(ManagerBase):
                     await self._connect_node(i, initial=False)
                     log.info("quorumlock: reconnected to %s", self._specs[i].name)
                     return
+                except DuplicateNode as exc:
+                    # Retried slowly: it counts again only if the node it
+                    # duplicates goes away.  Said once, not at every retry.
+                    if i not in self._dup_logged:
+                        self._dup_logged.add(i)
+                        log.error("quorumlock: %s", exc)
+                    delay = max(delay, 0.5)
                 except ConfigurationError as exc:
                     log.error("quorumlock: %s: %s", self._specs[i].name, exc)
                 except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
@@ -264,10 +291,11 @@ class LockManager(ManagerBase):
     # -- locks -------------------------------------------------------------
 
     def try_acquire(self, key: Any, ttl: Optional[float] = None) -> Awaitable[Optional[Any]]:
-        """One quorum attempt: an awaitable of a ``Lock``, or None if a majority
+        """One quorum attempt: a coroutine of a ``Lock``, or None if a majority
         was not reached with validity left.  A failed attempt releases on every
-        node.  Cancelling the await never leaves the key set."""
-        return self._require().try_acquire(key, self._ttl_ms(ttl))
+        node.  Nothing is sent until it is awaited (a forgotten ``await`` warns
+        and takes no lock); cancelling the await never leaves the key set."""
+        return _try_acquire(self._require(), key, self._ttl_ms(ttl))
 
     async def acquire(
         self,
@@ -303,7 +331,7 @@ class LockManager(ManagerBase):
         while True:
             op = eng.attempt(key, ttl_ms)
             attempts += 1
-            lock = await op.waiter
+            lock = await receive(eng, op.waiter)
             if lock is not None:
                 return lock
             if attempts_left is not None:
@@ -357,21 +385,14 @@ class LockManager(ManagerBase):
 
     def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> Awaitable[List[Optional[Any]]]:
         """One attempt per key, all pipelined (one script call per node per
-        chunk of keys): an awaitable of a list of ``Lock`` or None, in order."""
+        chunk of keys): a coroutine of a list of ``Lock`` or None, in order.
+        ``keys`` is an iterable of keys, never one str/bytes (``TypeError``).
+        As with ``try_acquire``, nothing is sent until it is awaited and a
+        cancelled await releases whatever was granted."""
         eng = self._require()
+        check_keys_arg(keys)
         ttl_ms = self._ttl_ms(ttl)
-        if self._opts.fencing or self._opts.lock_delay_ms:
-            # The batch scripts issue neither fences nor lock-delays: one
-            # single-key attempt per key (still one write per node per
-            # iteration, thanks to auto-pipelining).
-            keys = list(keys)
-            # Validate every key before sending any: a bad key halfway would
-            # leave the earlier attempts' locks held by nobody.
-            ids = [eng.check_key(k) for k in keys]
-            if len(set(ids)) != len(ids):
-                raise ValueError("keys: the same key appears twice in one batch")
-            return asyncio.gather(*[eng.try_acquire(k, ttl_ms) for k in keys])
-        return eng.acquire_many(keys, ttl_ms)
+        return _acquire_many(eng, keys, ttl_ms, bool(self._opts.fencing or self._opts.lock_delay_ms))
 
     def release_many(self, locks: Iterable[Any]) -> Awaitable[List[bool]]:
         """Release many locks at once: an awaitable of a list of bools (True
@@ -412,6 +433,8 @@ class LockManager(ManagerBase):
         cmds = _check_commands(commands, self.n)
         t = self._opts.node_timeout if timeout is None else check_seconds("timeout", timeout)
         eng = self._require()
+        if lease_ms is not None:
+            lease_ms = check_int("lease_ms", lease_ms, minimum=0, maximum=int(MAX_SECONDS * 1000))
         if lease_ms is not None and lease_ms > self._max_ttl_used_ms:
             self._max_ttl_used_ms = int(lease_ms)
         now = self._core.monotonic_ns()
@@ -507,6 +530,66 @@ class LockManager(ManagerBase):
 def _retrieve(fut: "asyncio.Future[Any]") -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+def abandon(eng: Any, waiter: "asyncio.Future[Any]") -> None:
+    """The caller awaiting an acquire's ``waiter`` was cancelled.
+
+    Still pending: the future is cancelled with the task, and the engine, on
+    deciding, releases a lock nobody will receive.  Already resolved (the
+    cancellation landed between the decision and the caller resuming): the
+    Lock (or the batch's Locks) in it will never reach anyone, so release
+    them now, in the background."""
+    if not waiter.done():
+        waiter.cancel()
+        return
+    if waiter.cancelled() or waiter.exception() is not None:
+        return
+    result = waiter.result()
+    for lock in (result if isinstance(result, list) else (result,)):
+        if lock is not None and not lock.released:
+            eng.release(lock).add_done_callback(_retrieve)
+
+
+async def receive(eng: Any, waiter: "asyncio.Future[Any]") -> Any:
+    """``await waiter`` (an acquire's future), releasing what it granted if
+    the await is cancelled (see ``abandon``)."""
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        abandon(eng, waiter)
+        raise
+
+
+async def _try_acquire(eng: Any, key: Any, ttl_ms: int) -> Optional[Any]:
+    # ``receive`` inlined: one coroutine per call on the hot path.
+    waiter = eng.try_acquire(key, ttl_ms)
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        abandon(eng, waiter)
+        raise
+
+
+async def _acquire_many(eng: Any, keys: Iterable[Any], ttl_ms: int, per_key: bool) -> List[Optional[Any]]:
+    if not per_key:
+        return await receive(eng, eng.acquire_many(keys, ttl_ms))
+    # The batch scripts issue neither fences nor lock-delays: one single-key
+    # attempt per key (still one write per node per iteration, thanks to
+    # auto-pipelining).
+    keys = list(keys)
+    # Validate every key before sending any: a bad key halfway would leave
+    # the earlier attempts' locks held by nobody.
+    ids = [eng.check_key(k) for k in keys]
+    if len(set(ids)) != len(ids):
+        raise ValueError("keys: the same key appears twice in one batch")
+    futs = [eng.try_acquire(k, ttl_ms) for k in keys]
+    try:
+        return list(await asyncio.gather(*futs))
+    except asyncio.CancelledError:
+        for f in futs:
+            abandon(eng, f)
+        raise
 
 
 class _LockContext:

@@ -38,7 +38,7 @@ from typing import Any, Iterable, List, Optional, Sequence
 from . import _handshake
 from . import metrics as _metrics_mod
 from ._manager import ManagerBase
-from ._config import check_int, check_seconds
+from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
 from .errors import ConfigurationError, LockNotOwned, LockTimeout
 from .leases import _thread as _lease_thread
 from .leases import close_manager as _close_leases
@@ -66,6 +66,7 @@ class LockManager(ManagerBase):
         self._closed = False
         self._pid = os.getpid()
         self._connected_once = False
+        self._dup_logged: set = set()   # nodes whose duplicate was already logged
 
     # -- connections -------------------------------------------------------
 
@@ -199,6 +200,17 @@ class LockManager(ManagerBase):
             node = eng.nodes[i]
             node.info = info
             node.run_id = info.get("run_id")
+            if not initial:
+                # Identity on every reconnect (see quorumlock.aio): a server
+                # already counted under another spelling must not vote twice.
+                dup = _handshake.duplicate_of(i, node.run_id, eng.nodes)
+                if dup is not None:
+                    eng.down_detail[i] = _handshake.duplicate_text(self._specs, i, dup)
+                    (log.debug if i in self._dup_logged else log.error)("quorumlock: %s", eng.down_detail[i])
+                    self._dup_logged.add(i)
+                    node.abort()
+                    continue
+            eng.down_detail[i] = None
             with self._mutex:
                 before = self._guard.counted_after[i]
                 node.counted_after = self._guard.on_connect(
@@ -207,6 +219,7 @@ class LockManager(ManagerBase):
                 if node.counted_after != before:
                     self._guard_epoch += 1
             node.ready = True
+            eng.node_ready(i)   # clean-up releases held back while it was away
             eng.backoff[i] = 0.05
         if errors:
             eng.close()
@@ -350,6 +363,7 @@ class LockManager(ManagerBase):
 
     def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> List[Optional[Any]]:
         """One attempt per key, pipelined: a list of ``Lock`` or None, in order."""
+        check_keys_arg(keys)
         ttl_ms = self._ttl_ms(ttl)
         keys = list(keys)
         eng = self._checkout()
@@ -397,6 +411,8 @@ class LockManager(ManagerBase):
         The building block of the drop-in classes in ``quorumlock.compat``."""
         cmds = _check_commands(commands, self.n)
         t = self._opts.node_timeout if timeout is None else check_seconds("timeout", timeout)
+        if lease_ms is not None:
+            lease_ms = check_int("lease_ms", lease_ms, minimum=0, maximum=int(MAX_SECONDS * 1000))
         if lease_ms is not None and lease_ms > self._max_ttl_used_ms:
             self._max_ttl_used_ms = int(lease_ms)
         eng = self._checkout()

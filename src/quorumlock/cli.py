@@ -112,7 +112,7 @@ def _cmd_nodes_up(args: argparse.Namespace) -> int:
     def _on_event(node: Node, event: str, t: float) -> None:
         if event == "crash":
             when = f"restart in {delay_box[0]:.3f} s" if delay_box[0] else "restarting now"
-            _print(f"# node {node.index} ({node.url}) crashed; {when}")
+            _print(f"# node {node.index} ({node.address}) crashed; {when}")
         elif event == "restart":
             _print(f"# node {node.index} restarted (pid {node.pid})")
         elif event == "up" and node.crash_times:  # the first "up" is the start-up

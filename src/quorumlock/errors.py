@@ -3,7 +3,8 @@ catches ``redis.exceptions.LockError`` keeps working after switching to quorumlo
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import re
+from typing import Iterable, Optional, Sequence
 
 from redis.exceptions import LockError as _RedisLockError
 from redis.exceptions import LockNotOwnedError as _RedisLockNotOwnedError
@@ -11,12 +12,46 @@ from redis.exceptions import LockNotOwnedError as _RedisLockNotOwnedError
 __all__ = [
     "QuorumLockError",
     "ConfigurationError",
+    "DuplicateNode",
     "QuorumError",
     "LockTimeout",
     "LockNotOwned",
     "LockLost",
     "NodeOutcome",
+    "scrub_text",
 ]
+
+# Redis echoes a rejected command's arguments ("ERR unknown command 'SET', with
+# args beginning with: 'key' '<token>' ..."): everything after that is cut.
+_ECHOED_ARGS = re.compile(r"(with args beginning with:).*", re.S)
+# A quoted argument holding bytes that are not printable text (a random token,
+# decoded with replacement characters) is elided wherever it appears.
+_BINARY_QUOTED = re.compile(r"'[^']*[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f][^']*'")
+_MAX_TEXT = 300
+
+
+def scrub_text(text: object, secrets: Iterable[bytes] = ()) -> str:
+    """A server's error text (or any reply-derived text) made safe for an
+    exception message, a per-node outcome or a log line: no lock token or
+    other secret in it.
+
+    Every form of each of ``secrets`` (raw, hex, as the server's reply would
+    decode it) is replaced by ``<elided>``, echoed command arguments are cut,
+    quoted binary arguments are elided, and the text is capped at 300
+    characters."""
+    t = text if isinstance(text, str) else str(text)
+    for sec in secrets:
+        if not sec:
+            continue
+        forms = {sec.hex(), sec.decode("latin-1"), sec.decode("utf-8", "replace"), repr(sec)[2:-1]}
+        for f in forms:
+            if f and f in t:
+                t = t.replace(f, "<elided>")
+    t = _ECHOED_ARGS.sub(r"\1 (arguments elided)", t)
+    t = _BINARY_QUOTED.sub("'<elided>'", t)
+    if len(t) > _MAX_TEXT:
+        t = t[:_MAX_TEXT] + "..."
+    return t
 
 
 class NodeOutcome:
@@ -61,6 +96,12 @@ class QuorumLockError(_RedisLockError):
 class ConfigurationError(QuorumLockError, ValueError):
     """The nodes or options cannot work: wrong password, a replica given as a
     master, two URLs that reach the same server, ..."""
+
+
+class DuplicateNode(ConfigurationError):
+    """A node reconnected to a server that another listed node already
+    reaches (same ``run_id``): it is left out of quorums, and its per-node
+    outcome says "duplicate of node X"."""
 
 
 class QuorumError(QuorumLockError):

@@ -39,7 +39,6 @@ import os
 import random
 import socket
 import threading
-import time
 from typing import Any, Callable, Optional
 
 from .errors import LockTimeout
@@ -47,7 +46,7 @@ from .errors import LockTimeout
 __all__ = ["LeaderElection", "AsyncLeaderElection"]
 
 log = logging.getLogger("quorumlock.leader")
-_now_ns = time.monotonic_ns
+from ._clock import now_ns as _now_ns  # the lease clock (CLOCK_BOOTTIME)
 
 
 def _check(ttl: Any, lease_fraction: Any, retry_fraction: Any) -> None:

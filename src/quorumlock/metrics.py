@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 __all__ = [
@@ -60,7 +59,7 @@ BUCKETS: Sequence[float] = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 
-_now_ns = time.monotonic_ns
+from ._clock import now_ns as _now_ns  # the lease clock (CLOCK_BOOTTIME)
 
 
 class Histogram:
@@ -221,17 +220,20 @@ def _instrument_async(mgr: Any, m: Metrics) -> None:
     observe = m.observe
 
     def try_acquire(key: Any, ttl: Optional[float] = None) -> Any:
-        t0 = _now_ns()
-        fut = orig_try(key, ttl)
+        # A coroutine, like the method it wraps: nothing is sent until awaited.
+        return _timed_try(orig_try(key, ttl))
 
-        def done(f: Any) -> None:
-            ok = not f.cancelled() and f.exception() is None and f.result() is not None
+    async def _timed_try(coro: Any) -> Any:
+        t0 = _now_ns()
+        ok = False
+        try:
+            lock = await coro
+            ok = lock is not None
+            return lock
+        finally:
             observe("acquire", (_now_ns() - t0) / 1e9, ok)
             if ok:
                 m.held += 1
-
-        fut.add_done_callback(done)
-        return fut
 
     def _release(lock: Any) -> Any:
         was_held = not lock.released
@@ -258,24 +260,19 @@ def _instrument_async(mgr: Any, m: Metrics) -> None:
         return r
 
     def acquire_many(keys: Any, ttl: Optional[float] = None) -> Any:
+        return _timed_many(orig_acq_many(keys, ttl))
+
+    async def _timed_many(coro: Any) -> Any:
         t0 = _now_ns()
-        fut = orig_acq_many(keys, ttl)
         m.batches += 1
-
-        def done(f: Any) -> None:
-            if f.cancelled() or f.exception() is not None:
-                return
-            dt = (_now_ns() - t0) / 1e9
-            res = f.result()
-            got = sum(1 for x in res if x is not None)
-            m.held += got
-            m.hist["acquire"].observe(dt)
-            m.ok["acquire"] += got
-            m.failed["acquire"] += len(res) - got
-
-        fut = _ensure_future(fut)
-        fut.add_done_callback(done)
-        return fut
+        res = await coro
+        dt = (_now_ns() - t0) / 1e9
+        got = sum(1 for x in res if x is not None)
+        m.held += got
+        m.hist["acquire"].observe(dt)
+        m.ok["acquire"] += got
+        m.failed["acquire"] += len(res) - got
+        return res
 
     def release_many(locks: Any) -> Any:
         locks = list(locks)

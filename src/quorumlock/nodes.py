@@ -677,6 +677,11 @@ class Node:
         return self._endpoint.url(self.port)
 
     @property
+    def address(self) -> str:
+        """``url`` with the password shown as ``***``: for messages, reprs and logs."""
+        return self._endpoint.url(self.port, redact=True)
+
+    @property
     def crash_times(self) -> List[float]:
         """Monotonic times of every crash (SIGKILL by the cluster or an unexpected exit)."""
         return [t for e, t in self.history if e == "crash"]
@@ -688,7 +693,7 @@ class Node:
 
     def __repr__(self) -> str:
         extra = " paused" if self.paused else ""
-        return f"<Node {self.index} {self.url} {self.state}{extra} pid={self.pid}>"
+        return f"<Node {self.index} {self.address} {self.state}{extra} pid={self.pid}>"
 
 
 @dataclass(frozen=True)
@@ -697,11 +702,24 @@ class _Endpoint:
     password: Optional[str]
     tls: bool
 
-    def url(self, port: int) -> str:
+    def __repr__(self) -> str:
+        pw = "'***'" if self.password is not None else "None"
+        return f"_Endpoint(host={self.host!r}, password={pw}, tls={self.tls})"
+
+    def url(self, port: int, redact: bool = False) -> str:
         scheme = "rediss" if self.tls else "redis"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        auth = f":{quote(self.password, safe='')}@" if self.password is not None else ""
+        auth = ""
+        if self.password is not None:
+            auth = ":***@" if redact else f":{quote(self.password, safe='')}@"
         return f"{scheme}://{auth}{host}:{port}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the password (a server log may echo its arguments)."""
+        if self.password:
+            for form in {self.password, quote(self.password, safe="")}:
+                text = text.replace(form, "***")
+        return text
 
 
 EventCallback = Callable[[Node, str, float], None]
@@ -846,6 +864,7 @@ class _Core:
         return "\n".join(p for p in parts if p)
 
     def fail(self, node: Node, reason: str) -> None:
+        reason = self.endpoint.scrub(reason)
         node.state = _FAILED
         node.error = reason
         node.restart_due = None
@@ -1315,7 +1334,8 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         state = "stopped" if self._core.stopped else ("running" if self._started else "new")
-        return f"<LocalCluster n={self.n} mode={self.mode} {state} {self.urls}>"
+        shown = [nd.address for nd in self._core.nodes]
+        return f"<LocalCluster n={self.n} mode={self.mode} {state} {shown}>"
 
     # -- faults --
 
@@ -1422,7 +1442,7 @@ class LocalCluster:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(
-                        f"node {node.index} ({node.url}) not up after {timeout:.3f} s "
+                        f"node {node.index} ({node.address}) not up after {timeout:.3f} s "
                         f"(state {node.state})"
                     )
                 core.cond.wait(min(left, 0.1))
@@ -1445,7 +1465,7 @@ class LocalCluster:
             if err is None:
                 return time.monotonic() - t0
             if left <= 0:
-                raise TimeoutError(f"node {i} ({node.url}) did not answer PING within {timeout} s: {err}")
+                raise TimeoutError(f"node {i} ({node.address}) did not answer PING within {timeout} s: {err}")
             time.sleep(min(_POLL_INTERVAL, max(0.0, left)))
 
     # -- async helpers: never block the event loop for a delay --
@@ -1470,7 +1490,7 @@ class LocalCluster:
                 if err is None:
                     return time.monotonic() - t0
             if left <= 0:
-                raise TimeoutError(f"node {i} ({node.url}) not up within {timeout} s: {err}")
+                raise TimeoutError(f"node {i} ({node.address}) not up within {timeout} s: {err}")
             await asyncio.sleep(min(_POLL_INTERVAL, max(0.0, left)))
 
     async def arestart(self, i: int, delay: Optional[float] = None, timeout: Optional[float] = None) -> float:
@@ -1492,7 +1512,7 @@ class LocalCluster:
                 if node.state == _RUNNING and node.up_since is not None and node.up_since > t_crash:
                     return node.up_since - t_crash
             if time.monotonic() > deadline:
-                raise TimeoutError(f"node {i} ({node.url}) not up {limit:.3f} s after restart")
+                raise TimeoutError(f"node {i} ({node.address}) not up {limit:.3f} s after restart")
             await asyncio.sleep(_POLL_INTERVAL)
 
 

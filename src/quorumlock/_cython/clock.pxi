@@ -8,8 +8,10 @@ cdef inline uint64_t now_ns() noexcept nogil:
 
 
 def monotonic_ns():
-    """CLOCK_MONOTONIC in integer nanoseconds (the clock of every validity and
-    deadline in quorumlock; never the wall clock)."""
+    """The lease clock in integer nanoseconds: CLOCK_BOOTTIME where available
+    (it keeps counting during system suspend), else CLOCK_MONOTONIC.  The
+    clock of every validity and deadline in quorumlock; never the wall clock
+    (the pure-Python twin reads the same one, quorumlock._clock)."""
     return ql_monotonic_ns()
 
 

@@ -54,6 +54,8 @@ cdef class Engine:
         object release_script       # EVAL fallbacks of the release in use
         object release_ex_script
         object logger
+        public list down_detail        # why node i is not ready (per-node outcome detail), or None
+        public list held_back          # per node: deque of (expiry_ns, key_b, token) releases for its reconnect
 
     def __init__(self, loop, names, owner, double node_timeout, double drift_factor,
                  Py_ssize_t max_key_len=1024, Py_ssize_t batch_chunk=500, stall_timeout=None):
@@ -100,6 +102,14 @@ cdef class Engine:
         self.release_script = RELEASE_SCRIPT
         self.release_ex_script = RELEASE_EX_SCRIPT
         self.logger = logging.getLogger("quorumlock")
+        # Why node i is not ready, when the API layer knows better than "down"
+        # (e.g. "duplicate of node 0 (...)"): the per-node outcome's detail.
+        self.down_detail = [None] * self.n
+        # Clean-up releases for nodes that were down when they were due, but
+        # may hold the key (the SET was written before the connection
+        # dropped): sent when the node is back (node_ready), while the key's
+        # TTL still runs.  Bounded per node; the oldest go first.
+        self.held_back = [deque(maxlen=HELD_BACK_MAX) for _ in range(self.n)]
         self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
 
     # -- plumbing ----------------------------------------------------------
@@ -178,6 +188,8 @@ cdef class Engine:
         if PyBytes_GET_SIZE(kb) > self.max_key_len:
             raise ValueError(
                 f"key is {PyBytes_GET_SIZE(kb)} bytes long; max_key_length is {self.max_key_len}")
+        if PyBytes_AS_STRING(kb)[0] == b'\xff' and kb.startswith(RESERVED_PREFIX):
+            raise ValueError(f"key {key!r} starts with {RESERVED_PREFIX!r}, reserved for quorumlock's fence counters and lock-delay markers")
         return kb
 
     def check_key(self, key):
@@ -201,28 +213,22 @@ cdef class Engine:
                 excluded |= (1u << i)
             else:
                 node.send(cmd, op, aux, deadline)
+                op.sent |= (1u << i)
         self.schedule_flush()
         if down | excluded:
             for i in range(self.n):
                 if down & (1u << i):
-                    op.on_fail(i, aux, ST_DOWN, None)
+                    op.on_fail(i, aux, ST_DOWN, self.down_detail[i])
                 elif excluded & (1u << i):
                     op.on_fail(i, aux, ST_EXCLUDED, "restart guard: node restarted recently")
         return 0
 
-    cdef int send_release(self, bytes key_b, bytes token, object waiter, unsigned char *skip) except -1:
-        """Compare-and-delete on every ready node (except where ``skip`` says
-        the key is held by someone else).  No waiter: replies are drained."""
-        cdef WriteBuffer b = self.scratch_rel
-        cdef NodeConn node
-        if self.rel_queue:
-            self.materialize_releases()
-        cdef SinkOp op
-        cdef int i
-        cdef bint any_sent = False
-        b.clear()
-        op = SinkOp.__new__(SinkOp)
+    cdef SinkOp _release_cmd(self, WriteBuffer b, bytes key_b, bytes token):
+        """Encode the compare-and-delete of ``key_b``/``token`` into ``b``;
+        return the SinkOp that drains its replies (EVAL form for NOSCRIPT)."""
+        cdef SinkOp op = SinkOp.__new__(SinkOp)
         op._init(self, None)
+        b.clear()
         if self.lock_delay_ms > 0:
             b.write_bytes(self.pre_release_ex)
             b.write_bulk_bytes(key_b)
@@ -233,6 +239,22 @@ cdef class Engine:
             b.write_bulk_bytes(key_b)
             op.eval_args = (b"EVAL", self.release_script, b"1", key_b, token)
         b.write_bulk_bytes(token)
+        return op
+
+    cdef int send_release(self, bytes key_b, bytes token, object waiter, unsigned char *skip,
+                          uint32_t sent=0, uint64_t expiry=0) except -1:
+        """Compare-and-delete on every ready node (except where ``skip`` says
+        the key is held by someone else).  No waiter: replies are drained.
+        Nodes in ``sent`` (the SET went out to them) that are not ready now
+        get the release when they are back, if before ``expiry``."""
+        cdef WriteBuffer b = self.scratch_rel
+        cdef NodeConn node
+        if self.rel_queue:
+            self.materialize_releases()
+        cdef SinkOp op
+        cdef int i
+        cdef bint any_sent = False
+        op = self._release_cmd(b, key_b, token)
         cdef uint64_t deadline = op.t0 + self.node_timeout_ns
         for i in range(self.n):
             if skip is not NULL and skip[i] == ST_HELD:
@@ -241,9 +263,35 @@ cdef class Engine:
             if node.ready:
                 node.send(b, op, 0, deadline)
                 any_sent = True
+            elif sent & (1u << i) and expiry > op.t0:
+                (<object>self.held_back[i]).append((expiry, key_b, token))
         if any_sent:
             self.schedule_flush()
         return 0
+
+    def node_ready(self, int idx):
+        """Node ``idx`` is connected and ready again: send the clean-up
+        releases held back for it whose key may still be alive.  Returns how
+        many were sent."""
+        self.check_index(idx)
+        cdef NodeConn node = <NodeConn>self.nodes[idx]
+        q = self.held_back[idx]
+        if not q or not node.ready:
+            return 0
+        cdef uint64_t now = now_ns()
+        cdef int sent = 0
+        cdef SinkOp op
+        items = list(q)
+        q.clear()
+        for expiry, key_b, token in items:
+            if <uint64_t>expiry <= now:
+                continue
+            op = self._release_cmd(self.scratch_rel, key_b, token)
+            node.send(self.scratch_rel, op, 0, now + self.node_timeout_ns)
+            sent += 1
+        if sent:
+            self.schedule_flush()
+        return sent
 
     cdef int send_release_many_to(self, int idx, list keys_b, list tokens) except -1:
         cdef NodeConn node = <NodeConn>self.nodes[idx]
@@ -292,7 +340,8 @@ cdef class Engine:
             cb(idx, exc)
 
     def _log_error(self, name, what, obj):
-        self.logger.warning("quorumlock: %s: %s: %r", name, what, obj)
+        # A stray reply may carry a token: never log it verbatim.
+        self.logger.warning("quorumlock: %s: %s: %s", name, what, scrub_text(repr(obj)))
 
     # -- operations ------------------------------------------------------
 
@@ -529,6 +578,8 @@ cdef class Engine:
         cdef NodeConn node = <NodeConn>self.nodes[idx]
         cdef CallOp op = CallOp.__new__(CallOp)
         cdef uint64_t t
+        if timeout is not None and not (0 < timeout <= 1e9):
+            raise ValueError(f"timeout must be > 0 and <= 1e9 seconds, got {timeout!r}")
         if self.rel_queue:
             self.materialize_releases()
         op._init(self, self.new_waiter())

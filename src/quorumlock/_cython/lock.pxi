@@ -11,7 +11,7 @@ cdef class Lock:
     """A held lease.
 
     ``key`` as given, ``token`` (20 random bytes), ``validity`` (seconds left,
-    from CLOCK_MONOTONIC: never from the wall clock), ``valid``, ``nodes`` (how
+    from the lease clock, CLOCK_BOOTTIME: never from the wall clock), ``valid``, ``nodes`` (how
     many nodes said OK when the quorum was decided), ``fence`` (an int when the
     manager uses fencing, else None).  ``release()`` and ``extend()`` go
     through the manager that made the lock (awaitables in ``quorumlock.aio``,
@@ -70,7 +70,7 @@ cdef class Lock:
 
     @property
     def deadline_ns(self):
-        """CLOCK_MONOTONIC ns at which validity ends."""
+        """Lease-clock ns (``monotonic_ns()``, CLOCK_BOOTTIME) at which validity ends."""
         return self.deadline
 
     def _set_deadline_ns(self, uint64_t deadline):

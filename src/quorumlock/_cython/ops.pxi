@@ -11,6 +11,9 @@
 # future completes or is cancelled.
 
 
+NOSCRIPT_LATE = "NOSCRIPT after the operation was decided: not re-sent"
+
+
 cdef inline bint is_reply_error(object reply):
     return isinstance(reply, ReplyError)
 
@@ -31,6 +34,7 @@ cdef class Op:
         int n_ok
         int n_bad
         bint decided
+        uint32_t sent           # nodes the command was queued to (fanout)
         public bint complete    # the result is set (decided, and any second round done)
         unsigned char status[MAX_NODES]
         list details
@@ -68,8 +72,13 @@ cdef class Op:
         return 0
 
     cdef int mark_error(self, NodeConn node, object reply) except -1:
+        # The server's text may echo our arguments (a token): scrubbed.
         node.errors += 1
-        return self.mark(node.idx, ST_ERROR, str(reply))
+        return self.mark(node.idx, ST_ERROR, scrub_text(reply, self.secrets()))
+
+    cdef tuple secrets(self):
+        """Tokens this operation sends (kept out of error texts)."""
+        return ()
 
     cdef int decide(self) except -1:
         return 0
@@ -125,7 +134,10 @@ cdef class AcquireOp(Op):
             return self.mark(node.idx, ST_OK, None)
         if is_reply_error(reply):
             return self.mark_error(node, reply)
-        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
+
+    cdef tuple secrets(self):
+        return (self.token,)
 
     cdef int decide(self) except -1:
         # Elapsed time is read here, after the deciding reply was parsed, never
@@ -148,13 +160,16 @@ cdef class AcquireOp(Op):
                 # The caller was cancelled while we waited: it will never see
                 # this lock, so it must not stay on the nodes.
                 lock.released = True
-                self.engine.send_release(self.key_b, self.token, None, NULL)
+                self.engine.send_release(self.key_b, self.token, None, NULL, self.sent,
+                                         self.t0 + <uint64_t>self.ttl_ms * 1000000ULL)
                 return 0
             return self.finish(lock)
         # Failed: release everywhere the SET may have landed, including nodes
         # that timed out or have not answered yet (their SET is ahead of the
-        # release on the same ordered connection).
-        self.engine.send_release(self.key_b, self.token, None, self.status)
+        # release on the same ordered connection), and nodes whose connection
+        # dropped after the SET was written (released when they are back).
+        self.engine.send_release(self.key_b, self.token, None, self.status, self.sent,
+                                 self.t0 + <uint64_t>self.ttl_ms * 1000000ULL)
         return self.finish(None)
 
 
@@ -182,15 +197,22 @@ cdef class FencedAcquireOp(AcquireOp):
                 return self.mark(node.idx, ST_OK, None)
             if reply == 0:
                 return self.mark(node.idx, ST_HELD, None)
-            return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r} to a fenced acquire")
+            return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r} to a fenced acquire", self.secrets()))
         if is_noscript(reply):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
             return self.mark_error(node, reply)
-        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
+        if self.decided:
+            # The script never ran on this node, and its vote can no longer
+            # count: re-sending would only set a key that a release queued
+            # since the decision may already have passed (an orphan until
+            # its TTL).  Reload the scripts for the next calls, send nothing.
+            self.engine.script_missing(node)
+            return self.mark(node.idx, ST_ERROR, NOSCRIPT_LATE)
         b.clear()
         b.write_command((b"EVAL", ACQUIRE_EX_SCRIPT, b"3", self.key_b, FENCE_PREFIX + self.key_b,
                          DELAY_PREFIX + self.key_b, self.token, self.ttl_ms, self.delay_ms,
@@ -245,7 +267,7 @@ cdef class CommitOp(Op):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
             return self.mark_error(node, reply)
-        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
@@ -278,7 +300,7 @@ cdef class ReleaseOp(Op):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
             return self.mark_error(node, reply)
-        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
@@ -291,6 +313,9 @@ cdef class ReleaseOp(Op):
         node.send(b, self, aux, deadline)
         self.engine.script_missing(node)
         return 0
+
+    cdef tuple secrets(self):
+        return (self.token,)
 
     cdef int decide(self) except -1:
         return self.finish(self.n_ok >= self.quorum)
@@ -317,6 +342,7 @@ cdef class MultiReleaseOp(Op):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         node.errors += 1
         text = str(reply) if is_reply_error(reply) else f"unexpected reply {reply!r}"
+        text = scrub_text(text, [op.token for op in self.ops])
         for op in self.ops:
             op.mark(idx, ST_ERROR, text)
         return 0
@@ -349,6 +375,9 @@ cdef class ExtendOp(Op):
         uint64_t drift_ns
         long long delay_ms    # > 0: lock-delay form
 
+    cdef tuple secrets(self):
+        return (self.lock.token,)
+
     cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
         if type(reply) is int:
             return self.mark(node.idx, ST_OK if reply == 1 else ST_HELD, None)
@@ -356,7 +385,7 @@ cdef class ExtendOp(Op):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
             return self.mark_error(node, reply)
-        return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r}")
+        return self.mark(node.idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r}", self.secrets()))
 
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
@@ -373,11 +402,25 @@ cdef class ExtendOp(Op):
     cdef int decide(self) except -1:
         cdef uint64_t now = now_ns()
         cdef uint64_t end = self.t0 + <uint64_t>self.ttl_ms * 1000000ULL - self.drift_ns
+        cdef int i, n_held = 0
         if self.n_ok >= self.quorum and now < end and not self.lock.released:
             self.lock.deadline = end
             self.lock.ttl_ms = self.ttl_ms
             self.lock.nodes = self.n_ok
             return self.finish(True)
+        # Failed (or too late).  Nodes that applied the PEXPIRE, including
+        # ones that timed out or have not answered yet, now drop the key
+        # ``ttl_ms`` after this operation started; the others keep the old
+        # expiry.  So the lease the lock may still believe in ends at the
+        # earlier of the two: a failed extend only ever shortens it.
+        if end < self.lock.deadline:
+            self.lock.deadline = end
+        for i in range(self.n):
+            if self.status[i] == ST_HELD:
+                n_held += 1
+        if n_held > self.n - self.quorum and self.t0 < self.lock.deadline:
+            # A majority answered that our token is gone: the lease is lost.
+            self.lock.deadline = self.t0
         return self.finish(False)
 
 
@@ -510,7 +553,8 @@ cdef class BatchOp(Op):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         else:
             node.errors += 1
-            self._fail_chunk(idx, aux, ST_ERROR, str(reply))
+            text = str(reply) if is_reply_error(reply) else f"unexpected reply {reply!r}"
+            self._fail_chunk(idx, aux, ST_ERROR, scrub_text(text, self.tokens[aux:aux + self.chunk]))
             return 0
         return self._check()
 
@@ -538,6 +582,10 @@ cdef class AcquireManyOp(BatchOp):
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef Py_ssize_t end = min(<Py_ssize_t>aux + self.chunk, self.m)
         cdef WriteBuffer b = self.engine.scratch2
+        if self.decided:
+            # As FencedAcquireOp.resend_eval: never re-send a decided acquire.
+            self.engine.script_missing(node)
+            return self._fail_chunk(node.idx, aux, ST_ERROR, NOSCRIPT_LATE)
         b.clear()
         b.write_command((b"EVAL", ACQUIRE_MANY_SCRIPT, end - aux) + tuple(self.keys_b[aux:end])
                         + (self.ttl_ms,) + tuple(self.tokens[aux:end]))

@@ -25,7 +25,7 @@ from ._lease import (
 )
 
 log = logging.getLogger("quorumlock")
-_now_ns = time.monotonic_ns
+from .._clock import now_ns as _now_ns  # the lease clock (CLOCK_BOOTTIME)
 
 
 class AsyncRenewer:
@@ -288,6 +288,8 @@ async def acquire(mgr: Any, key: Any, ttl: Any, *, timeout: Optional[float], ret
     held the key reported it free (a release, a DEL, an expiry).  The jittered
     delay bounds every wait, so a missed message costs at most one polling
     interval, never a hang."""
+    from ..aio import receive as _receive
+
     mode = resolve_wait(mgr, wait)
     eng = mgr._require()
     ttl_ms = mgr._ttl_ms(ttl)
@@ -314,7 +316,8 @@ async def acquire(mgr: Any, key: Any, ttl: Any, *, timeout: Optional[float], ret
             t0 = _now_ns()
             op = eng.attempt(key, ttl_ms)
             attempts += 1
-            lock = await op.waiter
+            # Cancelled after the grant: the lock is released (quorumlock.aio.receive).
+            lock = await _receive(eng, op.waiter)
             if m is not None:
                 m.observe("acquire", (_now_ns() - t0) / 1e9, lock is not None)
             if lock is not None:

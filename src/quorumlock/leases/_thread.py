@@ -27,7 +27,7 @@ from ._lease import (
 )
 
 log = logging.getLogger("quorumlock")
-_now_ns = time.monotonic_ns
+from .._clock import now_ns as _now_ns  # the lease clock (CLOCK_BOOTTIME)
 
 _all_renewers: "weakref.WeakSet[ThreadRenewer]" = weakref.WeakSet()
 
