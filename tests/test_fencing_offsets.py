@@ -93,7 +93,7 @@ _OFFSETS = [
 
 @pytest.mark.parametrize("offset", _OFFSETS)
 def test_row30_no_stale_write_under_a_constant_clock_offset(sync_core, shimmed, offset):
-    """FAULTS row 30 at offsets 0, +-5 s, +-60 s, +-3600 s (D = TTL = 1 s).
+    """Row 30 of the fault matrix (docs/safety.md) at offsets 0, +-5 s, +-60 s, +-3600 s (D = TTL = 1 s).
 
     First-round code (the commit raised every node to the quorum's maximum,
     unchecked; run with PYTHONPATH=/work/main/src): failed at every non-zero
