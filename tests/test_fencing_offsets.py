@@ -38,7 +38,7 @@ from quorumlock.chaos import clock
 from quorumlock.fencing import FencedStore
 from quorumlock.nodes import LocalCluster, find_server
 
-from _engine_fixtures import core, sync_core  # noqa: F401
+from _engine_fixtures import core, run, sync_core  # noqa: F401
 
 TTL = 1.0  # D, the slack of the commit check, is the TTL: 1 s
 
@@ -92,7 +92,7 @@ _OFFSETS = [
 
 
 @pytest.mark.parametrize("offset", _OFFSETS)
-def test_row30_no_stale_write_under_a_constant_clock_offset(sync_core, shimmed, offset):
+def test_row30_no_stale_write_under_a_constant_clock_offset(sync_core, shimmed, offset, caplog):
     """Row 30 of the fault matrix (docs/safety.md) at offsets 0, +-5 s, +-60 s, +-3600 s (D = TTL = 1 s).
 
     First-round code (the commit raised every node to the quorum's maximum,
@@ -115,6 +115,7 @@ def test_row30_no_stale_write_under_a_constant_clock_offset(sync_core, shimmed, 
     direct = [redis.Redis(port=p) for p in cluster.ports]
     store = FencedStore(redis.Redis(port=storage.ports[0]), raise_on_stale=False)
     skey = f"res:{key}"
+    caplog.set_level("WARNING", logger="quorumlock")
     try:
         # 1. A on the bare majority {f, r}: t holds the key for someone else
         assert direct[t].set(key, "someone-else", px=30_000)
@@ -148,6 +149,13 @@ def test_row30_no_stale_write_under_a_constant_clock_offset(sync_core, shimmed, 
         else:
             assert a_lock is None, "a fence from a clock the restart delay does not cover was granted"
             _assert_names_node_and_offset(a_error, cluster, offsets)
+        # a node whose clock is further from a majority's than D is logged
+        warned = [rec.getMessage() for rec in caplog.records
+                  if "more than the 1.000 s a delayed restart covers" in rec.getMessage()]
+        if offset == 0:
+            assert not warned, warned
+        else:
+            assert any(cluster.urls[f] in w and "ahead of a majority" in w for w in warned), warned
         # the measured offsets are visible in metrics: A measured all three
         # nodes, B (asyncio) the two it reached
         for i, nd in enumerate(a_metrics["nodes"]):
@@ -216,3 +224,55 @@ def test_commit_refusal_is_a_distinct_reply_and_keeps_the_counter(shimmed):
     assert int(r.get("ql:fence:cr:k")) == near
     assert r.eval(_scripts.FENCE_COMMIT, 2, "cr:k", "ql:fence:cr:k", "other", near + 1, 10**6) == 0
     r.delete("cr:k", "ql:fence:cr:k")
+
+
+def test_a_node_far_ahead_is_left_out_and_fenced_acquires_go_on(core, shimmed, run):
+    """Liveness with one clock 60 s ahead (asyncio API): after the first
+    attempt (before the clock samples are in, that one may be refused in the
+    commit round) the client does not count node 0's yes, so fences come
+    from nodes 1 and 2 and every acquisition succeeds.  First-round code: all
+    succeeded too, but with fences from node 0's clock, 60 s ahead of real
+    time (``assert fence < now + 30 s`` failed), i.e. fences a restart of
+    node 1 or 2 could undercut."""
+    cluster, ctls, _storage = shimmed
+    for c in ctls:
+        c.reset()
+    ctls[0].jump(60.0)
+
+    async def body():
+        async with aio.LockManager(cluster.urls, ttl=TTL, fencing=True, _core=core) as locks:
+            got, fences = 0, []
+            for i in range(10):
+                lk = await locks.try_acquire(f"ahead:{core.IMPLEMENTATION}")
+                if lk is None:
+                    assert i == 0
+                    continue
+                got += 1
+                fences.append(lk.fence)
+                assert lk.fence < (time.time() + 30) * 1e6  # not from node 0's clock
+                await lk.release()
+            assert got >= 9 and fences == sorted(set(fences))
+            clk = locks.metrics()["nodes"][0]["clock"]
+            assert abs(clk["offset"] - 60.0) < 0.5 and clk["ahead"] > 59.0, clk
+
+    try:
+        run(body())
+    finally:
+        ctls[0].reset()
+
+
+def test_checker_row30_safe_now_and_viol_with_the_first_round_rule(tmp_path):
+    """The checker's rows for row 30 (quorumlock.chaos.fence_offsets): with
+    the first-round commit rule (30-NC) the stale write is accepted after the
+    new holder's and the checker says VIOL; with the clock check (30-V+wo) A
+    is refused and the run is SAFE.  On the first-round code 30-V+wo is the
+    same schedule as 30-NC and comes out VIOL."""
+    from quorumlock.chaos.matrix import run_matrix, select_rows
+
+    rows = select_rows(quick=True, only=["30-V+wo", "30-NC"])
+    assert sorted(r.id for r in rows) == ["30-NC", "30-V+wo"]
+    results = {rr.row.id: rr for rr in run_matrix(rows, base_dir=str(tmp_path), keep=False)}
+    assert results["30-NC"].result.label == "VIOL", results["30-NC"].result.notes
+    assert results["30-V+wo"].result.label == "SAFE", results["30-V+wo"].result.notes
+    assert results["30-V+wo"].result.checks.get("A_refused") is True
+    assert all(rr.ok for rr in results.values()), [(k, rr.why) for k, rr in results.items()]
