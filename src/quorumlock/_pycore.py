@@ -120,6 +120,7 @@ STATUS_NAMES = ("pending", "ok", "held", "error", "timeout", "down", "excluded",
 UNCHECKED_SLACK_US = 1000000000000000
 _CLOCK_PROBE_EVERY_NS = 1000000000     # look for stale clock samples at most once a second
 _CLOCK_SAMPLE_MAX_AGE_NS = 3000000000  # probe a node whose last sample is older
+_NO_LIMIT = 1 << 62                    # FencedAcquireOp.ahead_limit_us before clocks are measured
 
 _NEVER = 0xFFFFFFFFFFFFFFFF
 _LL_MIN = -(1 << 63)
@@ -590,7 +591,7 @@ class FencedAcquireOp(AcquireOp):
     of a majority's measured clocks than that is not counted: that fence
     would be refused."""
 
-    __slots__ = ("delay_ms", "fencing", "fence", "fence_from", "slack_us")
+    __slots__ = ("delay_ms", "fencing", "fence", "fence_from", "slack_us", "ahead_limit_us")
 
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
@@ -598,9 +599,8 @@ class FencedAcquireOp(AcquireOp):
                 # A fence is at least the node's TIME in us, never 1: a 1
                 # under fencing is some other command's reply, not a vote.
                 idx = node._idx
-                eng = self.engine
-                if self.fencing and eng.clock_ref_ok and eng.too_far_ahead(reply, self.slack_us):
-                    return self.mark(idx, ST_EXCLUDED, eng.ahead_detail(idx, reply, self.slack_us))
+                if self.fencing and reply > self.ahead_limit_us:
+                    return self.mark(idx, ST_EXCLUDED, self.engine.ahead_detail(idx, reply, self.slack_us))
                 # Only replies before the decision count: the commit round
                 # carries the fence as it was then.
                 if reply > self.fence and not self.decided:
@@ -1429,8 +1429,10 @@ class Engine:
             self.last_slack_us = ttl_ms * 1000
             if op.t0 >= self.clock_probe_at:
                 self.probe_clocks(op.t0)   # queued ahead of the acquire: its sample is in first
+            op.ahead_limit_us = self.ahead_limit(op.slack_us)
         else:
             op.slack_us = 0
+            op.ahead_limit_us = _NO_LIMIT
         fk = FENCE_PREFIX + kb
         dk = DELAY_PREFIX + kb
         cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b%b%b" % (
@@ -1533,11 +1535,15 @@ class Engine:
         return (f"clock offset {self.clock_off_ns[idx] / 1e9:+.3f} s "
                 f"(+/- {self.clock_err_ns[idx] / 1e6:.2f} ms) from this client's")
 
-    def too_far_ahead(self, value_us, slack_us):
-        """Would a majority refuse ``value_us`` as a fence?  True when it is
-        more than ``slack_us`` ahead of the quorum-th fastest measured clock
-        (the measurement's bounds taken in the node's favour)."""
-        return value_us > (time.time_ns() + self.clock_hi_ref_ns) // 1000 + slack_us
+    def ahead_limit(self, slack_us):
+        """The largest counter value a majority would accept as a fence now:
+        ``slack_us`` ahead of the quorum-th fastest measured clock (the
+        measurement's bounds taken in the node's favour); no limit before a
+        quorum of nodes is measured.  Read once per attempt: a value above
+        it is not counted as a yes."""
+        if not self.clock_ref_ok:
+            return _NO_LIMIT
+        return (time.time_ns() + self.clock_hi_ref_ns) // 1000 + slack_us
 
     def ahead_detail(self, idx, value_us, slack_us):
         ref = (time.time_ns() + self.clock_hi_ref_ns) // 1000

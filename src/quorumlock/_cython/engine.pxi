@@ -373,6 +373,7 @@ cdef class Engine:
             self.last_slack_us = ttl_ms * 1000
             if op.t0 >= self.clock_probe_at:
                 self.probe_clocks(op.t0)   # queued ahead of the acquire: its sample is in first
+            op.ahead_limit_us = self.ahead_limit(op.slack_us)
         b.clear()
         b.write_bytes(self.pre_acquire_ex)
         b.write_bulk_bytes(kb)
@@ -501,14 +502,19 @@ cdef class Engine:
         return (f"clock offset {self.clock_off_ns[idx] / 1e9:+.3f} s "
                 f"(+/- {self.clock_err_ns[idx] / 1e6:.2f} ms) from this client's")
 
-    cdef bint too_far_ahead(self, long long value_us, long long slack_us):
-        """Would a majority refuse ``value_us`` as a fence?  True when it is
-        more than ``slack_us`` ahead of the quorum-th fastest measured clock
-        (the measurement's bounds taken in the node's favour)."""
+    cdef long long ahead_limit(self, long long slack_us):
+        """The largest counter value a majority would accept as a fence now:
+        ``slack_us`` ahead of the quorum-th fastest measured clock (the
+        measurement's bounds taken in the node's favour); no limit before a
+        quorum of nodes is measured.  Read once per attempt: a value above
+        it is not counted as a yes."""
         cdef timespec ts
+        cdef int64_t wall
+        if not self.clock_ref_ok:
+            return 4611686018427387904   # 2**62: none
         clock_gettime(CLOCK_REALTIME, &ts)
-        cdef int64_t wall = <int64_t>ts.tv_sec * 1000000000 + <int64_t>ts.tv_nsec
-        return value_us > (wall + self.clock_hi_ref_ns) // 1000 + slack_us
+        wall = <int64_t>ts.tv_sec * 1000000000 + <int64_t>ts.tv_nsec
+        return (wall + self.clock_hi_ref_ns) // 1000 + slack_us
 
     cdef str ahead_detail(self, int idx, long long value_us, long long slack_us):
         cdef timespec ts

@@ -175,13 +175,14 @@ cdef class FencedAcquireOp(AcquireOp):
         long long fence
         int fence_from          # the node whose counter gave the fence
         long long slack_us      # D of the commit round (FENCE_COMMIT's ARGV[3])
+        long long ahead_limit_us  # a yes above this would be refused by a majority (Engine.ahead_limit)
 
     cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
         if type(reply) is int:
             if reply > 1 or (reply == 1 and not self.fencing):
                 # A fence is at least the node's TIME in us, never 1: a 1
                 # under fencing is some other command's reply, not a vote.
-                if self.fencing and self.engine.clock_ref_ok and self.engine.too_far_ahead(reply, self.slack_us):
+                if self.fencing and reply > self.ahead_limit_us:
                     return self.mark(node.idx, ST_EXCLUDED, self.engine.ahead_detail(node.idx, reply, self.slack_us))
                 # Only replies before the decision count: the commit round
                 # carries the fence as it was then.
