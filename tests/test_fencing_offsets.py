@@ -265,8 +265,9 @@ def test_checker_row30_safe_now_and_viol_with_the_first_round_rule(tmp_path):
     """The checker's rows for row 30 (quorumlock.chaos.fence_offsets): with
     the first-round commit rule (30-NC) the stale write is accepted after the
     new holder's and the checker says VIOL; with the clock check (30-V+wo) A
-    is refused and the run is SAFE.  On the first-round code 30-V+wo is the
-    same schedule as 30-NC and comes out VIOL."""
+    is refused and the run is SAFE.  The first-round code has neither row
+    (``assert [] == ['30-NC', '30-V+wo']``); its commit rule is what 30-NC
+    runs, and that comes out VIOL."""
     from quorumlock.chaos.matrix import run_matrix, select_rows
 
     rows = select_rows(quick=True, only=["30-V+wo", "30-NC"])
