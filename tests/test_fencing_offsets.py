@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import time
 
 import pytest
@@ -68,6 +69,7 @@ def shimmed():
             storage.stop()
         for c in ctls:
             c.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _CASE = [0]
