@@ -113,9 +113,17 @@ ST_HELD = 2             # SET NX found the key held / compare-and-* found anothe
 ST_ERROR = 3            # an error reply (OOM, READONLY, WRONGTYPE, BUSY, LOADING, ...)
 ST_TIMEOUT = 4          # no reply before the per-node deadline
 ST_DOWN = 5             # not connected when the operation was sent, or the connection died
-ST_EXCLUDED = 6         # left out by the restart guard
+ST_EXCLUDED = 6         # left out by the restart guard (or, fenced, a clock ahead of a majority's)
+ST_REFUSED = 7          # fence commit refused: the fence is further ahead of this node's clock than D
 
-STATUS_NAMES = ("pending", "ok", "held", "error", "timeout", "down", "excluded")
+STATUS_NAMES = ("pending", "ok", "held", "error", "timeout", "down", "excluded", "refused")
+
+# Fence commits with the clock check off (the first-round rule, kept only as
+# the checker's negative control): a slack no clock offset reaches (31 years).
+UNCHECKED_SLACK_US = 1000000000000000
+_CLOCK_PROBE_EVERY_NS = 1000000000     # look for stale clock samples at most once a second
+_CLOCK_SAMPLE_MAX_AGE_NS = 3000000000  # probe a node whose last sample is older
+_NO_LIMIT = 1 << 62                    # FencedAcquireOp.ahead_limit_us before clocks are measured
 
 _NEVER = 0xFFFFFFFFFFFFFFFF
 _LL_MIN = -(1 << 63)
@@ -596,20 +604,28 @@ class FencedAcquireOp(AcquireOp):
     """The acquire script (fence and/or lock-delay).  With fencing, a success
     starts a second, pipelined round that commits the fence (DESIGN.md §6):
     the fence is the maximum counter over the nodes that said yes, and it is
-    valid once a majority accepted the commit."""
+    valid once a majority accepted the commit.  A node refuses the commit
+    when the fence is further ahead of its clock than ``slack_us`` (the
+    attempt's TTL; docs/fencing.md), so a yes whose counter is further ahead
+    of a majority's measured clocks than that is not counted: that fence
+    would be refused."""
 
-    __slots__ = ("delay_ms", "fencing", "fence")
+    __slots__ = ("delay_ms", "fencing", "fence", "fence_from", "slack_us", "ahead_limit_us")
 
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
             if reply > 1 or (reply == 1 and not self.fencing):
                 # A fence is at least the node's TIME in us, never 1: a 1
                 # under fencing is some other command's reply, not a vote.
+                idx = node._idx
+                if self.fencing and reply > self.ahead_limit_us:
+                    return self.mark(idx, ST_EXCLUDED, self.engine.ahead_detail(idx, reply, self.slack_us))
                 # Only replies before the decision count: the commit round
                 # carries the fence as it was then.
                 if reply > self.fence and not self.decided:
                     self.fence = reply
-                return self.mark(node._idx, ST_OK, None)
+                    self.fence_from = idx
+                return self.mark(idx, ST_OK, None)
             if reply == 0:
                 return self.mark(node._idx, ST_HELD, None)
             return self.mark(node._idx, ST_ERROR, scrub_text(f"unexpected reply {reply!r} to a fenced acquire", self.secrets()))
@@ -641,6 +657,16 @@ class FencedAcquireOp(AcquireOp):
             return
         AcquireOp.decide(self)
 
+    def take_outcomes(self, c):
+        """A failed commit round: this attempt's per-node outcome becomes the
+        commit round's (what each node did with the fence), so the error
+        names the node that refused and why."""
+        self.status[:] = c.status
+        eng = self.engine
+        self.details = [eng.commit_detail(i, c.status[i], c.details[i] if c.details is not None else None,
+                                          self.fence, self.fence_from) for i in range(self.n)]
+        eng.log_refusal(self)
+
     def commit_done(self, ok, end):
         if ok and _now_ns() < end:
             lock = _new_lock(self.engine.owner, self.key, self.key_b, self.token, self.ttl_ms, end, self.n_ok)
@@ -658,13 +684,24 @@ class FencedAcquireOp(AcquireOp):
 
 class CommitOp(Op):
     """Second round of a fenced acquire: raise the counters to the fence where
-    our token still holds the key."""
+    our token still holds the key and the node's clock covers it.  Every
+    reply carries the node's TIME: a free sample of its clock offset."""
 
     __slots__ = ("acq", "end")
 
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
-            return self.mark(node._idx, ST_OK if reply == 1 else ST_HELD, None)
+            idx = node._idx
+            if reply > 1:
+                self.engine.clock_sample(idx, reply, self.t0)
+                return self.mark(idx, ST_OK, None)
+            if reply == 0:
+                return self.mark(idx, ST_HELD, None)
+            if reply < 0:
+                self.engine.clock_sample(idx, -reply, self.t0)
+                return self.mark(idx, ST_REFUSED,
+                                 self.engine.refusal_detail(idx, -reply, self.acq.fence, self.acq.slack_us))
+            return self.mark(idx, ST_ERROR, f"unexpected reply {reply!r} to a fence commit")
         if _is_noscript(reply):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
@@ -674,12 +711,33 @@ class CommitOp(Op):
     def resend_eval(self, node, aux, deadline):
         acq = self.acq
         node.send(encode_command(b"EVAL", FENCE_COMMIT_SCRIPT, b"2", acq.key_b, FENCE_PREFIX + acq.key_b,
-                                 acq.token, acq.fence), self, aux, deadline)
+                                 acq.token, acq.fence, acq.slack_us), self, aux, deadline)
         self.engine.script_missing(node)
 
     def decide(self):
         self.complete = True
+        if self.n_ok < self.quorum:
+            self.acq.take_outcomes(self)
         self.acq.commit_done(self.n_ok >= self.quorum, self.end)
+
+
+class ClockProbeOp(Op):
+    """``TIME`` on one node: a sample of its wall-clock offset from this
+    client's, bounded by the round trip (docs/fencing.md)."""
+
+    __slots__ = ()
+
+    def on_reply(self, node, reply, aux):
+        if type(reply) is list and len(reply) == 2:
+            try:
+                us = int(reply[0]) * 1000000 + int(reply[1])
+            except (TypeError, ValueError):
+                return
+            self.engine.clock_sample(node._idx, us, self.t0)
+            self.engine.update_clocks()
+
+    def on_fail(self, idx, aux, st, detail):
+        pass
 
 
 class ReleaseOp(Op):
@@ -1157,7 +1215,11 @@ class Engine:
                  "pre_release", "pre_extend", "pre_release_ex", "pre_extend_ex", "pre_acquire_ex",
                  "pre_commit", "pre_acquire_many", "pre_release_many", "logger",
                  "rel_queue", "coalesce_releases",
-                 "release_notify", "release_script", "release_ex_script", "down_detail", "held_back")
+                 "release_notify", "release_script", "release_ex_script", "down_detail", "held_back",
+                 # fenced acquisition under clock offsets (docs/fencing.md)
+                 "fence_clock_check", "clock_off_ns", "clock_err_ns", "clock_at", "clock_ahead_ns",
+                 "clock_behind_ns", "clock_warned", "clock_tr", "clock_ref_ok", "clock_hi_ref_ns", "clock_probe_at", "refuse_log_at",
+                 "last_slack_us")
 
     def __init__(self, loop, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -1194,7 +1256,7 @@ class Engine:
         self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
         self.pre_extend_ex = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_EX_SHA + b"\r\n$1\r\n2\r\n"
         self.pre_acquire_ex = b"*10\r\n$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_EX_SHA + b"\r\n$1\r\n3\r\n"
-        self.pre_commit = b"*7\r\n$7\r\nEVALSHA\r\n$40\r\n" + FENCE_COMMIT_SHA + b"\r\n$1\r\n2\r\n"
+        self.pre_commit = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + FENCE_COMMIT_SHA + b"\r\n$1\r\n2\r\n"
         self.fencing = False
         self.lock_delay_ms = 0
         self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
@@ -1213,7 +1275,21 @@ class Engine:
         # dropped): sent when the node is back (node_ready), while the key's
         # TTL still runs.  Bounded per node; the oldest go first.
         self.held_back = [deque(maxlen=_HELD_BACK_MAX) for _ in range(self.n)]
-        self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
+        self.fence_clock_check = True     # False: the first-round commit rule (negative control only)
+        n = self.n
+        self.clock_off_ns = [0] * n       # node TIME - this client's wall clock, ns (midpoint estimate)
+        self.clock_err_ns = [0] * n       # its bound: half the round trip, + 1 us of TIME resolution
+        self.clock_at = [0] * n           # monotonic ns of the sample (0: never measured)
+        self.clock_ahead_ns = [0] * n     # how far ahead of a majority's clocks, surely (else <= 0)
+        self.clock_behind_ns = [0] * n    # how far behind a majority's clocks, surely (else <= 0)
+        self.clock_warned = [0] * n
+        self.clock_tr = [None] * n        # the transport each sample was taken on (reconnect: re-probe)
+        self.clock_ref_ok = False         # a quorum of nodes measured: clock_hi_ref_ns is meaningful
+        self.clock_hi_ref_ns = 0          # the quorum-th largest offset, minus twice the widest bound
+        self.clock_probe_at = 0
+        self.refuse_log_at = 0
+        self.last_slack_us = 0
+        self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(n)]
 
     @property
     def sync(self):
@@ -1439,6 +1515,18 @@ class Engine:
         op.delay_ms = delay = self.lock_delay_ms
         op.fencing = fencing = True if self.fencing else False
         op.fence = 0
+        op.fence_from = -1
+        if fencing:
+            # D = the TTL: no lease outlives it, and a volatile node stays
+            # down longer than the longest TTL (docs/fencing.md).
+            op.slack_us = ttl_ms * 1000 if self.fence_clock_check else UNCHECKED_SLACK_US
+            self.last_slack_us = ttl_ms * 1000
+            if op.t0 >= self.clock_probe_at:
+                self.probe_clocks(op.t0)   # queued ahead of the acquire: its sample is in first
+            op.ahead_limit_us = self.ahead_limit(op.slack_us)
+        else:
+            op.slack_us = 0
+            op.ahead_limit_us = _NO_LIMIT
         fk = FENCE_PREFIX + kb
         dk = DELAY_PREFIX + kb
         cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b%b%b" % (
@@ -1454,9 +1542,152 @@ class Engine:
         kb = acq.key_b
         fk = FENCE_PREFIX + kb
         tok = acq.token
-        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
-            self.pre_commit, len(kb), kb, len(fk), fk, len(tok), tok, _bulk_int(acq.fence))
+        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b%b" % (
+            self.pre_commit, len(kb), kb, len(fk), fk, len(tok), tok, _bulk_int(acq.fence),
+            _bulk_int(acq.slack_us))
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+
+    # -- clock offsets (fenced acquisition; engine.pxi) ---------------------
+
+    def probe_clocks(self, now):
+        """``TIME`` to every ready node never measured on its current
+        connection or measured too long ago (commit replies are samples too,
+        so a busy fenced manager rarely sends one)."""
+        self.clock_probe_at = now + _CLOCK_PROBE_EVERY_NS
+        for i, node in enumerate(self.nodes):
+            if not node.ready:
+                continue
+            if (self.clock_at[i] != 0 and now - self.clock_at[i] < _CLOCK_SAMPLE_MAX_AGE_NS
+                    and self.clock_tr[i] is node.transport):
+                continue
+            node.send(b"*1\r\n$4\r\nTIME\r\n", ClockProbeOp(self, None), 0, now + self.node_timeout_ns)
+        self.schedule_flush()
+        self.update_clocks()
+
+    def clock_sample(self, idx, node_us, t0):
+        """Node ``idx`` read ``node_us`` (its TIME) between ``t0`` and now."""
+        mono = _now_ns()
+        half = (mono - t0) // 2 if mono > t0 else 0
+        if (self.clock_at[idx] != 0 and mono - self.clock_at[idx] < _CLOCK_SAMPLE_MAX_AGE_NS // 3
+                and half + 1000 > 4 * self.clock_err_ns[idx]):
+            return   # keep a recent sample that is much tighter
+        wall = time.time_ns()
+        self.clock_off_ns[idx] = node_us * 1000 + 500 - (wall - half)
+        self.clock_err_ns[idx] = half + 1000
+        self.clock_at[idx] = mono
+        self.clock_tr[idx] = self.nodes[idx].transport
+
+    def update_clocks(self):
+        """Recompute how far each node's clock is ahead of / behind a
+        majority's (the quorum-th largest / smallest offset), and log a node
+        whose spread exceeds what the last fenced attempt's D covers."""
+        n = self.n
+        offs = sorted(self.clock_off_ns[i] for i in range(n) if self.clock_at[i] != 0)
+        m = len(offs)
+        if m < self.quorum:
+            self.clock_ahead_ns = [0] * n
+            self.clock_behind_ns = [0] * n
+            self.clock_ref_ok = False
+            return
+        hi_ref = offs[m - self.quorum]
+        lo_ref = offs[self.quorum - 1]
+        err = max(self.clock_err_ns[i] for i in range(n) if self.clock_at[i] != 0)
+        self.clock_hi_ref_ns = hi_ref - 2 * err
+        self.clock_ref_ok = True
+        d = self.last_slack_us * 1000
+        for i in range(n):
+            if self.clock_at[i] == 0:
+                self.clock_ahead_ns[i] = 0
+                self.clock_behind_ns[i] = 0
+                continue
+            ahead = self.clock_off_ns[i] - hi_ref - 2 * err
+            behind = lo_ref - self.clock_off_ns[i] - 2 * err
+            self.clock_ahead_ns[i] = ahead
+            self.clock_behind_ns[i] = behind
+            if d <= 0 or m < self.n:   # log only what all the nodes' clocks say
+                continue
+            state = 1 if ahead > d else (2 if behind > d else 0)
+            if state != self.clock_warned[i]:
+                self.clock_warned[i] = state
+                if state == 1:
+                    self.logger.warning(
+                        "quorumlock: %s: wall clock %+.3f s from this client's, ahead of a majority of the "
+                        "nodes by %.3f s, more than the %.3f s a delayed restart covers: not counted in "
+                        "fenced quorums", self.node_names[i], self.clock_off_ns[i] / 1e9, ahead / 1e9, d / 1e9)
+                elif state == 2:
+                    self.logger.warning(
+                        "quorumlock: %s: wall clock %+.3f s from this client's, behind a majority of the "
+                        "nodes by %.3f s, more than the %.3f s a delayed restart covers: it refuses their "
+                        "fences", self.node_names[i], self.clock_off_ns[i] / 1e9, behind / 1e9, d / 1e9)
+                else:
+                    self.logger.info("quorumlock: %s: wall clock back within %.3f s of a majority's",
+                                     self.node_names[i], d / 1e9)
+
+    def clock_text(self, idx):
+        if self.clock_at[idx] == 0:
+            return "clock offset not measured"
+        return (f"clock offset {self.clock_off_ns[idx] / 1e9:+.3f} s "
+                f"(+/- {self.clock_err_ns[idx] / 1e6:.2f} ms) from this client's")
+
+    def ahead_limit(self, slack_us):
+        """The largest counter value a majority would accept as a fence now:
+        ``slack_us`` ahead of the quorum-th fastest measured clock (the
+        measurement's bounds taken in the node's favour); no limit before a
+        quorum of nodes is measured.  Read once per attempt: a value above
+        it is not counted as a yes."""
+        if not self.clock_ref_ok:
+            return _NO_LIMIT
+        return (time.time_ns() + self.clock_hi_ref_ns) // 1000 + slack_us
+
+    def ahead_detail(self, idx, value_us, slack_us):
+        ref = (time.time_ns() + self.clock_hi_ref_ns) // 1000
+        return (f"its counter {value_us} is {(value_us - ref) / 1e6:.3f} s "
+                f"ahead of a majority of the nodes' clocks, more than the {slack_us / 1e6:.3f} s a delayed "
+                f"restart covers: they would refuse it as a fence, so this node is not counted in fenced "
+                f"quorums; {self.clock_text(idx)}")
+
+    def refusal_detail(self, idx, node_us, fence, slack_us):
+        return (f"refused fence {fence}: it is {(fence - node_us) / 1e6:.3f} s ahead of this node's clock "
+                f"(clock ahead of this node by more than the restart delay covers: {slack_us / 1e6:.3f} s)")
+
+    def commit_detail(self, idx, st, d, fence, fence_from):
+        parts = ["commit round"]
+        if d is not None:
+            parts.append(str(d))
+        elif st == ST_OK:
+            parts.append(f"counter now >= {fence}")
+        if idx == fence_from:
+            parts.append("the fence came from this node's counter")
+        parts.append(self.clock_text(idx))
+        return "; ".join(parts)
+
+    def log_refusal(self, op):
+        if ST_REFUSED not in op.status:
+            return
+        now = _now_ns()
+        if now < self.refuse_log_at:
+            return
+        self.refuse_log_at = now + 1000000000
+        self.logger.warning("quorumlock: fenced acquire of %r refused in the commit round: %s",
+                            op.key, "; ".join(map(repr, op.outcomes())))
+
+    def clock_offsets(self):
+        """Per node: None (not measured yet) or a dict: ``offset`` (s, the
+        node's ``TIME`` minus this client's ``time.time()``), ``uncertainty``
+        (s, half the round trip of the sample), ``age`` (s), ``ahead`` /
+        ``behind`` (s by which it is surely ahead of / behind a majority's
+        clocks, 0 if not)."""
+        now = _now_ns()
+        out = []
+        for i in range(self.n):
+            if self.clock_at[i] == 0:
+                out.append(None)
+                continue
+            out.append({"offset": self.clock_off_ns[i] / 1e9, "uncertainty": self.clock_err_ns[i] / 1e9,
+                        "age": (now - self.clock_at[i]) / 1e9,
+                        "ahead": max(0, self.clock_ahead_ns[i]) / 1e9,
+                        "behind": max(0, self.clock_behind_ns[i]) / 1e9})
+        return out
 
     def materialize_releases(self):
         """Encode the releases queued since the last flush: one plain release

@@ -88,15 +88,25 @@ end
 return 1"""
 
 # Commit a fence: raise the counter to it, only where our token still holds
-# the key.  The fence is valid once a majority accepted.
-# KEYS[1]: lock key; KEYS[2]: fence counter; ARGV[1]: token; ARGV[2]: fence.
-# Returns 1 if committed (the counter is now >= fence), 0 if the key is not ours.
-FENCE_COMMIT = b"""if redis.call('get', KEYS[1]) == ARGV[1] then
-  local c = tonumber(redis.call('get', KEYS[2]) or '0')
-  if c < tonumber(ARGV[2]) then redis.call('set', KEYS[2], ARGV[2]) end
-  return 1
+# the key, and only as far as this node's own clock covers.  The fence is
+# valid once a majority accepted (docs/fencing.md, "Clock offsets").
+# KEYS[1]: lock key; KEYS[2]: fence counter; ARGV[1]: token; ARGV[2]: fence F;
+# ARGV[3]: D, the slack in us: the shortest time (on this node's clock) a
+# volatile node stays down after losing its counter (the client sends its TTL).
+# Returns 0 if the key is not ours; otherwise this node's TIME in us, positive
+# if the counter is now >= F, negative (-TIME) if F > TIME + D: raising the
+# counter that far would let a restart of this node issue fences below F, so
+# it is refused and the counter is left as it was.  A counter already >= F is
+# not raised and needs no check.
+FENCE_COMMIT = b"""if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+local t = redis.call('time')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local f = tonumber(ARGV[2])
+if tonumber(redis.call('get', KEYS[2]) or '0') < f then
+  if f > now_us + tonumber(ARGV[3]) then return -now_us end
+  redis.call('set', KEYS[2], ARGV[2])
 end
-return 0"""
+return now_us"""
 
 # Release with lock-delay: a clean release also lifts the delay.
 # KEYS[1]: lock key; KEYS[2]: lock-delay marker; ARGV[1]: token.

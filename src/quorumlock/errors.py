@@ -60,8 +60,12 @@ class NodeOutcome:
     ``status`` is one of ``"ok"``, ``"held"`` (the key is held by someone else),
     ``"error"`` (the node replied with an error: ``detail`` has its text),
     ``"timeout"`` (no reply before the per-node deadline), ``"down"`` (not
-    connected), ``"excluded"`` (left out of the quorum by the restart guard) or
-    ``"pending"`` (the attempt was decided before this node answered)."""
+    connected), ``"excluded"`` (left out of the quorum by the restart guard,
+    or, in a fenced acquire, a yes whose counter is too far ahead of a
+    majority's clocks: ``detail`` says which), ``"refused"`` (the node would
+    not raise its fence counter that far ahead of its own clock:
+    docs/fencing.md) or ``"pending"`` (the attempt was decided before this
+    node answered)."""
 
     __slots__ = ("node", "status", "detail")
 

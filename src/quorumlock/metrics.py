@@ -25,7 +25,14 @@ What is counted (DESIGN.md §5):
 * ``jobs``: ``run`` / ``skipped`` / ``lost`` of ``exclusive`` jobs;
 * ``nodes``: per node, the engine's own counters — commands ``sent``, error
   replies (``errors``), reply deadlines missed (``timeouts``) — summed over
-  every connection set of a blocking manager, and whether it is ``ready``.
+  every connection set of a blocking manager, and whether it is ``ready``;
+  and ``clock``: the node's measured wall-clock offset (``None`` until
+  measured) as a dict — ``offset`` (s, the node's ``TIME`` minus this
+  client's ``time.time()``), ``uncertainty`` (s, half the round trip of the
+  sample), ``age`` (s), ``ahead`` / ``behind`` (s by which it is surely ahead
+  of / behind a majority of the nodes' clocks, 0 if not).  A fenced manager
+  measures it before its first fenced acquire on each connection and keeps
+  it fresh from its commit replies (docs/fencing.md, "Clock offsets").
 
 The per-node counters cost nothing extra: the engine keeps them anyway, and
 they are read only when ``metrics()`` is called, so they are there with
@@ -179,14 +186,20 @@ def _engines(mgr: Any) -> List[Any]:
 def snapshot(mgr: Any) -> Dict[str, Any]:
     """``mgr.metrics()``: a dict of plain numbers (see the module docstring)."""
     names = list(mgr.nodes)
-    nodes = [{"node": name, "sent": 0, "errors": 0, "timeouts": 0, "ready": False} for name in names]
+    nodes = [{"node": name, "sent": 0, "errors": 0, "timeouts": 0, "ready": False, "clock": None}
+             for name in names]
     for eng in _engines(mgr):
+        clocks = eng.clock_offsets() if hasattr(eng, "clock_offsets") else [None] * len(nodes)
         for i, nd in enumerate(list(eng.nodes)):
             d = nodes[i]
             d["sent"] += nd.sent
             d["errors"] += nd.errors
             d["timeouts"] += nd.timeouts
             d["ready"] = d["ready"] or bool(nd.ready)
+            c = clocks[i]
+            # the freshest sample over a blocking manager's connection sets
+            if c is not None and (d["clock"] is None or c["age"] < d["clock"]["age"]):
+                d["clock"] = c
     m: Optional[Metrics] = getattr(mgr, "_metrics", None)
     out: Dict[str, Any] = {"enabled": m is not None, "nodes": nodes, "quorum": mgr.quorum}
     if m is not None:
@@ -462,6 +475,13 @@ class PrometheusCollector:
         g = GaugeMetricFamily("quorumlock_node_ready", "1 if the node counts in quorums", labels=lbl + ["node"])
         for nd in snap["nodes"]:
             g.add_metric(me + [nd["node"]], 1 if nd["ready"] else 0)
+        yield g
+        g = GaugeMetricFamily("quorumlock_node_clock_offset_seconds",
+                              "The node's wall clock minus this client's (measured by fenced managers)",
+                              labels=lbl + ["node"])
+        for nd in snap["nodes"]:
+            if nd.get("clock") is not None:
+                g.add_metric(me + [nd["node"]], nd["clock"]["offset"])
         yield g
         g = GaugeMetricFamily("quorumlock_leases_watched", "Leases watched by the guard", labels=lbl)
         g.add_metric(me, snap["leases"]["watched"])

@@ -15,6 +15,7 @@ cdef enum NodeStatus:
     ST_ERROR = 3            # an error reply (OOM, READONLY, WRONGTYPE, BUSY, LOADING, ...)
     ST_TIMEOUT = 4          # no reply before the per-node deadline
     ST_DOWN = 5             # not connected when the operation was sent, or the connection died
-    ST_EXCLUDED = 6         # left out by the restart guard
+    ST_EXCLUDED = 6         # left out by the restart guard (or, fenced, a clock ahead of a majority's)
+    ST_REFUSED = 7          # fence commit refused: the fence is further ahead of this node's clock than D
 
-STATUS_NAMES = ("pending", "ok", "held", "error", "timeout", "down", "excluded")
+STATUS_NAMES = ("pending", "ok", "held", "error", "timeout", "down", "excluded", "refused")

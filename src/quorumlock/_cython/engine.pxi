@@ -4,6 +4,13 @@ from quorumlock._scripts import (
     RELEASE_NOTIFY as RELEASE_NOTIFY_SCRIPT, RELEASE_NOTIFY_SHA,
     RELEASE_EX_NOTIFY as RELEASE_EX_NOTIFY_SCRIPT, RELEASE_EX_NOTIFY_SHA,
 )
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
+
+# Fence commits with the clock check off (the first-round rule, kept only as
+# the checker's negative control): a slack no clock offset reaches (31 years).
+DEF UNCHECKED_SLACK_US = 1000000000000000
+DEF CLOCK_PROBE_EVERY_NS = 1000000000     # look for stale clock samples at most once a second
+DEF CLOCK_SAMPLE_MAX_AGE_NS = 3000000000  # probe a node whose last sample is older
 
 
 cdef class Engine:
@@ -56,6 +63,20 @@ cdef class Engine:
         object logger
         public list down_detail        # why node i is not ready (per-node outcome detail), or None
         public list held_back          # per node: deque of (expiry_ns, key_b, token) releases for its reconnect
+        # Fenced acquisition under clock offsets (docs/fencing.md).
+        public bint fence_clock_check     # False: the first-round commit rule (negative control only)
+        int64_t clock_off_ns[MAX_NODES]   # node TIME - this client's wall clock, ns (midpoint estimate)
+        int64_t clock_err_ns[MAX_NODES]   # its bound: half the round trip, + 1 us of TIME resolution
+        uint64_t clock_at[MAX_NODES]      # monotonic ns of the sample (0: never measured)
+        int64_t clock_ahead_ns[MAX_NODES]   # how far ahead of a majority's clocks, surely (else <= 0)
+        int64_t clock_behind_ns[MAX_NODES]  # how far behind a majority's clocks, surely (else <= 0)
+        unsigned char clock_warned[MAX_NODES]
+        public bint clock_ref_ok          # a quorum of nodes measured: clock_hi_ref_ns is meaningful
+        int64_t clock_hi_ref_ns           # the quorum-th largest offset, minus twice the widest bound
+        list clock_tr                     # the transport each sample was taken on (reconnect: re-probe)
+        uint64_t clock_probe_at
+        uint64_t refuse_log_at
+        long long last_slack_us
 
     def __init__(self, loop, names, owner, double node_timeout, double drift_factor,
                  Py_ssize_t max_key_len=1024, Py_ssize_t batch_chunk=500, stall_timeout=None):
@@ -90,7 +111,7 @@ cdef class Engine:
         self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
         self.pre_extend_ex = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_EX_SHA + b"\r\n$1\r\n2\r\n"
         self.pre_acquire_ex = b"*10\r\n$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_EX_SHA + b"\r\n$1\r\n3\r\n"
-        self.pre_commit = b"*7\r\n$7\r\nEVALSHA\r\n$40\r\n" + FENCE_COMMIT_SHA + b"\r\n$1\r\n2\r\n"
+        self.pre_commit = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + FENCE_COMMIT_SHA + b"\r\n$1\r\n2\r\n"
         self.fencing = False
         self.lock_delay_ms = 0
         self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
@@ -110,6 +131,19 @@ cdef class Engine:
         # dropped): sent when the node is back (node_ready), while the key's
         # TTL still runs.  Bounded per node; the oldest go first.
         self.held_back = [deque(maxlen=HELD_BACK_MAX) for _ in range(self.n)]
+        self.fence_clock_check = True
+        memset(self.clock_off_ns, 0, sizeof(self.clock_off_ns))
+        memset(self.clock_err_ns, 0, sizeof(self.clock_err_ns))
+        memset(self.clock_at, 0, sizeof(self.clock_at))
+        memset(self.clock_ahead_ns, 0, sizeof(self.clock_ahead_ns))
+        memset(self.clock_behind_ns, 0, sizeof(self.clock_behind_ns))
+        memset(self.clock_warned, 0, sizeof(self.clock_warned))
+        self.clock_tr = [None] * self.n
+        self.clock_ref_ok = False
+        self.clock_hi_ref_ns = 0
+        self.clock_probe_at = 0
+        self.refuse_log_at = 0
+        self.last_slack_us = 0
         self.nodes = [NodeProtocol(self, i, self.node_names[i]) for i in range(self.n)]
 
     # -- plumbing ----------------------------------------------------------
@@ -380,6 +414,15 @@ cdef class Engine:
         op.drift_ns = self.drift_ns_for(ttl_ms)
         op.delay_ms = self.lock_delay_ms
         op.fencing = self.fencing
+        op.fence_from = -1
+        if self.fencing:
+            # D = the TTL: no lease outlives it, and a volatile node stays
+            # down longer than the longest TTL (docs/fencing.md).
+            op.slack_us = ttl_ms * 1000 if self.fence_clock_check else UNCHECKED_SLACK_US
+            self.last_slack_us = ttl_ms * 1000
+            if op.t0 >= self.clock_probe_at:
+                self.probe_clocks(op.t0)   # queued ahead of the acquire: its sample is in first
+            op.ahead_limit_us = self.ahead_limit(op.slack_us)
         b.clear()
         b.write_bytes(self.pre_acquire_ex)
         b.write_bulk_bytes(kb)
@@ -404,8 +447,182 @@ cdef class Engine:
         b.write_bulk_bytes(FENCE_PREFIX + acq.key_b)
         b.write_bulk_bytes(acq.token)
         b.write_bulk_int(acq.fence)
+        b.write_bulk_int(acq.slack_us)
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return 0
+
+    # -- clock offsets (fenced acquisition) --------------------------------
+
+    cdef int probe_clocks(self, uint64_t now) except -1:
+        """``TIME`` to every ready node never measured on its current
+        connection or measured too long ago (commit replies are samples too,
+        so a busy fenced manager rarely sends one)."""
+        cdef NodeConn node
+        cdef ClockProbeOp op
+        cdef int i
+        self.clock_probe_at = now + CLOCK_PROBE_EVERY_NS
+        for i in range(self.n):
+            node = <NodeConn>self.nodes[i]
+            if not node.ready:
+                continue
+            if (self.clock_at[i] != 0 and now - self.clock_at[i] < CLOCK_SAMPLE_MAX_AGE_NS
+                    and self.clock_tr[i] is node.transport):
+                continue
+            op = ClockProbeOp.__new__(ClockProbeOp)
+            op._init(self, None)
+            self.scratch2.clear()
+            self.scratch2.write(b"*1\r\n$4\r\nTIME\r\n", 14)
+            node.send(self.scratch2, op, 0, now + self.node_timeout_ns)
+        self.schedule_flush()
+        self.update_clocks()
+        return 0
+
+    cdef int clock_sample(self, int idx, long long node_us, uint64_t t0) except -1:
+        """Node ``idx`` read ``node_us`` (its TIME) between ``t0`` and now."""
+        cdef timespec ts
+        cdef uint64_t mono = now_ns()
+        cdef int64_t half = <int64_t>((mono - t0) // 2) if mono > t0 else 0
+        cdef int64_t wall
+        if (self.clock_at[idx] != 0 and mono - self.clock_at[idx] < CLOCK_SAMPLE_MAX_AGE_NS // 3
+                and half + 1000 > 4 * self.clock_err_ns[idx]):
+            return 0   # keep a recent sample that is much tighter
+        clock_gettime(CLOCK_REALTIME, &ts)
+        wall = <int64_t>ts.tv_sec * 1000000000 + <int64_t>ts.tv_nsec
+        self.clock_off_ns[idx] = <int64_t>node_us * 1000 + 500 - (wall - half)
+        self.clock_err_ns[idx] = half + 1000
+        self.clock_at[idx] = mono
+        self.clock_tr[idx] = (<NodeConn>self.nodes[idx]).transport
+        return 0
+
+    cdef int update_clocks(self) except -1:
+        """Recompute how far each node's clock is ahead of / behind a
+        majority's (the quorum-th largest / smallest offset), and log a node
+        whose spread exceeds what the last fenced attempt's D covers."""
+        cdef int i, m
+        cdef list offs = [self.clock_off_ns[i] for i in range(self.n) if self.clock_at[i] != 0]
+        cdef int64_t hi_ref, lo_ref, err = 0, ahead, behind, d
+        m = len(offs)
+        if m < self.quorum:
+            memset(self.clock_ahead_ns, 0, sizeof(self.clock_ahead_ns))
+            memset(self.clock_behind_ns, 0, sizeof(self.clock_behind_ns))
+            self.clock_ref_ok = False
+            return 0
+        offs.sort()
+        hi_ref = offs[m - self.quorum]
+        lo_ref = offs[self.quorum - 1]
+        for i in range(self.n):
+            if self.clock_at[i] != 0 and self.clock_err_ns[i] > err:
+                err = self.clock_err_ns[i]
+        self.clock_hi_ref_ns = hi_ref - 2 * err
+        self.clock_ref_ok = True
+        d = self.last_slack_us * 1000
+        for i in range(self.n):
+            if self.clock_at[i] == 0:
+                self.clock_ahead_ns[i] = 0
+                self.clock_behind_ns[i] = 0
+                continue
+            ahead = self.clock_off_ns[i] - hi_ref - 2 * err
+            behind = lo_ref - self.clock_off_ns[i] - 2 * err
+            self.clock_ahead_ns[i] = ahead
+            self.clock_behind_ns[i] = behind
+            if d <= 0 or m < self.n:   # log only what all the nodes' clocks say
+                continue
+            state = 1 if ahead > d else (2 if behind > d else 0)
+            if state != self.clock_warned[i]:
+                self.clock_warned[i] = <unsigned char>state
+                if state == 1:
+                    self.logger.warning(
+                        "quorumlock: %s: wall clock %+.3f s from this client's, ahead of a majority of the "
+                        "nodes by %.3f s, more than the %.3f s a delayed restart covers: not counted in "
+                        "fenced quorums", self.node_names[i], self.clock_off_ns[i] / 1e9, ahead / 1e9, d / 1e9)
+                elif state == 2:
+                    self.logger.warning(
+                        "quorumlock: %s: wall clock %+.3f s from this client's, behind a majority of the "
+                        "nodes by %.3f s, more than the %.3f s a delayed restart covers: it refuses their "
+                        "fences", self.node_names[i], self.clock_off_ns[i] / 1e9, behind / 1e9, d / 1e9)
+                else:
+                    self.logger.info("quorumlock: %s: wall clock back within %.3f s of a majority's",
+                                     self.node_names[i], d / 1e9)
+        return 0
+
+    cdef str clock_text(self, int idx):
+        if self.clock_at[idx] == 0:
+            return "clock offset not measured"
+        return (f"clock offset {self.clock_off_ns[idx] / 1e9:+.3f} s "
+                f"(+/- {self.clock_err_ns[idx] / 1e6:.2f} ms) from this client's")
+
+    cdef long long ahead_limit(self, long long slack_us):
+        """The largest counter value a majority would accept as a fence now:
+        ``slack_us`` ahead of the quorum-th fastest measured clock (the
+        measurement's bounds taken in the node's favour); no limit before a
+        quorum of nodes is measured.  Read once per attempt: a value above
+        it is not counted as a yes."""
+        cdef timespec ts
+        cdef int64_t wall
+        if not self.clock_ref_ok:
+            return 4611686018427387904   # 2**62: none
+        clock_gettime(CLOCK_REALTIME, &ts)
+        wall = <int64_t>ts.tv_sec * 1000000000 + <int64_t>ts.tv_nsec
+        return (wall + self.clock_hi_ref_ns) // 1000 + slack_us
+
+    cdef str ahead_detail(self, int idx, long long value_us, long long slack_us):
+        cdef timespec ts
+        clock_gettime(CLOCK_REALTIME, &ts)
+        cdef int64_t wall = <int64_t>ts.tv_sec * 1000000000 + <int64_t>ts.tv_nsec
+        return (f"its counter {value_us} is {(value_us - (wall + self.clock_hi_ref_ns) // 1000) / 1e6:.3f} s "
+                f"ahead of a majority of the nodes' clocks, more than the {slack_us / 1e6:.3f} s a delayed "
+                f"restart covers: they would refuse it as a fence, so this node is not counted in fenced "
+                f"quorums; {self.clock_text(idx)}")
+
+    cdef str refusal_detail(self, int idx, long long node_us, long long fence, long long slack_us):
+        return (f"refused fence {fence}: it is {(fence - node_us) / 1e6:.3f} s ahead of this node's clock "
+                f"(clock ahead of this node by more than the restart delay covers: {slack_us / 1e6:.3f} s)")
+
+    cdef str commit_detail(self, int idx, int st, object d, long long fence, int fence_from):
+        parts = ["commit round"]
+        if d is not None:
+            parts.append(str(d))
+        elif st == ST_OK:
+            parts.append(f"counter now >= {fence}")
+        if idx == fence_from:
+            parts.append("the fence came from this node's counter")
+        parts.append(self.clock_text(idx))
+        return "; ".join(parts)
+
+    cdef int log_refusal(self, FencedAcquireOp op) except -1:
+        cdef int i
+        cdef uint64_t now
+        for i in range(self.n):
+            if op.status[i] == ST_REFUSED:
+                break
+        else:
+            return 0
+        now = now_ns()
+        if now < self.refuse_log_at:
+            return 0
+        self.refuse_log_at = now + 1000000000ULL
+        self.logger.warning("quorumlock: fenced acquire of %r refused in the commit round: %s",
+                            op.key, "; ".join(map(repr, op.outcomes())))
+        return 0
+
+    def clock_offsets(self):
+        """Per node: None (not measured yet) or a dict: ``offset`` (s, the
+        node's ``TIME`` minus this client's ``time.time()``), ``uncertainty``
+        (s, half the round trip of the sample), ``age`` (s), ``ahead`` /
+        ``behind`` (s by which it is surely ahead of / behind a majority's
+        clocks, 0 if not)."""
+        cdef uint64_t now = now_ns()
+        cdef int i
+        out = []
+        for i in range(self.n):
+            if self.clock_at[i] == 0:
+                out.append(None)
+                continue
+            out.append({"offset": self.clock_off_ns[i] / 1e9, "uncertainty": self.clock_err_ns[i] / 1e9,
+                        "age": (now - self.clock_at[i]) / 1e9,
+                        "ahead": max(0, self.clock_ahead_ns[i]) / 1e9,
+                        "behind": max(0, self.clock_behind_ns[i]) / 1e9})
+        return out
 
     cdef int materialize_releases(self) except -1:
         """Encode the releases queued since the last flush: one plain release

@@ -178,22 +178,32 @@ cdef class FencedAcquireOp(AcquireOp):
     """The acquire script (fence and/or lock-delay).  With fencing, a success
     starts a second, pipelined round that commits the fence (DESIGN.md §6):
     the fence is the maximum counter over the nodes that said yes, and it is
-    valid once a majority accepted the commit."""
+    valid once a majority accepted the commit.  A node refuses the commit
+    when the fence is further ahead of its clock than ``slack_us`` (the
+    attempt's TTL; docs/fencing.md), so a yes whose counter is further ahead
+    of a majority's measured clocks than that is not counted: that fence
+    would be refused."""
 
     cdef:
         long long delay_ms
         bint fencing
         long long fence
+        int fence_from          # the node whose counter gave the fence
+        long long slack_us      # D of the commit round (FENCE_COMMIT's ARGV[3])
+        long long ahead_limit_us  # a yes above this would be refused by a majority (Engine.ahead_limit)
 
     cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
         if type(reply) is int:
             if reply > 1 or (reply == 1 and not self.fencing):
                 # A fence is at least the node's TIME in us, never 1: a 1
                 # under fencing is some other command's reply, not a vote.
+                if self.fencing and reply > self.ahead_limit_us:
+                    return self.mark(node.idx, ST_EXCLUDED, self.engine.ahead_detail(node.idx, reply, self.slack_us))
                 # Only replies before the decision count: the commit round
                 # carries the fence as it was then.
                 if reply > self.fence and not self.decided:
                     self.fence = reply
+                    self.fence_from = node.idx
                 return self.mark(node.idx, ST_OK, None)
             if reply == 0:
                 return self.mark(node.idx, ST_HELD, None)
@@ -229,6 +239,19 @@ cdef class FencedAcquireOp(AcquireOp):
             return 0
         return AcquireOp.decide(self)
 
+    cdef int take_outcomes(self, Op c) except -1:
+        """A failed commit round: this attempt's per-node outcome becomes the
+        commit round's (what each node did with the fence), so the error
+        names the node that refused and why."""
+        cdef int i
+        memcpy(self.status, c.status, MAX_NODES)
+        self.details = [None] * self.n
+        for i in range(self.n):
+            d = c.details[i] if c.details is not None else None
+            self.details[i] = self.engine.commit_detail(i, c.status[i], d, self.fence, self.fence_from)
+        self.engine.log_refusal(self)
+        return 0
+
     cdef int commit_done(self, bint ok, uint64_t end) except -1:
         cdef Lock lock
         if ok and now_ns() < end:
@@ -254,15 +277,27 @@ cdef class FencedAcquireOp(AcquireOp):
 @cython.no_gc
 cdef class CommitOp(Op):
     """Second round of a fenced acquire: raise the counters to the fence where
-    our token still holds the key."""
+    our token still holds the key and the node's clock covers it.  Every
+    reply carries the node's TIME: a free sample of its clock offset."""
 
     cdef:
         FencedAcquireOp acq
         uint64_t end
 
     cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        cdef long long r
         if type(reply) is int:
-            return self.mark(node.idx, ST_OK if reply == 1 else ST_HELD, None)
+            r = reply
+            if r > 1:
+                self.engine.clock_sample(node.idx, r, self.t0)
+                return self.mark(node.idx, ST_OK, None)
+            if r == 0:
+                return self.mark(node.idx, ST_HELD, None)
+            if r < 0:
+                self.engine.clock_sample(node.idx, -r, self.t0)
+                return self.mark(node.idx, ST_REFUSED,
+                                 self.engine.refusal_detail(node.idx, -r, self.acq.fence, self.acq.slack_us))
+            return self.mark(node.idx, ST_ERROR, f"unexpected reply {reply!r} to a fence commit")
         if is_noscript(reply):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
@@ -273,14 +308,36 @@ cdef class CommitOp(Op):
         cdef WriteBuffer b = self.engine.scratch2
         b.clear()
         b.write_command((b"EVAL", FENCE_COMMIT_SCRIPT, b"2", self.acq.key_b, FENCE_PREFIX + self.acq.key_b,
-                         self.acq.token, self.acq.fence))
+                         self.acq.token, self.acq.fence, self.acq.slack_us))
         node.send(b, self, aux, deadline)
         self.engine.script_missing(node)
         return 0
 
     cdef int decide(self) except -1:
         self.complete = True
+        if self.n_ok < self.quorum:
+            self.acq.take_outcomes(self)
         return self.acq.commit_done(self.n_ok >= self.quorum, self.end)
+
+
+@cython.no_gc
+cdef class ClockProbeOp(Op):
+    """``TIME`` on one node: a sample of its wall-clock offset from this
+    client's, bounded by the round trip (docs/fencing.md)."""
+
+    cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
+        cdef long long us
+        if type(reply) is list and len(reply) == 2:
+            try:
+                us = int(reply[0]) * 1000000 + int(reply[1])
+            except (TypeError, ValueError):
+                return 0
+            self.engine.clock_sample(node.idx, us, self.t0)
+            self.engine.update_clocks()
+        return 0
+
+    cdef int on_fail(self, int idx, int32_t aux, int st, object detail) except -1:
+        return 0
 
 
 @cython.no_gc

@@ -64,10 +64,12 @@ ROWS: List[Row] = [
     Row("4-F", "4", "clock jump forward", _t("clock-jump-targeted", "fsync"), "VIOL"),
     Row("4-G", "4", "clock jump forward, restart guard", _t("clock-jump-targeted", "unsafe", guard=True), "VIOL",
         quick=False),
+    # fenced: the 5-TTL jump puts node 0's fences beyond what the others accept
+    # (docs/fencing.md, "Clock offsets"), so B gets no fence while A's lease runs
     Row("4-V+f", "4", "clock jump forward, fenced storage", _t("clock-jump-targeted", "volatile", fencing="on"),
-        "ME-only"),
+        "SAFE"),
     Row("4-F+f", "4", "clock jump forward, fenced storage", _t("clock-jump-targeted", "fsync", fencing="on"),
-        "ME-only", quick=False),
+        "SAFE", quick=False),
     # row 5/6: small forward / backward steps, random
     Row("5-V", "5", "small forward clock steps (random)", _r("clock-jump", fencing="on"), "SAFE"),
     Row("5-F", "5", "small forward clock steps (random)", _r("clock-jump", "fsync"), "SAFE", quick=False),
@@ -214,3 +216,14 @@ def run_matrix(rows: Sequence[Row], base_dir: Optional[str] = None, keep: bool =
         if on_result is not None:
             on_result(rr)
     return out
+
+
+# -- row 30: fences under a constant clock offset (quorumlock.chaos.fence_offsets) --
+from . import fence_offsets as _fence_offsets  # noqa: E402  (registers its faults)
+
+ROWS += [
+    Row("30-V+wo", "30", "node 0 60 s ahead, intersection node restarted, new holder writes first",
+        _t("fence-offset-restart", fencing="write-only"), "SAFE", require={"A_refused": True}),
+    Row("30-NC", "NC", "the same with the first-round fence commit (no clock check)",
+        _t("fence-offset-restart-unchecked", fencing="write-only"), "VIOL", require={"A_refused": False}),
+]

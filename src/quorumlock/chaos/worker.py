@@ -84,7 +84,15 @@ class Client:
         mgr = LockManager(cfg["urls"], restart_guard=cfg.get("guard", True),
                           fencing=self.fencing != "off" or bool(cfg.get("lock_fences")),
                           retry_count=1, **kw)
-        return mgr.connect()
+        mgr.connect()
+        if cfg.get("fence_commit") == "unchecked":
+            # Negative control of row 30 (quorumlock.chaos.fence_offsets): the
+            # first-round fence commit, without the clock check.
+            from ..metrics import _engines
+
+            for eng in _engines(mgr):
+                eng.fence_clock_check = False
+        return mgr
 
     # -- recording ---------------------------------------------------------
 
