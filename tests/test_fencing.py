@@ -72,7 +72,7 @@ def test_a_counter_far_ahead_of_every_clock_is_never_committed(sync_core, cluste
         assert all(f < big for f in fences)
         assert fences == sorted(set(fences))
         for p in cluster.ports[1:]:
-            assert int(redis.Redis(port=p).get("ql:fence:f:big")) < big
+            assert int(redis.Redis(port=p).get(FENCE_PREFIX + b"f:big")) < big
 
 
 def _run_fence_workers(cluster, tmp_path, key, total, procs=4, kill=None, ttl=0.5):

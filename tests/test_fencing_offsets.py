@@ -36,6 +36,7 @@ import redis
 from quorumlock import LockManager, LockTimeout
 from quorumlock import aio
 from quorumlock.chaos import clock
+from quorumlock._scripts import FENCE_PREFIX
 from quorumlock.fencing import FencedStore
 from quorumlock.nodes import LocalCluster, find_server
 
@@ -132,7 +133,7 @@ def test_row30_no_stale_write_under_a_constant_clock_offset(sync_core, shimmed, 
             # 2. r crashes; volatile: back after the delay, its counter gone
             cluster.kill(r)
             cluster.wait_up(r, timeout=cluster.restart_delay + 15)
-            assert direct[r].get(f"ql:fence:{key}") is None
+            assert direct[r].get(FENCE_PREFIX + key.encode()) is None
             # 3. the fast node becomes unavailable; B acquires on {r, t}
             cluster.pause(f)
             try:
