@@ -1,0 +1,160 @@
+"""RQ (``quorumlock.integrations.rq``) with real RQ worker processes and real
+rq-scheduler processes (``examples/rq_jobs.py``): three lock nodes, and one
+more local node as RQ's Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+
+from quorumlock import LockManager
+
+from _sched_common import examples_module, finished, overlaps, stop_all, wait_until
+
+rq = pytest.importorskip("rq", reason="rq is not installed (pip install quorumlock[rq])")
+rq_scheduler = pytest.importorskip("rq_scheduler", reason="rq-scheduler is not installed (pip install quorumlock[rq])")
+
+
+@pytest.fixture
+def env(make_cluster, tmp_path):
+    mod = examples_module("rq_jobs")
+    nodes = make_cluster(n=3, mode="volatile", max_ttl=2.0)
+    broker = make_cluster(n=1, mode="unsafe")
+    conn = redis.Redis.from_url(broker.urls[0])
+    yield mod, nodes, broker.urls[0], conn, str(tmp_path / "spans"), str(tmp_path / "moves")
+    conn.close()
+
+
+def test_rq_duplicates_run_one_at_a_time_and_plain_jobs_overlap(env):
+    """Three burst workers (separate processes, a forked work horse per job)
+    get 9 plain jobs, then the same exclusive job 9 times, then 5 duplicates
+    of a skipping one.  The exclusive runs never overlap (checker's interval
+    analysis) while the plain ones do (so the check can fail: 3-6 overlapping
+    pairs of 9 plain runs here); the skipped duplicates say so in job.meta."""
+    mod, nodes, url, conn, spans, _ = env
+    q = rq.Queue("default", connection=conn)
+    for _ in range(9):
+        q.enqueue(mod.plain_report, "plain", 0.15)
+    for _ in range(9):
+        q.enqueue(mod.report, "mon", 0.15)
+    once = [q.enqueue(mod.report_once, "x", 0.5) for _ in range(5)]
+    workers = [mod.start("worker", url, nodes.urls, spans, extra=["--burst"]) for _ in range(3)]
+    for w in workers:
+        w.wait(60)
+    errs = stop_all(workers)
+    got = finished(mod.read_spans(spans))
+    runs = {k: [s for s in got if s[0] == k] for k in ("plain", "mon", "x")}
+    assert len(runs["plain"]) == 9 and len(runs["mon"]) == 9, (runs, errs)
+    assert len({s[3] for s in runs["mon"]}) >= 3                     # in many processes
+    assert overlaps(runs["mon"]) == []
+    assert overlaps(runs["x"]) == []
+    print(f"rq: {len(overlaps(runs['plain']))} overlapping pairs among 9 plain runs")
+    assert len(overlaps(runs["plain"])) >= 1, runs["plain"]         # the negative: the check does fire
+    metas = [rq.job.Job.fetch(j.id, connection=conn).meta for j in once]
+    skipped = [m for m in metas if m.get("quorumlock") == "skipped"]
+    assert 1 <= len(runs["x"]) and len(runs["x"]) + len(skipped) == 5, (runs["x"], metas)
+    assert all(m["quorumlock_key"] == "report-once:x" for m in skipped)
+
+
+def test_rq_worker_sigkilled_mid_job_frees_the_key_within_ttl(env):
+    """A worker and its work horse (RQ puts the horse in a session of its
+    own) SIGKILLed in the middle of a 30 s exclusive job with ttl=1: the key
+    stays held while the job runs (2.5 s, auto-extended), and is free again
+    within the TTL of the kill (measured 0.6-1.0 s here)."""
+    mod, nodes, url, conn, spans, _ = env
+    q = rq.Queue("default", connection=conn)
+    q.enqueue(mod.report, "kill", 30.0, job_timeout=60)
+    w = mod.start("worker", url, nodes.urls, spans)
+    try:
+        started = wait_until(lambda: [s for s in mod.read_spans(spans) if s[0] == "start:kill"], 20)
+        assert started, stop_all([w])
+        horse = started[0][3]
+        time.sleep(2.5)
+        with LockManager(nodes.urls) as locks:
+            assert locks.try_acquire("report:kill", 1.0) is None          # renewed past 2x its ttl
+            os.kill(horse, signal.SIGKILL)
+            os.killpg(w.pid, signal.SIGKILL)
+            t_kill = time.monotonic()
+            got = wait_until(lambda: locks.try_acquire("report:kill", 1.0), 5.0, step=0.01)
+            freed = time.monotonic() - t_kill
+            assert got is not None
+            got.release()
+    finally:
+        stop_all([w])
+    print(f"rq: key free {freed:.3f} s after the SIGKILL")
+    assert freed <= 1.0 + 0.3, freed
+
+
+def _schedule_burst(conn, mod, n, delay):
+    s = rq_scheduler.Scheduler(connection=conn)
+    at = datetime.now(timezone.utc) + timedelta(seconds=delay)
+    return [s.enqueue_at(at, mod.tick, i).id for i in range(n)]
+
+
+def _queued(conn):
+    return [x.decode() for x in conn.lrange("rq:queue:default", 0, -1)]
+
+
+def _moves(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [tuple(line.split()) for line in f]
+
+
+def test_rq_scheduler_two_processes_one_leader_and_failover(env):
+    """Two rq-scheduler processes with the quorum leader lock: 100 jobs due
+    at once are moved to the queue exactly once, by one process; the leader
+    is SIGKILLed, and the next 100 are moved exactly once by the other,
+    within the leader TTL (1 s) plus a pass."""
+    mod, nodes, url, conn, _, moves = env
+    scheds = [mod.start("scheduler", url, nodes.urls, moves=moves,
+                        extra=["--interval", "0.1", "--leader-ttl", "1.0"]) for _ in range(2)]
+    try:
+        first = _schedule_burst(conn, mod, 100, 1.5)
+        assert wait_until(lambda: len(_queued(conn)) >= 100, 10), stop_all(scheds)
+        time.sleep(0.5)                    # a second mover would have shown up by now
+        q1 = _queued(conn)
+        assert sorted(q1) == sorted(first), (len(q1), len(set(q1)))
+        movers = {pid for _, pid in _moves(moves)}
+        assert len(movers) == 1, movers
+        leader = next(p for p in scheds if str(p.pid) in movers)
+        os.killpg(leader.pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        second = _schedule_burst(conn, mod, 100, 0.0)
+        assert wait_until(lambda: len(_queued(conn)) >= 200, 10), stop_all(scheds)
+        failover = time.monotonic() - t_kill
+        time.sleep(0.5)
+        q2 = _queued(conn)
+        assert sorted(q2) == sorted(first + second), (len(q2), len(set(q2)))
+        after = {pid for _, pid in _moves(moves)[100:]}
+        assert after == {str(p.pid) for p in scheds if p is not leader}, after
+    finally:
+        stop_all(scheds)
+    print(f"rq-scheduler: next burst moved {failover:.3f} s after the leader's SIGKILL")
+    assert failover < 1.0 + 0.5 + 1.0, failover
+
+
+def test_rq_scheduler_without_a_lock_moves_jobs_twice(env):
+    """The negative: two rq-scheduler processes with no lock both move the
+    same due jobs (the count the test above checks goes over 100: 140-200
+    entries here), so that test can fail."""
+    mod, nodes, url, conn, _, moves = env
+    scheds = [mod.start("scheduler", url, nodes.urls, moves=moves, extra=["--interval", "0.05", "--no-lock"])
+              for _ in range(2)]
+    try:
+        time.sleep(1.0)
+        ids = _schedule_burst(conn, mod, 100, 0.5)
+        assert wait_until(lambda: len(_queued(conn)) >= 100, 10), stop_all(scheds)
+        time.sleep(1.0)
+        q = _queued(conn)
+    finally:
+        stop_all(scheds)
+    print(f"rq-scheduler without a lock: {len(q)} queue entries for 100 jobs")
+    assert set(q) == set(ids)
+    assert len(q) > 100, len(q)
