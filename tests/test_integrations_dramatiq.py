@@ -1,0 +1,91 @@
+"""Dramatiq (``quorumlock.integrations.dramatiq``) with a real ``dramatiq``
+worker (2 processes x 4 threads, ``examples/dramatiq_actors.py``): three lock
+nodes, one more local node as the Redis broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from quorumlock import LockManager
+
+from _sched_common import examples_module, finished, overlaps, stop_all, wait_until
+
+dramatiq = pytest.importorskip("dramatiq", reason="dramatiq is not installed (pip install quorumlock[dramatiq])")
+
+
+@pytest.fixture
+def env(make_cluster, tmp_path):
+    os.environ.setdefault("QL_BROKER", "redis://127.0.0.1:1/0")    # the module's own broker is not used here
+    mod = examples_module("dramatiq_actors")
+    nodes = make_cluster(n=3, mode="volatile", max_ttl=2.0)
+    broker = make_cluster(n=1, mode="unsafe")
+    return mod, nodes, broker.urls[0], str(tmp_path / "spans")
+
+
+def test_dramatiq_duplicates_run_one_at_a_time_and_plain_actors_overlap(env):
+    """9 plain messages, 9 duplicates deferred with Busy (a dramatiq Retry,
+    100 ms), 6 that wait in their thread, 5 that skip: the exclusive runs never
+    overlap (checker's interval analysis), every deferred and waiting one runs
+    in the end, and the plain ones do overlap (the negative: 9-20 overlapping
+    pairs here), so the check can fail."""
+    mod, nodes, url, spans = env
+    for _ in range(9):
+        mod.send(url, "plain_report", "plain", 0.15)
+    for _ in range(9):
+        mod.send(url, "report", "mon", 0.15)
+    for _ in range(6):
+        mod.send(url, "report_wait", "tue", 0.1)
+    for _ in range(5):
+        mod.send(url, "report_once", "x", 0.5)
+    w = mod.start_worker(nodes.urls, url, spans)
+    try:
+        def enough():
+            got = finished(mod.read_spans(spans))
+            return [s for s in got if s[0] in ("mon", "tue", "plain")] if (
+                sum(s[0] == "mon" for s in got) >= 9 and sum(s[0] == "tue" for s in got) >= 6
+                and sum(s[0] == "plain" for s in got) >= 9) else None
+        ok = wait_until(enough, 40, step=0.1)
+        time.sleep(0.5)
+    finally:
+        errs = stop_all([w])
+    assert ok, errs
+    got = finished(mod.read_spans(spans))
+    runs = {k: [s for s in got if s[0] == k] for k in ("plain", "mon", "tue", "x")}
+    assert len(runs["mon"]) == 9 and len(runs["tue"]) == 6 and len(runs["plain"]) == 9, runs
+    for k in ("mon", "tue", "x"):
+        assert overlaps(runs[k]) == [], k
+    assert 1 <= len(runs["x"]) < 5, runs["x"]
+    n = len(overlaps(runs["plain"]))
+    print(f"dramatiq: {n} overlapping pairs among 9 plain runs")
+    assert n >= 1, runs["plain"]
+
+
+def test_dramatiq_worker_sigkilled_mid_message_frees_the_key_within_ttl(env):
+    """The worker (main and worker processes) SIGKILLed in the middle of a
+    30 s exclusive message with ttl=1: the key is held while it runs (2.5 s,
+    auto-extended), and free again within the TTL of the kill (measured
+    0.6-1.0 s here)."""
+    mod, nodes, url, spans = env
+    mod.send(url, "report", "kill", 30.0)
+    w = mod.start_worker(nodes.urls, url, spans, processes=1, threads=2)
+    try:
+        started = wait_until(lambda: [s for s in mod.read_spans(spans) if s[0] == "start:kill"], 20)
+        assert started, stop_all([w])
+        time.sleep(2.5)
+        with LockManager(nodes.urls) as locks:
+            assert locks.try_acquire("report:kill", 1.0) is None          # renewed past 2x its ttl
+            os.kill(started[0][3], signal.SIGKILL)
+            os.killpg(w.pid, signal.SIGKILL)
+            t_kill = time.monotonic()
+            got = wait_until(lambda: locks.try_acquire("report:kill", 1.0), 5.0, step=0.01)
+            freed = time.monotonic() - t_kill
+            assert got is not None
+            got.release()
+    finally:
+        stop_all([w])
+    print(f"dramatiq: key free {freed:.3f} s after the SIGKILL")
+    assert freed <= 1.0 + 0.3, freed
