@@ -1,0 +1,151 @@
+"""arq (``quorumlock.integrations.arq``) with real ``arq`` worker processes
+(``examples/arq_worker.py``): three lock nodes, one more local node as arq's
+Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from datetime import datetime, timezone
+
+import pytest
+
+from quorumlock import LockManager
+
+from _sched_common import examples_module, finished, overlaps, stop_all, wait_until
+
+arq = pytest.importorskip("arq", reason="arq is not installed (pip install quorumlock[arq])")
+
+
+@pytest.fixture
+def env(make_cluster, tmp_path):
+    mod = examples_module("arq_worker")
+    nodes = make_cluster(n=3, mode="volatile", max_ttl=2.0)
+    broker = make_cluster(n=1, mode="unsafe")
+    return mod, nodes, broker.urls[0], str(tmp_path / "spans")
+
+
+def test_arq_duplicates_run_one_at_a_time_and_plain_jobs_overlap(env):
+    """Two workers (10 concurrent jobs each) get 9 plain jobs, the same
+    exclusive job 9 times (duplicates deferred with arq's Retry) and 5 that
+    skip: the exclusive runs never overlap (checker's interval analysis) and
+    all 9 run; the plain ones overlap (the negative: 25-36 overlapping pairs
+    of 9 here), so the check can fail."""
+    mod, nodes, url, spans = env
+
+    async def send():
+        await mod.enqueue(url, "plain_report", "plain", 0.15, n=9)
+        await mod.enqueue(url, "report", "mon", 0.15, n=9)
+        await mod.enqueue(url, "report_once", "x", 0.5, n=5)
+
+    asyncio.run(send())
+    workers = [mod.start_worker(nodes.urls, url, spans) for _ in range(2)]
+    try:
+        def enough():
+            got = finished(mod.read_spans(spans))
+            return sum(s[0] == "mon" for s in got) >= 9 and sum(s[0] == "plain" for s in got) >= 9
+        ok = wait_until(enough, 40, step=0.1)
+        time.sleep(0.5)
+    finally:
+        errs = stop_all(workers)
+    assert ok, errs
+    got = finished(mod.read_spans(spans))
+    runs = {k: [s for s in got if s[0] == k] for k in ("plain", "mon", "x")}
+    assert len(runs["mon"]) == 9 and len(runs["plain"]) == 9, runs
+    assert overlaps(runs["mon"]) == [] and overlaps(runs["x"]) == []
+    assert 1 <= len(runs["x"]) < 5, runs["x"]
+    n = len(overlaps(runs["plain"]))
+    print(f"arq: {n} overlapping pairs among 9 plain runs")
+    assert n >= 1, runs["plain"]
+
+
+def test_arq_worker_sigkilled_mid_job_frees_the_key_within_ttl(env):
+    """A worker SIGKILLed in the middle of a 30 s exclusive job with ttl=1:
+    the key is held while it runs (2.5 s, auto-extended), and free again
+    within the TTL of the kill (measured 0.6-1.0 s here)."""
+    mod, nodes, url, spans = env
+    asyncio.run(mod.enqueue(url, "report", "kill", 30.0))
+    w = mod.start_worker(nodes.urls, url, spans)
+    try:
+        started = wait_until(lambda: [s for s in mod.read_spans(spans) if s[0] == "start:kill"], 20)
+        assert started, stop_all([w])
+        time.sleep(2.5)
+        with LockManager(nodes.urls) as locks:
+            assert locks.try_acquire("report:kill", 1.0) is None          # renewed past 2x its ttl
+            os.killpg(w.pid, signal.SIGKILL)
+            t_kill = time.monotonic()
+            got = wait_until(lambda: locks.try_acquire("report:kill", 1.0), 5.0, step=0.01)
+            freed = time.monotonic() - t_kill
+            assert got is not None
+            got.release()
+    finally:
+        stop_all([w])
+    print(f"arq: key free {freed:.3f} s after the SIGKILL")
+    assert freed <= 1.0 + 0.3, freed
+
+
+def _cron_runs(mod, env, kind, seconds, kill_at=None):
+    _, nodes, url, spans = env
+    workers = [mod.start_worker(nodes.urls, url, spans, cron=kind) for _ in range(2)]
+    victim = t_kill = None
+    try:
+        assert wait_until(lambda: finished(mod.read_spans(spans)), 20, step=0.05), stop_all(workers)
+        t0 = time.monotonic()
+        if kill_at is not None:
+            time.sleep(kill_at)
+            victim = max(finished(mod.read_spans(spans)), key=lambda s: s[1])[3]
+            os.killpg(victim, signal.SIGKILL)
+            t_kill = time.monotonic_ns()
+        time.sleep(seconds - (time.monotonic() - t0))
+    finally:
+        errs = stop_all(workers)
+    return [s for s in finished(mod.read_spans(spans)) if s[0].startswith("cron:")], victim, t_kill, errs
+
+
+def test_arq_cron_two_workers_each_tick_once(env):
+    """Two workers with the same every-second cron job, unique=False (each
+    worker enqueues every tick: arq's own job-id dedupe is off): with the
+    quorum tick claim every tick ran once; the worker that ran the latest
+    tick is SIGKILLed after 2.5 s and the ticks go on, once each, on the
+    other one."""
+    mod = examples_module("arq_worker")
+    runs, victim, t_kill, errs = _cron_runs(mod, env, "quorum", 5.0, kill_at=2.5)
+    per_tick = Counter(s[0] for s in runs)
+    assert len(per_tick) >= 4, (runs, errs)
+    assert set(per_tick.values()) == {1}, per_tick
+    after = [s for s in runs if s[1] > t_kill]
+    assert len(after) >= 2 and {s[3] for s in after} != {victim}, runs
+    ms = sorted(int(k.split(":")[1]) for k in per_tick)
+    assert all(b - a == 1000 for a, b in zip(ms, ms[1:])), ms          # no tick was lost either
+
+
+def test_arq_cron_without_the_claim_runs_ticks_twice(env):
+    """The negative: the same two workers with plain ``arq.cron(unique=False)``
+    run every tick twice (2 runs of each of 3-4 ticks here), so the check
+    above can fail."""
+    mod = examples_module("arq_worker")
+    runs, _, _, errs = _cron_runs(mod, env, "plain", 3.0)
+    per_tick = Counter(s[0] for s in runs)
+    print(f"arq cron without the claim: runs per tick {dict(Counter(per_tick.values()))}")
+    assert per_tick and max(per_tick.values()) >= 2, (runs, errs)
+
+
+def test_arq_latest_tick():
+    """latest_tick: the schedule's last time at or before a moment."""
+    from quorumlock.integrations.arq import latest_tick
+
+    job = arq.cron(_noop, minute={0, 30},
+                   second=0, microsecond=0)
+    at = datetime(2026, 5, 1, 10, 17, 3, tzinfo=timezone.utc)
+    assert latest_tick(job, at) == datetime(2026, 5, 1, 10, 0, 0, tzinfo=timezone.utc)
+    assert latest_tick(job, datetime(2026, 5, 1, 10, 30, 0, tzinfo=timezone.utc)) == \
+        datetime(2026, 5, 1, 10, 30, 0, tzinfo=timezone.utc)
+    every = arq.cron(_noop, second=set(range(60)), microsecond=500_000)
+    assert latest_tick(every, at) == datetime(2026, 5, 1, 10, 17, 2, 500_000, tzinfo=timezone.utc)
+
+
+async def _noop(ctx):
+    return None
