@@ -66,3 +66,14 @@ def stop_all(procs: Sequence[Any], sig: int = signal.SIGTERM, timeout: float = 1
             _, err = p.communicate(timeout=timeout)
         errs.append((err or "")[-3000:])
     return errs
+
+
+def take_over(ports: Sequence[int], key: str, px: int = 1500) -> None:
+    """Another token takes ``key`` on every node (as after a lease expired in
+    a long pause): the holder's next renewal is refused by a majority."""
+    import redis
+
+    for p in ports:
+        r = redis.Redis(port=p)
+        r.set(key, b"someone-else", px=px)
+        r.close()

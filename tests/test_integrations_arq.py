@@ -15,7 +15,7 @@ import pytest
 
 from quorumlock import LockManager
 
-from _sched_common import examples_module, finished, overlaps, stop_all, wait_until
+from _sched_common import examples_module, finished, overlaps, stop_all, take_over, wait_until
 
 arq = pytest.importorskip("arq", reason="arq is not installed (pip install quorumlock[arq])")
 
@@ -149,3 +149,90 @@ def test_arq_latest_tick():
 
 async def _noop(ctx):
     return None
+
+
+# -- in-process: lost lease, busy duplicates, start-up (both builds, both loops)
+
+
+from _engine_fixtures import clusters, core, run, _shared_clusters  # noqa: E402,F401
+
+
+def test_arq_lost_lease_cancels_the_job(run, core, clusters):
+    """Another token takes the key on every node 0.3 s into a 1.5 s job:
+    the job's task is cancelled at the guard moment and the job fails with
+    LockLost (0.3-0.8 s after its start here, instead of 1.5 s)."""
+    from quorumlock import LockLost
+    from quorumlock.integrations import arq as qlarq
+
+    cluster = clusters(3)
+
+    @qlarq.exclusive("lost:{n}", ttl=1.0)
+    async def job(ctx, n):
+        await asyncio.sleep(1.5)
+        return n
+
+    async def body():
+        ctx = {}
+        await qlarq.startup(cluster.urls, _core=core)(ctx)
+        try:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.3, take_over, cluster.ports, "lost:1")
+            t0 = time.monotonic()
+            with pytest.raises(LockLost):
+                await job(ctx, 1)
+            return time.monotonic() - t0
+        finally:
+            await qlarq.shutdown(ctx)
+            assert "quorumlock" not in ctx
+
+    took = run(body())
+    assert took < 1.2, took
+
+
+def test_arq_busy_duplicate_skips_or_retries(run, core, clusters):
+    """A duplicate finds the key held: on_busy='skip' returns skip_result,
+    on_busy='retry' raises arq's Retry with the defer; no manager in the
+    context is a clear error; bad arguments."""
+    from arq.worker import Retry
+
+    from quorumlock.integrations import arq as qlarq
+
+    cluster = clusters(3)
+
+    @qlarq.exclusive(skip_result="busy")
+    async def skip(ctx, a):
+        return a
+
+    @qlarq.exclusive("r:{a}", on_busy="retry", defer=2.5)
+    async def retry(ctx, a):
+        return a
+
+    async def body():
+        ctx = {}
+        await qlarq.startup(cluster.urls, _core=core)(ctx)
+        locks = ctx["quorumlock"]
+        try:
+            assert await skip(ctx, 1) == 1
+            held = await locks.acquire(qlarq.default_key(skip.__qualname__, (1,), {}))
+            assert await skip(ctx, 1) == "busy" and await skip(ctx, 2) == 2
+            await held.release()
+            held = await locks.acquire("r:3")
+            with pytest.raises(Retry) as e:
+                await retry(ctx, 3)
+            assert e.value.defer_score == 2500
+            await held.release()
+            assert await retry(ctx, 3) == 3
+        finally:
+            await qlarq.shutdown(ctx)
+        with pytest.raises(RuntimeError, match="on_startup"):
+            await skip({}, 1)
+
+    run(body())
+    with pytest.raises(ValueError, match="on_busy"):
+        qlarq.exclusive(on_busy="later")
+    with pytest.raises(TypeError, match="coroutine"):
+        qlarq.exclusive()(lambda ctx: None)
+    with pytest.raises(TypeError, match="coroutine"):
+        qlarq.cron(lambda ctx: None)
+    with pytest.raises(TypeError, match="nodes"):
+        qlarq.startup("redis://127.0.0.1:1")

@@ -12,7 +12,7 @@ import pytest
 
 from quorumlock import LockManager
 
-from _sched_common import examples_module, finished, overlaps, stop_all, wait_until
+from _sched_common import examples_module, finished, overlaps, stop_all, take_over, wait_until
 
 dramatiq = pytest.importorskip("dramatiq", reason="dramatiq is not installed (pip install quorumlock[dramatiq])")
 
@@ -89,3 +89,119 @@ def test_dramatiq_worker_sigkilled_mid_message_frees_the_key_within_ttl(env):
         stop_all([w])
     print(f"dramatiq: key free {freed:.3f} s after the SIGKILL")
     assert freed <= 1.0 + 0.3, freed
+
+
+# -- in-process (StubBroker, a real dramatiq Worker): lost lease, options
+
+
+from _engine_fixtures import sync_core, clusters, core, _shared_clusters  # noqa: E402,F401
+
+
+def _stub(sync_core, cluster, **options):
+    from dramatiq.brokers.stub import StubBroker
+
+    from quorumlock.integrations.dramatiq import QuorumLock
+
+    broker = StubBroker()
+    mw = QuorumLock(lambda: LockManager(cluster.urls, _core=sync_core), ttl=1.0, **options)
+    broker.add_middleware(mw)
+    return broker, mw
+
+
+@pytest.mark.parametrize("interrupt", [True, False])
+def test_dramatiq_lost_lease_interrupts_the_actor(sync_core, clusters, interrupt):
+    """Another token takes the key on every node 0.3 s into a 1.5 s actor:
+    the middleware raises LeaseLost in the worker thread about a renewal later
+    (the actor saw it 0.3-0.8 s after its start here); with interrupt=False
+    the actor runs to its end (1.5 s), which the assertion tells apart."""
+    import threading
+
+    from dramatiq import Worker
+
+    from quorumlock.integrations.dramatiq import LeaseLost
+
+    cluster = clusters(3)
+    broker, mw = _stub(sync_core, cluster, interrupt=interrupt)
+    seen = []
+
+    @dramatiq.actor(broker=broker, exclusive_key="lost:{0}", max_retries=0)
+    def work(n):
+        t0 = time.monotonic()
+        try:
+            for _ in range(150):
+                time.sleep(0.01)
+            seen.append(("done", time.monotonic() - t0))
+        except LeaseLost:
+            seen.append(("lost", time.monotonic() - t0))
+            raise
+
+    worker = Worker(broker, worker_timeout=50)
+    worker.start()
+    timer = threading.Timer(0.3, take_over, (cluster.ports, "lost:1"))
+    try:
+        work.send(1)
+        timer.start()
+        broker.join(work.queue_name, timeout=10_000, fail_fast=False)
+        worker.join()
+    finally:
+        timer.cancel()
+        worker.stop()
+        mw.managers.close()
+    assert len(seen) == 1, seen
+    if interrupt:
+        assert seen[0][0] == "lost" and seen[0][1] < 1.2, seen
+    else:
+        assert seen[0][0] == "done", seen
+    assert mw.stats["lost"] == 1
+
+
+def test_dramatiq_options_and_busy(sync_core, clusters):
+    """Keys from the options (template, callable, exclusive=True digest);
+    a duplicate finds the key held: skip acknowledges it without running,
+    retry raises Busy (a dramatiq Retry with the delay); bad arguments."""
+    from dramatiq.middleware import SkipMessage
+
+    from quorumlock.integrations.dramatiq import Busy, QuorumLock, default_key
+
+    cluster = clusters(3)
+    broker, mw = _stub(sync_core, cluster, retry_delay=250)
+
+    @dramatiq.actor(broker=broker, exclusive=True)
+    def a(x, y=1):
+        pass
+
+    @dramatiq.actor(broker=broker, exclusive_key=lambda x: f"cb:{x}", exclusive_on_busy="skip")
+    def b(x):
+        pass
+
+    @dramatiq.actor(broker=broker)
+    def c(x):
+        pass
+
+    ma, mb, mc = a.message(5), b.message(6), c.message(7)
+    assert mw.key_for(ma, a) == default_key("a", (5,), {}) != default_key("a", (6,), {})
+    assert mw.key_for(mb, b) == "cb:6" and mw.key_for(mc, c) is None
+    assert mw.key_for(c.message_with_options(args=(7,), exclusive_key="t:{0}"), c) == "t:7"
+    with LockManager(cluster.urls, _core=sync_core) as locks:
+        held = [locks.acquire(mw.key_for(ma, a)), locks.acquire("cb:6")]
+        with pytest.raises(Busy) as e:
+            mw.before_process_message(broker, ma)
+        assert isinstance(e.value, dramatiq.Retry) and e.value.delay == 250
+        with pytest.raises(SkipMessage):
+            mw.before_process_message(broker, mb)
+        mw.before_process_message(broker, mc)          # not exclusive: nothing to do
+        for h in held:
+            h.release()
+        mw.before_process_message(broker, ma)          # now free: taken ...
+        assert locks.try_acquire(mw.key_for(ma, a)) is None
+        mw.after_process_message(broker, ma)           # ... and released
+        lk = locks.try_acquire(mw.key_for(ma, a))
+        assert lk is not None
+        lk.release()
+    mw.managers.close()
+    with pytest.raises(ValueError, match="on_busy"):
+        QuorumLock(["redis://127.0.0.1:1"], on_busy="later")
+    with pytest.raises(ValueError, match="retry_delay"):
+        QuorumLock(["redis://127.0.0.1:1"], retry_delay=0.5)
+    with pytest.raises(TypeError, match="nodes"):
+        QuorumLock("redis://127.0.0.1:1")

@@ -14,7 +14,7 @@ import redis
 
 from quorumlock import LockManager
 
-from _sched_common import examples_module, finished, overlaps, stop_all, wait_until
+from _sched_common import examples_module, finished, overlaps, stop_all, take_over, wait_until
 
 rq = pytest.importorskip("rq", reason="rq is not installed (pip install quorumlock[rq])")
 rq_scheduler = pytest.importorskip("rq_scheduler", reason="rq-scheduler is not installed (pip install quorumlock[rq])")
@@ -158,3 +158,97 @@ def test_rq_scheduler_without_a_lock_moves_jobs_twice(env):
     print(f"rq-scheduler without a lock: {len(q)} queue entries for 100 jobs")
     assert set(q) == set(ids)
     assert len(q) > 100, len(q)
+
+
+# -- in-process: lost leases, busy duplicates, bad arguments (both engine builds)
+
+
+from _engine_fixtures import sync_core, clusters, core, _shared_clusters  # noqa: E402,F401
+
+
+def _timed_job(sync_core, cluster, **options):
+    from quorumlock.integrations.rq import exclusive_job
+
+    @exclusive_job(lambda: LockManager(cluster.urls, _core=sync_core), "lost:{n}", ttl=1.0, **options)
+    def job(n):
+        for _ in range(150):            # 1.5 s of Python-level work
+            time.sleep(0.01)
+        return n
+
+    return job
+
+
+@pytest.mark.parametrize("interrupt", [True, False])
+def test_rq_lost_lease_is_raised_in_the_job(sync_core, clusters, interrupt):
+    """Another token takes the key on every node 0.3 s into a 1.5 s job: with
+    interrupt (default) LockLost is raised inside the job about a renewal
+    later (0.3-0.8 s after the start here); with interrupt=False the job runs
+    to its end and then fails with LockLost (1.5 s), which is what the first
+    assertion tells apart."""
+    import threading
+
+    from quorumlock import LockLost
+
+    cluster = clusters(3)
+    job = _timed_job(sync_core, cluster, interrupt=interrupt)
+    timer = threading.Timer(0.3, take_over, (cluster.ports, "lost:1"))
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(LockLost):
+            job(1)
+    finally:
+        timer.cancel()
+    took = time.monotonic() - t0
+    if interrupt:
+        assert took < 1.2, took
+    else:
+        assert took >= 1.5, took
+    assert job.stats["lost"] == 1
+    job.managers.close()
+
+
+def test_rq_busy_duplicate_skips_or_fails(sync_core, clusters):
+    """A duplicate of a running job (key held elsewhere): on_busy='skip'
+    returns skip_result and counts it; on_busy='fail' raises JobSkipped (RQ
+    then fails the job, and its Retry re-schedules it)."""
+    from quorumlock.integrations.rq import JobSkipped, default_key, exclusive_job
+
+    cluster = clusters(3)
+    factory = lambda: LockManager(cluster.urls, _core=sync_core)  # noqa: E731
+
+    @exclusive_job(factory, skip_result="busy")
+    def skip(a, b=2):
+        return a + b
+
+    @exclusive_job(factory, "k:{a}", on_busy="fail")
+    def fail(a):
+        return a
+
+    key = default_key(f"{skip.__module__}.{skip.__qualname__}", (1,), {})
+    assert skip(1) == 3
+    with LockManager(cluster.urls, _core=sync_core) as locks:
+        held = locks.acquire(key)
+        assert skip(1) == "busy" and skip.stats["skipped"] == 1
+        assert skip(2) == 4                       # other arguments, other key
+        held.release()
+        held = locks.acquire("k:7")
+        with pytest.raises(JobSkipped):
+            fail(7)
+        held.release()
+        assert fail(7) == 7
+    skip.managers.close()
+    fail.managers.close()
+
+
+def test_rq_bad_arguments():
+    from quorumlock.integrations.rq import Scheduler, exclusive_job
+
+    with pytest.raises(ValueError, match="on_busy"):
+        exclusive_job(["redis://127.0.0.1:1"], on_busy="later")
+    with pytest.raises(ValueError, match="ttl"):
+        exclusive_job(["redis://127.0.0.1:1"], ttl=0)
+    with pytest.raises(TypeError, match="nodes"):
+        exclusive_job("redis://127.0.0.1:1")
+    with pytest.raises(TypeError, match="nodes"):
+        Scheduler(connection=redis.Redis(port=1))
