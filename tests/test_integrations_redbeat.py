@@ -80,3 +80,55 @@ def test_redbeat_without_a_lock_sends_ticks_twice(make_cluster, tmp_path):
     assert queued == len(fires)
     assert len(pairs) >= 1, (fires, errs)
     assert any(a[1] != b[1] for a, b in pairs)
+
+
+def test_redbeat_tick_claim_stops_a_second_send_of_the_same_tick(make_cluster):
+    """Two schedulers that both believe they lead (as a paused ex-leader
+    does when it wakes up) and read the same stored state of an entry: the
+    tick claim lets one of them send it.  The same two sends with RedBeat's
+    own maybe_due (no claim) both reach the broker (1 send against 2 here),
+    which is what the count tells apart."""
+    from celery import Celery
+    from redbeat import RedBeatScheduler as PlainRedBeat
+
+    from quorumlock.integrations.celery import configure
+    from quorumlock.integrations.redbeat import RedBeatScheduler, tick_key
+
+    nodes = make_cluster(n=3, mode="volatile", max_ttl=2.0)
+    broker = make_cluster(n=1, mode="unsafe")
+    url = broker.urls[0]
+    app = Celery("ql_redbeat_unit", broker=url)
+    app.conf.update(redbeat_redis_url=url, beat_schedule={"t": {"task": "t.tick", "schedule": 0.5}},
+                    broker_connection_retry_on_startup=True)
+    configure(app, nodes.urls)
+    r = redis.Redis.from_url(url)
+
+    class Leading:                      # the election is not what is tested here
+        is_leader = True
+
+    def two_sends(cls):
+        r.delete("celery")
+        scheds = [cls(app, lazy=False) for _ in range(2)]
+        time.sleep(0.6)                                 # the entry is due
+        entries = [s.schedule["t"] for s in scheds]     # both read the same last_run_at
+        for s, e in zip(scheds, entries):
+            if cls is RedBeatScheduler:
+                s.leader = Leading()
+            with app.producer_or_acquire() as producer:
+                s.maybe_due(e, producer=producer)
+        n = r.llen("celery")
+        for s in scheds:
+            s.leader = None
+            s.close()
+        return n, entries[0]
+
+    sent, entry = two_sends(RedBeatScheduler)
+    assert sent == 1
+    assert tick_key(entry).startswith("redbeat:tick:t:")
+    for p in nodes.ports:                               # the next state: a new tick
+        redis.Redis(port=p).flushall()
+    r.flushall()
+    plain, _ = two_sends(PlainRedBeat)
+    print(f"redbeat: same tick sent {sent}x with the claim, {plain}x without")
+    assert plain == 2
+    r.close()

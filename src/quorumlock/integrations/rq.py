@@ -135,22 +135,29 @@ def exclusive_job(
             log.info("quorumlock: skipped job %s%s: %r is held by another run",
                      func_name, "" if job is None else f" ({job.id})", k)
 
+        mutex = threading.Lock()
+
         def on_lost(lock: Any, reason: Any) -> None:
             stats["lost"] += 1
             log.error("quorumlock: job %s lost its lock %r: %s", func_name, lock.key, reason)
-            tid = threads.get(id(lock))
-            if interrupt and tid is not None:
-                raise_in_thread(tid, LockLost)
+            # Under the mutex: once the body has ended, the thread runs RQ's
+            # code and must not get the exception.
+            with mutex:
+                tid = threads.get(id(lock))
+                if interrupt and tid is not None:
+                    raise_in_thread(tid, LockLost)
 
         @functools.wraps(fn)     # the key template binds against fn's signature
         def body(*args: Any, **kwargs: Any) -> Any:
             lock = current_lock()
-            threads[id(lock)] = threading.get_ident()
+            with mutex:
+                threads[id(lock)] = threading.get_ident()
             stats["run"] += 1
             try:
                 return fn(*args, **kwargs)
             finally:
-                threads.pop(id(lock), None)
+                with mutex:
+                    threads.pop(id(lock), None)
 
         def runner() -> Callable[..., Any]:
             locks = managers.get()
