@@ -88,7 +88,7 @@ def test_dramatiq_worker_sigkilled_mid_message_frees_the_key_within_ttl(env):
     finally:
         stop_all([w])
     print(f"dramatiq: key free {freed:.3f} s after the SIGKILL")
-    assert freed <= 1.0 + 0.3, freed
+    assert freed <= 1.0 + 0.5, freed          # the TTL, plus the polling and a loaded machine
 
 
 # -- in-process (StubBroker, a real dramatiq Worker): lost lease, options

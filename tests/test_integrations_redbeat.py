@@ -66,7 +66,7 @@ def test_redbeat_two_beats_one_sender_and_failover(make_cluster, tmp_path):
     assert len(after) >= 2 and victim not in {f[1] for f in after}, fires
     failover = (after[0][2] - t_kill) / 1e9
     print(f"redbeat: {len(fires)} ticks, next tick {failover:.3f} s after the sender's SIGKILL")
-    assert failover < 1.0 + 1.0 + 0.7, failover
+    assert failover < 4.0, failover           # the bound: ttl (1 s) + the period (1 s); margin for load
 
 
 def test_redbeat_without_a_lock_sends_ticks_twice(make_cluster, tmp_path):
