@@ -15,6 +15,7 @@ import pytest
 
 from quorumlock import LockManager
 
+from _engine_fixtures import clusters, core, run, _shared_clusters  # noqa: F401
 from _sched_common import examples_module, finished, overlaps, stop_all, take_over, wait_until
 
 arq = pytest.importorskip("arq", reason="arq is not installed (pip install quorumlock[arq])")
@@ -161,7 +162,6 @@ async def _noop(ctx):
 # -- in-process: lost lease, busy duplicates, start-up (both builds, both loops)
 
 
-from _engine_fixtures import clusters, core, run, _shared_clusters  # noqa: E402,F401
 
 
 def test_arq_lost_lease_cancels_the_job(run, core, clusters):

@@ -12,6 +12,7 @@ import pytest
 
 from quorumlock import LockManager
 
+from _engine_fixtures import sync_core, clusters, core, _shared_clusters  # noqa: F401
 from _sched_common import examples_module, finished, overlaps, stop_all, take_over, wait_until
 
 dramatiq = pytest.importorskip("dramatiq", reason="dramatiq is not installed (pip install quorumlock[dramatiq])")
@@ -94,7 +95,6 @@ def test_dramatiq_worker_sigkilled_mid_message_frees_the_key_within_ttl(env):
 # -- in-process (StubBroker, a real dramatiq Worker): lost lease, options
 
 
-from _engine_fixtures import sync_core, clusters, core, _shared_clusters  # noqa: E402,F401
 
 
 def _stub(sync_core, cluster, **options):

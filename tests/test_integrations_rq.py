@@ -14,6 +14,7 @@ import redis
 
 from quorumlock import LockManager
 
+from _engine_fixtures import sync_core, clusters, core, _shared_clusters  # noqa: F401
 from _sched_common import examples_module, finished, overlaps, stop_all, take_over, wait_until
 
 rq = pytest.importorskip("rq", reason="rq is not installed (pip install quorumlock[rq])")
@@ -164,7 +165,6 @@ def test_rq_scheduler_without_a_lock_moves_jobs_twice(env):
 # -- in-process: lost leases, busy duplicates, bad arguments (both engine builds)
 
 
-from _engine_fixtures import sync_core, clusters, core, _shared_clusters  # noqa: E402,F401
 
 
 def _timed_job(sync_core, cluster, **options):

@@ -31,16 +31,14 @@ def _check_nodes(nodes: Any) -> None:
 class ProcessManagers:
     """One lock manager per process, made on first use in that process.
 
-    ``nodes``: node URLs (then ``options`` are ``LockManager``'s keyword
-    arguments), or a zero-argument callable that returns a manager.
-    ``aio=True`` makes ``quorumlock.aio.LockManager`` instances (the caller
-    connects them, on its loop)."""
+    ``nodes``: node URLs (then ``options`` are the keyword arguments of the
+    blocking ``LockManager``), or a zero-argument callable that returns a
+    manager."""
 
-    def __init__(self, nodes: Nodes, options: Optional[Dict[str, Any]] = None, *, aio: bool = False) -> None:
+    def __init__(self, nodes: Nodes, options: Optional[Dict[str, Any]] = None) -> None:
         _check_nodes(nodes)
         self.nodes = nodes
         self.options = dict(options or {})
-        self.aio = aio
         self._by_pid: Dict[int, Any] = {}
         self._mutex = threading.Lock()
 
@@ -57,10 +55,6 @@ class ProcessManagers:
                 self._by_pid = {}
                 if callable(self.nodes):
                     locks = self.nodes()
-                elif self.aio:
-                    from ..aio import LockManager as AsyncLockManager
-
-                    locks = AsyncLockManager(list(self.nodes), **self.options)
                 else:
                     from .. import LockManager
 
@@ -69,14 +63,14 @@ class ProcessManagers:
         return locks
 
     def close(self) -> None:
-        """Close this process's manager (blocking managers only)."""
+        """Close this process's manager (if one was made)."""
         locks = self._by_pid.pop(os.getpid(), None)
-        if locks is not None and not self.aio:
+        if locks is not None:
             locks.close()
 
     def __repr__(self) -> str:  # never the URLs: they may carry passwords
         n = "callable" if callable(self.nodes) else f"{len(self.nodes)} nodes"
-        return f"<ProcessManagers {n}{' aio' if self.aio else ''}>"
+        return f"<ProcessManagers {n}>"
 
 
 def args_digest(args: Any, kwargs: Any) -> str:
