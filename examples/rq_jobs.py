@@ -7,21 +7,25 @@ Needs the ``rq`` extra: ``pip install 'quorumlock[rq]'`` (rq and rq-scheduler).
         8 times, runs 3 RQ worker processes, and prints each run's span: they
         never overlap (the duplicates wait for the running one).
 
-    python examples/rq_jobs.py worker --broker URL [--burst]
+    python examples/rq_jobs.py worker --broker URL [--burst] [--with-scheduler
+            --worker-class quorum|nolock]
     python examples/rq_jobs.py scheduler --broker URL [--interval S] [--no-lock]
-        one RQ worker / one rq-scheduler process (``--no-lock``: rq-scheduler
-        with no lock at all, to see what the lock prevents).
+        one RQ worker (with RQ's scheduler process under quorum leases, or
+        under no lock at all) / one rq-scheduler process (``--no-lock``: with
+        no lock at all, to see what the lock prevents).
 
 Environment: ``QL_NODES`` (comma-separated lock node URLs), ``QL_SPANS`` (a
 file the jobs append ``<name> <start ns> <end ns> <pid>`` lines to, host
 CLOCK_MONOTONIC), ``QL_MOVES`` (a file the schedulers append ``<job id>
-<pid>`` to for each job they move to a queue).
+<pid>`` to for each job they move to a queue; RQ's own scheduler under the
+quorum leases appends ``<count> <pid> <monotonic ns>`` per pass).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from datetime import datetime
 import subprocess
 import sys
 import time
@@ -31,12 +35,14 @@ import redis
 
 try:
     import rq
+    import rq.scheduler
     import rq_scheduler
 except ImportError:  # pragma: no cover
     raise SystemExit("this example needs the rq extra: pip install 'quorumlock[rq]'")
 
 from quorumlock import LockManager
-from quorumlock.integrations.rq import Scheduler as QuorumScheduler, exclusive_job
+from quorumlock.integrations.rq import RQScheduler as QuorumRQScheduler, Scheduler as QuorumScheduler
+from quorumlock.integrations.rq import Worker as QuorumRQWorker, exclusive_job
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -98,6 +104,60 @@ class NoLockScheduler(rq_scheduler.Scheduler):
         _note_move(job)
 
 
+def tick_job() -> None:
+    """A job scheduled with enqueue_at: records one line per run."""
+    job = rq.get_current_job()
+    t = time.monotonic_ns()
+    with open(os.environ["QL_SPANS"], "a") as f:
+        f.write(f"job:{job.id} {t} {t} {os.getpid()}\n")
+
+
+class RecordingRQScheduler(QuorumRQScheduler):
+    """RQ's built-in scheduler with the quorum leases, noting its moves."""
+
+    def enqueue_scheduled_jobs(self) -> None:
+        before = self.moved
+        super().enqueue_scheduled_jobs()
+        if self.moved > before:
+            with open(os.environ["QL_MOVES"], "a") as f:
+                f.write(f"{self.moved - before} {os.getpid()} {time.monotonic_ns()}\n")
+
+
+class QuorumWorker(QuorumRQWorker):
+    """``rq worker --with-scheduler -w rq_jobs.QuorumWorker``."""
+
+    quorumlock_nodes = [u for u in os.environ.get("QL_NODES", "").split(",") if u] or None
+    quorumlock_leader_ttl = 1.0
+    quorumlock_scheduler_interval = 0.1
+    quorumlock_options = {"notify": True}
+    scheduler_class = RecordingRQScheduler
+
+
+class NoLockRQScheduler(rq.scheduler.RQScheduler):
+    """RQ's built-in scheduler with no lock at all."""
+
+    def acquire_locks(self, auto_start: bool = False) -> set:
+        self._acquired_locks = set(self._queue_names)
+        self.lock_acquisition_time = datetime.now()
+        if auto_start and (not self._process or not self._process.is_alive()):
+            self.start()
+        return self._acquired_locks
+
+    def heartbeat(self) -> None:
+        pass
+
+    def save(self, pipeline=None) -> None:  # type: ignore[no-untyped-def]
+        pass                                  # (RQ's expiry wants whole seconds)
+
+
+class NoLockWorker(rq.Worker):
+    def _start_scheduler(self, burst=False, logging_level="INFO", *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.scheduler = NoLockRQScheduler(self.queues, connection=self.connection, interval=0.01,
+                                           serializer=self.serializer)
+        self.scheduler.acquire_locks()
+        self.scheduler.start()
+
+
 def _note_move(job) -> None:  # type: ignore[no-untyped-def]
     path = os.environ.get("QL_MOVES")
     if path:
@@ -107,8 +167,9 @@ def _note_move(job) -> None:  # type: ignore[no-untyped-def]
 
 def run_worker(args: argparse.Namespace) -> None:
     conn = redis.Redis.from_url(args.broker)
-    w = rq.Worker(["default"], connection=conn)
-    w.work(burst=args.burst, logging_level="WARNING")
+    cls = {"plain": rq.Worker, "quorum": QuorumWorker, "nolock": NoLockWorker}[args.worker_class]
+    w = cls(["default"], connection=conn)
+    w.work(burst=args.burst, logging_level="WARNING", with_scheduler=args.with_scheduler)
 
 
 def run_scheduler(args: argparse.Namespace) -> None:
@@ -177,6 +238,9 @@ def main() -> None:
     w = sub.add_parser("worker")
     w.add_argument("--broker", required=True)
     w.add_argument("--burst", action="store_true")
+    w.add_argument("--with-scheduler", action="store_true", help="also run RQ's scheduler process")
+    w.add_argument("--worker-class", choices=("plain", "quorum", "nolock"), default="plain",
+                   help="quorum: RQ's scheduler under quorum leases; nolock: with no lock at all")
     s = sub.add_parser("scheduler")
     s.add_argument("--broker", required=True)
     s.add_argument("--interval", type=float, default=0.1)

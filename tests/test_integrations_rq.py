@@ -5,6 +5,7 @@ more local node as RQ's Redis."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 import signal
 import time
 from datetime import datetime, timedelta, timezone
@@ -254,3 +255,69 @@ def test_rq_bad_arguments():
         exclusive_job("redis://127.0.0.1:1")
     with pytest.raises(TypeError, match="nodes"):
         Scheduler(connection=redis.Redis(port=1))
+
+
+# -- RQ's built-in scheduler (rq worker --with-scheduler) ---------------------------
+
+
+def _schedule_builtin(conn, mod, n, delay):
+    q = rq.Queue("default", connection=conn)
+    at = datetime.now(timezone.utc) + timedelta(seconds=delay)
+    return [q.enqueue_at(at, mod.tick_job).id for _ in range(n)]
+
+
+def _job_runs(mod, spans):
+    return Counter(s[0][4:] for s in mod.read_spans(spans) if s[0].startswith("job:"))
+
+
+def test_rq_builtin_scheduler_two_workers_one_leader_and_failover(env):
+    """Two ``rq worker --with-scheduler`` processes with the quorum worker
+    class (a LeaderElection per queue in each scheduler process): 40 jobs due
+    at once each run exactly once; the process that moved them is SIGKILLed
+    (worker and scheduler process), and the next 40 each run exactly once,
+    moved by the other within the leader TTL (1 s) plus a pass of the kill
+    (0.5-1.1 s here)."""
+    mod, nodes, url, conn, spans, moves = env
+    workers = [mod.start("worker", url, nodes.urls, spans, moves,
+                         extra=["--with-scheduler", "--worker-class", "quorum"]) for _ in range(2)]
+    try:
+        first = _schedule_builtin(conn, mod, 40, 2.0)
+        assert wait_until(lambda: len(_job_runs(mod, spans)) >= 40, 20), stop_all(workers)
+        time.sleep(0.5)                   # a second move of a job would have run by now
+        runs = _job_runs(mod, spans)
+        assert set(runs) == set(first) and set(runs.values()) == {1}, runs
+        leader = int(_moves(moves)[-1][1])
+        os.killpg(os.getpgid(leader), signal.SIGKILL)
+        t_kill = time.monotonic_ns()
+        second = _schedule_builtin(conn, mod, 40, 0.0)
+        assert wait_until(lambda: len(_job_runs(mod, spans)) >= 80, 30), stop_all(workers)
+        time.sleep(0.5)
+        runs = _job_runs(mod, spans)
+        after = [m for m in _moves(moves) if int(m[2]) > t_kill]
+    finally:
+        stop_all(workers)
+    assert set(runs) == set(first + second) and set(runs.values()) == {1}, runs
+    assert after and str(leader) not in {m[1] for m in after}, after
+    failover = (int(after[0][2]) - t_kill) / 1e9
+    print(f"rq built-in scheduler: jobs moved {failover:.3f} s after the leader's SIGKILL")
+    assert failover < 5.0, failover           # the bound: leader_ttl (1 s) + a pass; margin for load
+
+
+def test_rq_builtin_scheduler_without_a_lock_runs_jobs_twice(env):
+    """The negative: two workers whose scheduler processes take no lock move
+    the same due jobs, so some of 60 jobs run twice (15-27 of 60 here): the
+    count check above can fail."""
+    mod, nodes, url, conn, spans, moves = env
+    workers = [mod.start("worker", url, nodes.urls, spans, moves,
+                         extra=["--with-scheduler", "--worker-class", "nolock"]) for _ in range(2)]
+    try:
+        ids = _schedule_builtin(conn, mod, 60, 2.0)
+        assert wait_until(lambda: len(_job_runs(mod, spans)) >= 60, 20), stop_all(workers)
+        time.sleep(1.0)
+        runs = _job_runs(mod, spans)
+    finally:
+        stop_all(workers)
+    twice = sum(1 for v in runs.values() if v > 1)
+    print(f"rq built-in scheduler without a lock: {twice} of 60 jobs ran more than once")
+    assert set(runs) == set(ids)
+    assert twice >= 1, runs

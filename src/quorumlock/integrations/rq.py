@@ -42,7 +42,17 @@ horse per job; a manager is never shared across a fork).  ``nodes`` is the
 node URLs (``LockManager`` options as keywords: ``manager_options``) or a
 callable returning a manager.
 
-**One scheduler at a time.**  rq-scheduler (``rqscheduler``) takes a
+**One scheduler at a time, RQ's own.**  ``rq worker --with-scheduler`` forks
+a scheduler process that moves due jobs (``enqueue_at`` / ``enqueue_in``) to
+their queues under a single-node lock per queue.  ``Worker`` here starts
+``RQScheduler`` instead, which holds a ``LeaderElection`` per queue
+(``leader:rq-scheduler:<queue>``): subclass ``Worker`` with
+``quorumlock_nodes = [...]`` and run ``rq worker --with-scheduler -w
+mymodule.MyWorker`` everywhere.  Only the leader of a queue moves its jobs; it
+re-checks its lease before each queue's move, and a clean stop hands over at
+once.
+
+**rq-scheduler.**  rq-scheduler (``rqscheduler``) takes a
 single-node ``SET NX`` lock for each pass.  ``Scheduler`` here is its
 subclass whose passes run only on the leader of a ``quorumlock.LeaderElection``
 (key ``leader:rq-scheduler:<name>``): run one in every process that may
@@ -50,22 +60,22 @@ schedule; exactly one moves due jobs to their queues; when it dies another
 takes over within ``leader_ttl``.  A leader re-checks its lease before each
 job it moves, so a demoted leader stops in the middle of a pass.
 
-RQ's built-in scheduler (``rq worker --with-scheduler``) keeps its own
-single-node lock per queue; use rq-scheduler with this class when the
-at-most-one-scheduler property must survive the loss of a Redis node.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
+from datetime import datetime
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from ..errors import LockLost
 from ..jobs import JobSkipped, current_lock, exclusive
 from ._shared import ProcessManagers, args_digest, raise_in_thread
 
-__all__ = ["exclusive_job", "Scheduler", "default_key", "JobSkipped"]
+__all__ = ["exclusive_job", "Scheduler", "RQScheduler", "Worker", "default_key", "JobSkipped"]
 
 log = logging.getLogger("quorumlock.rq")
 
@@ -257,3 +267,183 @@ class Scheduler(_RQScheduler):  # type: ignore[misc,valid-type]
         finally:
             self.stop()
             self._managers.close()
+
+
+# -- RQ's built-in scheduler (rq worker --with-scheduler) ------------------------
+
+try:
+    from rq import Worker as _RQWorker
+    from rq.job import Job
+    from rq.queue import Queue
+    from rq.scheduler import RQScheduler as _RQBuiltinScheduler
+    from rq.utils import current_timestamp, now, utcformat
+except ImportError:  # pragma: no cover - the rq extra installs it
+    _RQWorker = _RQBuiltinScheduler = object  # type: ignore[assignment,misc]
+
+
+class RQScheduler(_RQBuiltinScheduler):  # type: ignore[misc,valid-type]
+    """RQ's built-in scheduler (the process ``rq worker --with-scheduler``
+    forks) with one ``LeaderElection`` per queue (``leader:rq-scheduler:<queue>``)
+    in place of its single-node lock per queue: only the leader of a queue
+    moves that queue's due jobs.  The scheduler process campaigns by itself;
+    ``Worker`` below is the worker class that starts it.
+
+    Extra keyword arguments: ``nodes`` (URLs, or a callable returning a
+    blocking ``LockManager``), ``leader_ttl`` (failover bound, default 10 s),
+    ``manager_options``."""
+
+    def __init__(self, queues: Any, connection: Any, *, nodes: Any = None, leader_ttl: float = 10.0,
+                 manager_options: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        if _RQBuiltinScheduler is object:  # pragma: no cover
+            raise ImportError("rq is not installed (pip install quorumlock[rq])")
+        if nodes is None:
+            raise TypeError("RQScheduler needs nodes= (lock node URLs or a LockManager factory)")
+        super().__init__(queues, connection, **kwargs)
+        self._managers = ProcessManagers(nodes, manager_options)
+        self.leader_ttl = leader_ttl
+        self._elections: Dict[str, Any] = {}
+        self.moved = 0
+
+    def _elect(self) -> Dict[str, Any]:
+        if not self._elections:
+            from ..leader import LeaderElection
+
+            locks = self._managers.get()
+            for name in sorted(self._queue_names):
+                self._elections[name] = LeaderElection(locks, f"rq-scheduler:{name}", ttl=self.leader_ttl,
+                                                       identity=self.name).start()
+        return self._elections
+
+    def acquire_locks(self, auto_start: bool = False) -> set:
+        """The queues this process leads.  In the worker (no election of its
+        own): start the scheduler process if it is not running, which then
+        campaigns for every queue."""
+        if not self._elections and auto_start:
+            if not self._process or not self._process.is_alive():
+                self.start()
+            return set()
+        led = {q for q, e in self._elect().items() if e.is_leader}
+        if led != self._acquired_locks:
+            if led - self._acquired_locks:
+                self.log.info("quorumlock: scheduler %s leads %s", self.name, ", ".join(sorted(led)))
+            self._scheduled_job_registries = []
+        self._acquired_locks = led
+        self.lock_acquisition_time = datetime.now()
+        return led
+
+    def _hash_ttl(self) -> int:
+        # RQ's own expiry of the metadata hash, whole seconds (the interval
+        # may be a fraction of a second here).
+        return int(math.ceil(self.interval)) + 60
+
+    def save(self, pipeline: Any = None) -> None:
+        connection = pipeline if pipeline is not None else self.connection.pipeline()
+        connection.hset(self.key, mapping=self.to_dict())
+        connection.expire(self.key, self._hash_ttl())
+        if pipeline is None:
+            connection.execute()
+
+    def heartbeat(self) -> None:
+        """Refresh the scheduler's metadata hash; leadership is the
+        elections' (renewed by their threads)."""
+        self.last_heartbeat = now()
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, "last_heartbeat", utcformat(self.last_heartbeat))
+            pipe.expire(self.key, self._hash_ttl())
+            pipe.execute()
+        self.acquire_locks()
+
+    def enqueue_scheduled_jobs(self) -> None:
+        self._status = self.Status.WORKING
+        if not self._scheduled_job_registries and self._acquired_locks:
+            self.prepare_registries()
+        for registry in self._scheduled_job_registries:
+            election = self._elections.get(registry.name)
+            if election is None or not election.is_leader:
+                continue        # demoted since the registries were prepared
+            job_ids = registry.get_jobs_to_schedule(current_timestamp())
+            if not job_ids:
+                continue
+            queue = Queue(registry.name, connection=self.connection, serializer=self.serializer)
+            with self.connection.pipeline() as pipeline:
+                jobs = Job.fetch_many(job_ids, connection=self.connection, serializer=self.serializer)
+                for job in jobs:
+                    if job is not None:
+                        queue._enqueue_job(job, pipeline=pipeline, at_front=job.should_enqueue_at_front())
+                for job_id in job_ids:
+                    registry.remove(job_id, pipeline=pipeline)
+                if not election.is_leader:
+                    self.log.warning("quorumlock: lost the lease of %s in a pass; left to the next leader",
+                                     registry.name)
+                    continue
+                pipeline.execute()
+                self.moved += len(job_ids)
+        self._status = self.Status.STARTED
+
+    def release_locks(self) -> None:
+        """Step down everywhere (another scheduler takes over at once)."""
+        elections, self._elections = self._elections, {}
+        for e in elections.values():
+            e.stop()
+        self._acquired_locks = set()
+
+    def work(self) -> None:
+        self._install_signal_handlers()
+        self.register_birth()
+        self._elect()
+        try:
+            while not self._stop_requested:
+                self.heartbeat()
+                self.enqueue_scheduled_jobs()
+                time.sleep(self.interval)
+        finally:
+            self.stop()
+            self._managers.close()
+
+
+class Worker(_RQWorker):  # type: ignore[misc,valid-type]
+    """An RQ worker whose ``--with-scheduler`` process is ``RQScheduler``.
+    Subclass it with the nodes and use it as the worker class::
+
+        class MyWorker(quorumlock.integrations.rq.Worker):
+            quorumlock_nodes = ["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"]
+
+        rq worker --with-scheduler -w mymodule.MyWorker
+    """
+
+    #: Lock node URLs (or a callable returning a blocking LockManager).
+    quorumlock_nodes: Any = None
+    #: The scheduler's failover bound, seconds.
+    quorumlock_leader_ttl: float = 10.0
+    #: Options of the scheduler process's LockManager.
+    quorumlock_options: Optional[Dict[str, Any]] = None
+    #: How often the scheduler process looks for due jobs, seconds.
+    quorumlock_scheduler_interval: float = 1.0
+    #: The scheduler class (an ``RQScheduler`` subclass).
+    scheduler_class: Any = RQScheduler
+
+    def _start_scheduler(self, burst: bool = False, logging_level: Optional[str] = "INFO",
+                         date_format: Any = None, log_format: Any = None) -> None:
+        if self.quorumlock_nodes is None:
+            raise TypeError(f"{type(self).__name__}.quorumlock_nodes is not set (lock node URLs)")
+        extra = {k: v for k, v in (("date_format", date_format), ("log_format", log_format)) if v is not None}
+        self.scheduler = self.scheduler_class(
+            self.queues, connection=self.connection, nodes=self.quorumlock_nodes,
+            leader_ttl=self.quorumlock_leader_ttl, manager_options=self.quorumlock_options,
+            interval=self.quorumlock_scheduler_interval,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            serializer=self.serializer, **extra)
+        if not burst:
+            self.scheduler.start()           # the process campaigns for its queues
+            return
+        s = self.scheduler
+        try:
+            for e in s._elect().values():
+                e.wait_elected(s.leader_ttl)
+            if s.acquire_locks():
+                s.register_birth()
+                s.enqueue_scheduled_jobs()
+        finally:
+            s.release_locks()
+            s.register_death()
+            s._managers.close()
