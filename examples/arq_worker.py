@@ -118,8 +118,8 @@ async def enqueue(broker: str, function: str, *args: Any, n: int = 1) -> None:
 
 def start_worker(nodes: List[str], broker: str, spans: str, cron: str = "") -> subprocess.Popen:
     env = dict(os.environ, QL_NODES=",".join(nodes), QL_BROKER=broker, QL_SPANS=spans, QL_CRON=cron)
-    env["PYTHONPATH"] = os.pathsep.join([HERE] + [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                                                  if p])
+    paths = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([HERE] + paths)
     return subprocess.Popen([sys.executable, "-m", "arq", "arq_worker.WorkerSettings"], cwd=HERE, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 

@@ -89,7 +89,8 @@ def send(broker_url: str, actor_name: str, *args, **options) -> None:  # type: i
 
 def start_worker(nodes, broker_url: str, spans: str, processes: int = 2, threads: int = 4) -> subprocess.Popen:
     env = dict(os.environ, QL_NODES=",".join(nodes), QL_BROKER=broker_url, QL_SPANS=spans)
-    env["PYTHONPATH"] = os.pathsep.join([HERE] + [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    paths = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([HERE] + paths)
     return subprocess.Popen([sys.executable, "-m", "dramatiq", "dramatiq_actors", "--processes", str(processes),
                              "--threads", str(threads)], cwd=HERE, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)

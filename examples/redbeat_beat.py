@@ -73,8 +73,8 @@ def _record(sender=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
 
 def start_beat(nodes: List[str], broker: str, fires: str, plain: bool = False) -> subprocess.Popen:
     env = dict(os.environ, QL_NODES=",".join(nodes), QL_BROKER=broker, QL_FIRES=fires)
-    env["PYTHONPATH"] = os.pathsep.join([HERE] + [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                                                  if p])
+    paths = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([HERE] + paths)
     if plain:
         env["QL_PLAIN"] = "1"
     else:

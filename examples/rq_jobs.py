@@ -188,7 +188,8 @@ def start(kind: str, broker: str, nodes: List[str], spans: str = "", moves: str 
           extra: List[str] = ()) -> subprocess.Popen:  # type: ignore[assignment]
     """A worker or scheduler process (its own process group, for SIGKILL)."""
     env = dict(os.environ, QL_NODES=",".join(nodes), QL_SPANS=spans, QL_MOVES=moves)
-    env["PYTHONPATH"] = os.pathsep.join([HERE] + [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    paths = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([HERE] + paths)
     return subprocess.Popen([sys.executable, os.path.join(HERE, "rq_jobs.py"), kind, "--broker", broker, *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
