@@ -19,28 +19,38 @@ pytest.importorskip("celery", reason="celery is not installed (pip install quoru
 pytest.importorskip("redbeat", reason="celery-redbeat is not installed (pip install quorumlock[redbeat])")
 
 
-def _run_two(make_cluster, tmp_path, plain, kill_after=None, total=5.0):
+def _run_beats(make_cluster, tmp_path, plain, kills=(), total=5.0, n=2):
+    """``n`` beats; at each time of ``kills`` (seconds after the first send)
+    the latest sender is SIGKILLed.  The sends, the broker's queue length,
+    [(kill time ns, victim pid)], the beats' stderr."""
     mod = examples_module("redbeat_beat")
     nodes = make_cluster(n=3, mode="volatile", max_ttl=2.0)
     broker = make_cluster(n=1, mode="unsafe")
     fires = str(tmp_path / "fires")
-    beats = [mod.start_beat(nodes.urls, broker.urls[0], fires, plain=plain) for _ in range(2)]
-    t_kill = victim = None
+    beats = [mod.start_beat(nodes.urls, broker.urls[0], fires, plain=plain) for _ in range(n)]
+    killed = []
     try:
         assert wait_until(lambda: mod.read_fires(fires), 20, step=0.05), stop_all(beats)
         t_first = time.monotonic()
-        if kill_after is not None:
-            time.sleep(kill_after)
+        for at in kills:
+            time.sleep(max(0.0, at - (time.monotonic() - t_first)))
             victim = mod.read_fires(fires)[-1][1]
             os.killpg(victim, signal.SIGKILL)
-            t_kill = time.monotonic_ns()
-        time.sleep(total - (time.monotonic() - t_first))
+            killed.append((time.monotonic_ns(), victim))
+        time.sleep(max(0.0, total - (time.monotonic() - t_first)))
     finally:
         errs = stop_all(beats)
     r = redis.Redis.from_url(broker.urls[0])
     queued = r.llen("celery")
     r.close()
-    return mod.read_fires(fires), queued, t_kill, victim, errs
+    return mod.read_fires(fires), queued, killed, errs
+
+
+def _run_two(make_cluster, tmp_path, plain, kill_after=None, total=5.0):
+    fires, queued, killed, errs = _run_beats(make_cluster, tmp_path, plain,
+                                             () if kill_after is None else (kill_after,), total)
+    t_kill, victim = killed[0] if killed else (None, None)
+    return fires, queued, t_kill, victim, errs
 
 
 def _close_pairs(fires, within_ns=500_000_000):
@@ -132,3 +142,19 @@ def test_redbeat_tick_claim_stops_a_second_send_of_the_same_tick(make_cluster):
     print(f"redbeat: same tick sent {sent}x with the claim, {plain}x without")
     assert plain == 2
     r.close()
+
+
+@pytest.mark.slow
+def test_redbeat_three_beats_two_kills_soak(make_cluster, tmp_path):
+    """Three beats for 20 s; the sender SIGKILLed after 5 s and the next one
+    after 11 s: no tick sent twice, the broker holds exactly the sends, and
+    after each kill another beat goes on sending."""
+    fires, queued, killed, errs = _run_beats(make_cluster, tmp_path, plain=False, kills=(5.0, 11.0), total=20.0,
+                                             n=3)
+    assert len(fires) >= 15, (fires, errs)
+    assert _close_pairs(fires) == [], fires
+    assert queued == len(fires)
+    for t_kill, victim in killed:
+        after = [f for f in fires if f[2] > t_kill]
+        assert len(after) >= 3 and victim not in {f[1] for f in after}, (killed, fires)
+    assert len({f[1] for f in fires}) == 3          # each beat sent in its turn
