@@ -2,7 +2,7 @@
  *
  * Redlock's validity is "TTL minus the time the attempt took minus drift".  The
  * attempt's duration must come from a clock that never jumps, so everything the
- * client times is CLOCK_MONOTONIC in integer nanoseconds (DESIGN.md section 2).
+ * client times is CLOCK_MONOTONIC in integer nanoseconds (docs/algorithm.md).
  * The wall clock is never read by the engine. */
 #ifndef QL_CLOCK_H
 #define QL_CLOCK_H

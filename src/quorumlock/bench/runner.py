@@ -287,7 +287,7 @@ def _row(w: Workload, mode: str, n: int, m: Measurement, keys_left: int, set_cal
     if drain > 0.05:
         notes.append(f"the slowest node was {drain:.2f} s behind at the end (drained inside the window)")
     if "fencing" in w.name and keys_left:
-        notes.append("keys left include the per-key fence counters, kept by design (DESIGN.md §6)")
+        notes.append("keys left include the per-key fence counters, kept by design (docs/fencing.md)")
     lost = [m.warmup_attempts + m.attempts - c for c in set_calls]
     if row["consistent"] is False and any(x > 0 for x in lost):
         notes.append("a node missed SETs: the client had dropped that connection (see extra.client_log)")

@@ -1,0 +1,172 @@
+"""The repository's documents stand alone.
+
+* No tracked file refers to the engineers' design notes ``DESIGN.md`` /
+  ``FAULTS.md``, which are not part of the repository: every such reference
+  points at a ``docs/`` file instead.  First-round code: 100 references in 42
+  files (``git grep -c``); the strict test below failed there with 27 of them
+  outside the files other branches are editing (and the README, LICENSE and
+  CHANGELOG tests failed too).
+* Every link to a ``docs/`` file (a Markdown link, or a ``docs/NAME.md``
+  mention in code, comments and docstrings) names a file that exists, and
+  every relative Markdown link in a tracked ``.md`` file resolves.
+* README.md marks the commands that ``.ci/run`` runs verbatim, and they are
+  the two commands plus the wheel install; LICENSE and CHANGELOG.md exist.
+
+These read tracked files only (``git ls-files``); outside a git checkout
+(an installed sdist) they skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from typing import Dict, List
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THIS = os.path.relpath(os.path.abspath(__file__), ROOT)
+
+# Files that other branches are editing while this one lands; the lead
+# rewrites their references after merging.  Remove entries as they are fixed.
+PENDING = (
+    "src/quorumlock/_cython/",
+    "src/quorumlock/_pycore.py",
+    "src/quorumlock/_core.pyx",
+    "src/quorumlock/aio.py",
+    "src/quorumlock/blocking.py",
+    "src/quorumlock/_manager.py",
+    "src/quorumlock/_config.py",
+    "src/quorumlock/_handshake.py",
+    "src/quorumlock/_scripts.py",
+    "src/quorumlock/nodes.py",
+    "src/quorumlock/chaos/",
+    "src/quorumlock/integrations/",
+    "src/quorumlock/compat/",
+    "src/quorumlock/fencing.py",
+    "src/quorumlock/metrics.py",
+    "docs/safety.md",
+    "docs/fencing.md",
+    "docs/schedulers.md",
+    "docs/migrating.md",
+)
+
+_NOTES = re.compile(r"\b(DESIGN|FAULTS)\.md\b")
+_TEXT_EXT = (".py", ".pyx", ".pxi", ".pxd", ".c", ".h", ".md", ".toml", ".cfg", ".yml",
+             ".yaml", ".txt", ".in", ".json", ".sh", "")  # fmt: skip
+
+
+def _tracked() -> List[str]:
+    if shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")) and not os.path.isfile(
+        os.path.join(ROOT, ".git")
+    ):
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    return [p for p in out.decode().split("\0") if p]
+
+
+def _texts() -> Dict[str, str]:
+    texts: Dict[str, str] = {}
+    for rel in _tracked():
+        if rel == THIS or os.path.splitext(rel)[1] not in _TEXT_EXT:
+            continue
+        path = os.path.join(ROOT, rel)
+        if not os.path.isfile(path):
+            continue  # deleted in the work tree
+        try:
+            with open(path, encoding="utf-8") as f:
+                texts[rel] = f.read()
+        except UnicodeDecodeError:
+            continue
+    return texts
+
+
+def _note_refs(pending: bool) -> List[str]:
+    hits = []
+    for rel, text in sorted(_texts().items()):
+        if rel.startswith(PENDING) != pending:
+            continue
+        for n, line in enumerate(text.splitlines(), 1):
+            if _NOTES.search(line):
+                hits.append(f"{rel}:{n}: {line.strip()[:100]}")
+    return hits
+
+
+def test_no_reference_to_the_design_notes():
+    """Outside the files other branches are editing, nothing cites DESIGN.md / FAULTS.md."""
+    hits = _note_refs(pending=False)
+    assert not hits, "references to notes the repository lacks:\n" + "\n".join(hits)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="files being edited on other branches still cite DESIGN.md/FAULTS.md; "
+    "the lead rewrites them after merging (then drop PENDING and this mark)",
+)
+def test_no_reference_to_the_design_notes_anywhere():
+    hits = _note_refs(pending=True)
+    assert not hits, "references to notes the repository lacks:\n" + "\n".join(hits)
+
+
+_DOCS_MENTION = re.compile(r"(?<![\w/.-])docs/([\w.-]+\.md)")
+_MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_every_docs_file_mentioned_exists():
+    missing = []
+    for rel, text in _texts().items():
+        for m in _DOCS_MENTION.finditer(text):
+            if not os.path.isfile(os.path.join(ROOT, "docs", m.group(1))):
+                missing.append(f"{rel}: docs/{m.group(1)}")
+    assert not missing, "mentions of docs/ files that do not exist:\n" + "\n".join(sorted(set(missing)))
+
+
+def test_relative_markdown_links_resolve():
+    broken = []
+    for rel, text in _texts().items():
+        if not rel.endswith(".md"):
+            continue
+        base = os.path.dirname(os.path.join(ROOT, rel))
+        for m in _MD_LINK.finditer(text):
+            target = m.group(1)
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL, or an anchor in the same page
+            path = target.split("#", 1)[0]
+            if path and not os.path.exists(os.path.join(base, path)):
+                broken.append(f"{rel}: ({target})")
+    assert not broken, "relative links to missing files:\n" + "\n".join(sorted(set(broken)))
+
+
+def _readme_commands() -> Dict[str, str]:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    found = re.findall(
+        r"<!-- \.ci/run runs the next command verbatim: (\w+) -->\s*\n```[a-z]*\n(.*?)\n```", text, flags=re.S
+    )
+    return {name: cmd.strip() for name, cmd in found}
+
+
+def test_readme_marks_the_commands_ci_runs():
+    """.ci/run extracts these by their markers; each must be one line, each run in a fresh venv."""
+    cmds = _readme_commands()
+    assert sorted(cmds) == ["demo", "test", "wheel"]
+    for name, cmd in cmds.items():
+        assert "\n" not in cmd, name
+        assert cmd.startswith("python3 -m venv .venv && . .venv/bin/activate && "), name
+    assert cmds["demo"].endswith("quorumlock demo")
+    assert cmds["test"].endswith("python -m pytest -q")
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        ci = f.read()
+    for name in cmds:
+        assert f"readme_cmd {name}" in ci, f".ci/run does not run README's {name!r} command"
+
+
+def test_license_and_changelog():
+    with open(os.path.join(ROOT, "LICENSE"), encoding="utf-8") as f:
+        lic = f.read()
+    assert lic.startswith("MIT License") and "quorumlock developers" in lic
+    with open(os.path.join(ROOT, "CHANGELOG.md"), encoding="utf-8") as f:
+        log = f.read()
+    assert "## Unreleased" in log and "## 0.1.0" in log
