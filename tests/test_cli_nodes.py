@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,3 +184,38 @@ def test_nodes_config_fsync_subprocess() -> None:
 def test_nodes_config_rejects_bad_ttl(capsys: pytest.CaptureFixture) -> None:
     assert main(["nodes", "config", "--mode", "volatile", "--max-ttl", "0"]) == 2
     assert "max_ttl" in capsys.readouterr().err
+
+
+def test_nodes_config_enforces_the_delay_on_every_start(capsys: pytest.CaptureFixture) -> None:
+    """The volatile drop-in sleeps before *every* start (boot and manual start
+    included), as active lines, and never lets eviction drop a lock key.
+
+    First-round code: the ``ExecStartPre=`` / ``TimeoutStartSec=`` lines were
+    printed commented out (``#ExecStartPre=/bin/sleep 32``), so a reboot or a
+    ``systemctl start`` brought an empty node back at once; and no
+    ``maxmemory-policy`` line was printed."""
+    assert main(["nodes", "config", "--mode", "volatile", "--max-ttl", "30"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "ExecStartPre=/bin/sleep 32" in lines
+    assert "TimeoutStartSec=122" in lines  # above the sleep plus a normal start-up
+    assert "maxmemory-policy noeviction" in lines
+    assert not [ln for ln in lines if ln.startswith(("#ExecStartPre", "#TimeoutStartSec"))]
+    # fsync restarts at once (its keys survive): no sleep there.
+    assert main(["nodes", "config", "--mode", "fsync", "--max-ttl", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "ExecStartPre" not in out and "maxmemory-policy noeviction" in out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("mode", ["volatile", "fsync", "unsafe"])
+def test_nodes_config_drop_in_is_valid_systemd(mode: str, tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """``systemd-analyze verify`` accepts the drop-in merged into a unit: no
+    unknown key, no bad value (systemd would ignore those silently at boot)."""
+    assert main(["nodes", "config", "--mode", mode, "--max-ttl", "30"]) == 0
+    text = capsys.readouterr().out
+    drop_in = text[text.index("[Unit]"):]
+    unit = tmp_path / "quorumlock-node-test.service"
+    unit.write_text("[Unit]\nDescription=test\n\n[Service]\nExecStart=/bin/true\n\n" + drop_in)
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    complaints = [ln for ln in (res.stdout + res.stderr).splitlines() if str(unit) in ln]
+    assert res.returncode == 0 and not complaints, res.stdout + res.stderr

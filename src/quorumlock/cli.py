@@ -78,7 +78,8 @@ def _add_nodes_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
         "config",
         help="print the redis.conf lines and systemd drop-in for a mode",
         description="Print the redis.conf lines and the systemd drop-in that a production "
-        "node of --mode needs (for volatile: the delayed restart).",
+        "node of --mode needs.  For volatile the drop-in enforces the delayed restart on every "
+        "start (after a crash, a manual start and at boot).  See docs/deployment.md.",
     )
     _add_node_mode_args(cfg)
     cfg.set_defaults(func=_cmd_nodes_config)
