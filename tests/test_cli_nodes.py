@@ -219,3 +219,91 @@ def test_nodes_config_drop_in_is_valid_systemd(mode: str, tmp_path, capsys: pyte
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     complaints = [ln for ln in (res.stdout + res.stderr).splitlines() if str(unit) in ln]
     assert res.returncode == 0 and not complaints, res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------
+# other command-line flags: -V, bench plots and --list, the examples
+# --------------------------------------------------------------------------
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+def test_version_flag(flag: str, capsys: pytest.CaptureFixture) -> None:
+    """First-round code: ``-V`` was refused (exit 2)."""
+    import quorumlock
+
+    with pytest.raises(SystemExit) as exc:
+        main([flag])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"quorumlock {quorumlock.__version__}"
+
+
+def test_bench_writes_plots_unless_told_not_to() -> None:
+    """A measuring run (``--quick`` included) writes plots by default.
+    First-round code: no default (``--plots`` only), no ``--no-plots``."""
+    from quorumlock.bench import runner
+    from quorumlock.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert runner._plots_dir(parse(["bench", "--quick"])) == runner.DEFAULT_PLOTS_DIR
+    assert runner._plots_dir(parse(["bench", "--quick", "--no-plots"])) is None
+    assert runner._plots_dir(parse(["bench", "--plots", "out/p"])) == "out/p"
+
+
+def test_bench_list_names_the_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """With peer libraries missing, ``bench --list`` says which extra installs
+    them.  First-round code: only per-row "pip install <name>" notes."""
+    from quorumlock.bench import workloads
+
+    # Fault injection: every peer library "missing", whatever is installed here.
+    monkeypatch.setattr(workloads.Workload, "skip_reason",
+                        lambda self: None if self.library == "quorumlock" else "not installed")  # fmt: skip
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped for missing libraries: " in out and "pottery.Redlock" in out
+    assert "python -m pip install 'quorumlock[bench]'" in out
+
+
+def _run_example_without(module: str, script: str) -> subprocess.CompletedProcess:
+    """Run examples/``script`` as ``__main__`` with ``module`` made unimportable."""
+    code = (f"import runpy, sys; sys.modules[{module!r}] = None; sys.argv = [{script!r}]; "
+            f"sys.path.insert(0, {EXAMPLES!r}); runpy.run_path({os.path.join(EXAMPLES, script)!r}, run_name='__main__')")  # fmt: skip
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("module,script", [("celery", "celery_app.py"), ("apscheduler", "apscheduler_ticks.py")])
+def test_examples_name_their_missing_extra(module: str, script: str) -> None:
+    """First-round code: a ModuleNotFoundError traceback that named no extra."""
+    p = _run_example_without(module, script)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == (
+        f"examples/{script} needs {'Celery' if module == 'celery' else 'APScheduler 3.x'}: "
+        "python -m pip install 'quorumlock[integrations]'"
+    )
+
+
+def test_celery_example_reads_quorumlock_nodes() -> None:
+    """``nodes up`` prints ``QUORUMLOCK_NODES=...``; the Celery example reads
+    that variable.  First-round code: it read ``QL_NODES`` (printed None)."""
+    pytest.importorskip("celery", reason="celery is not installed (pip install quorumlock[integrations])")
+    urls = "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003"
+    code = f"import sys; sys.path.insert(0, {EXAMPLES!r}); import celery_app; print(celery_app.app.conf.quorumlock_nodes)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, QUORUMLOCK_NODES=urls))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == repr(urls.split(","))
+
+
+def test_wakeup_latency_quantiles_stay_within_the_samples() -> None:
+    """First-round code: ``statistics.quantiles``' default method printed
+    "p90 13.50 ms" above "max 10.00 ms" for the samples below."""
+    if EXAMPLES not in sys.path:
+        sys.path.insert(0, EXAMPLES)
+    import wakeup_latency
+
+    text = wakeup_latency.summary([1.0, 2.0, 3.0, 10.0])
+    p90 = float(re.search(r"p90 +([\d.]+)", text).group(1))
+    top = float(re.search(r"max +([\d.]+)", text).group(1))
+    assert p90 <= top == 10.0, text
+    assert "p50" in wakeup_latency.summary([4.0])

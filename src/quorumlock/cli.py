@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="quorumlock",
         description="Redlock over N independent Redis masters: tools.",
     )
-    parser.add_argument("--version", action="version", version=f"quorumlock {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"quorumlock {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in _SUBCOMMANDS:
