@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import re
 import shutil
 import signal
@@ -307,3 +308,66 @@ def test_wakeup_latency_quantiles_stay_within_the_samples() -> None:
     top = float(re.search(r"max +([\d.]+)", text).group(1))
     assert p90 <= top == 10.0, text
     assert "p50" in wakeup_latency.summary([4.0])
+
+
+def _free_base(n: int) -> int:
+    """A base port with ``n`` free ports after it, outside the ephemeral range."""
+    from quorumlock.cli import _check_ports
+
+    for _ in range(50):
+        base = random.randrange(12000, 19000)
+        try:
+            _check_ports("127.0.0.1", base, n)
+            return base
+        except ValueError:
+            continue
+    pytest.skip("no run of free ports found")
+
+
+def test_nodes_up_port_sets_the_base_port(nodes_up) -> None:
+    """``--port BASE``: node i listens on BASE+i, and keeps it across a restart.
+    First-round code: ``--port`` was refused (exit 2)."""
+    from quorumlock import nodes
+
+    original = nodes._pick_free_port
+    base = _free_base(2)
+    cli = nodes_up("-n", "2", "--mode", "unsafe", "--max-ttl", "1", "--port", str(base))
+    urls, _ = cli.start_info()
+    assert urls == [f"redis://127.0.0.1:{base}", f"redis://127.0.0.1:{base + 1}"]
+    assert all(_ping(u) for u in urls)
+    victim = next(p for p in cli.servers() if f":{base}" in " ".join(p.cmdline()))
+    victim.kill()
+    cli.expect(r"^# node 0 up again")
+    assert _ping(urls[0])
+    cli.proc.send_signal(signal.SIGINT)
+    assert cli.proc.wait(timeout=15) == 0
+    assert nodes._pick_free_port is original  # nothing patched in this process
+
+
+def test_nodes_up_port_busy_or_out_of_range_is_one_line(redis_server: str) -> None:
+    base = _free_base(2)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", base + 1))
+        busy.listen()
+        p = subprocess.run(
+            [sys.executable, "-m", "quorumlock", "nodes", "up", "-n", "2", "--port", str(base), "--server", redis_server],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert p.returncode == 1 and p.stderr.strip() == (
+        f"quorumlock nodes up: error: port {base + 1} on 127.0.0.1 is not free (Address already in use)"
+    ), p.stderr
+    p = subprocess.run([sys.executable, "-m", "quorumlock", "nodes", "up", "-n", "3", "--port", "65534"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 1 and "ports must lie in 1..65535" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_fixed_ports_restores_the_port_picker() -> None:
+    from quorumlock import nodes
+    from quorumlock.cli import _fixed_ports
+
+    original = nodes._pick_free_port
+    with pytest.raises(RuntimeError, match="was taken"):
+        with _fixed_ports([41000]):
+            assert nodes._pick_free_port("127.0.0.1") == 41000
+            nodes._pick_free_port("127.0.0.1")
+    assert nodes._pick_free_port is original
