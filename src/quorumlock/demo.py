@@ -40,7 +40,8 @@ def server_version(server: str) -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     lines = res.stdout.strip().splitlines()
-    return lines[0] if lines else ""
+    # "Redis server v=7.0.15 sha=00000000:0 malloc=... build=...": name and version suffice.
+    return lines[0].split(" sha=")[0] if lines else ""
 
 
 def run_demo(
@@ -116,6 +117,10 @@ def run_demo(
                 if mode == "volatile":
                     _say(out, f"   (volatile mode: the supervisor restarts it only after "
                               f"{cluster.restart_delay:.2f} s, longer than any lease it granted)")
+                # Wait for it, so that the runs below use every node (and the
+                # managers made below find no node down at connect).
+                waited = cluster.wait_up(0, timeout=cluster.restart_delay + 10.0)
+                _say(out, f"   node 0 is back (waited {waited:.2f} s more for it)")
 
         _say(out, "\n4. fencing tokens")
         with LockManager(cluster.urls, ttl=2.0, fencing=True) as fenced:
