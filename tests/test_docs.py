@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from typing import Dict, List
 
 import pytest
@@ -228,3 +229,63 @@ def test_deployment_acl_user_can_do_every_lock_operation(make_cluster, core, opt
                 assert alocks.metrics()["notified"] >= 1
 
     asyncio.run(asyncio.wait_for(body(), 30))
+
+
+def _code_block_with(path: str, needle: str) -> str:
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        blocks = re.findall(r"```[a-z]*\n(.*?)\n```", f.read(), flags=re.S)
+    found = [b for b in blocks if needle in b]
+    assert len(found) == 1, f"{path}: expected one code block with {needle!r}, found {len(found)}"
+    return found[0]
+
+
+def test_deployment_server_config_runs(redis_server, tmp_path):
+    """The redis.conf that docs/deployment.md assembles — ``nodes config``'s
+    lines, the network/TLS block and the ACL block, with this machine's paths
+    and ports — starts real servers, and a client reaches them over TLS as the
+    ACL user and locks with fencing.  Catches a directive the server refuses
+    (it exits at start) or a block that does not fit the client."""
+    import ssl
+
+    from quorumlock import LockManager
+    from quorumlock.nodes import _pick_free_port, make_tls_files, node_config
+
+    if subprocess.run([redis_server, "--version"], capture_output=True, text=True).stdout.find("Redis") < 0:
+        pytest.skip("the TLS block is written for redis-server")
+    tls = make_tls_files(str(tmp_path / "tls"))
+    base = node_config("volatile", 1.0).split("# ---- systemd")[0]
+    net = (_code_block_with("docs/deployment.md", "tls-port")
+           .replace("bind 10.0.1.11", "bind 127.0.0.1")
+           .replace("/etc/redis/tls/node.crt", tls.cert_file)
+           .replace("/etc/redis/tls/node.key", tls.key_file)
+           .replace("/etc/redis/tls/ca.crt", tls.ca_file))  # fmt: skip
+    acl = _code_block_with("docs/deployment.md", "user default off").replace(">CHANGE-ME", ">pw-for-test")
+    procs, ports = [], []
+    try:
+        for i in range(3):
+            port = _pick_free_port("127.0.0.1")
+            d = tmp_path / f"node{i}"
+            d.mkdir()
+            conf = d / "redis.conf"
+            conf.write_text(f"{base}\n{net.replace('tls-port 6380', f'tls-port {port}')}\n{acl}\ndir {d}\n")
+            procs.append(subprocess.Popen([redis_server, str(conf)], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.STDOUT))  # fmt: skip
+            ports.append(port)
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        urls = [f"rediss://quorumlock:pw-for-test@127.0.0.1:{p}" for p in ports]
+        deadline = time.monotonic() + 20
+        while True:
+            assert all(p.poll() is None for p in procs), "a server refused the documented configuration"
+            try:
+                with LockManager(urls, ttl=1.0, ssl_context=ctx, fencing=True) as locks:
+                    lock = locks.acquire("deploy:a", timeout=2.0)
+                    assert lock.fence and lock.release()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
