@@ -244,7 +244,10 @@ def test_deployment_server_config_runs(redis_server, tmp_path):
     lines, the network/TLS block and the ACL block, with this machine's paths
     and ports — starts real servers, and a client reaches them over TLS as the
     ACL user and locks with fencing.  Catches a directive the server refuses
-    (it exits at start) or a block that does not fit the client."""
+    (it exits at start) or a block that does not fit the client: the first
+    draft of the page had a comment after ``tls-auth-clients optional``, and
+    Redis 7.0.15 exited with "FATAL CONFIG FILE ERROR ... wrong number of
+    arguments"."""
     import ssl
 
     from quorumlock import LockManager
