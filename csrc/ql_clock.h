@@ -2,7 +2,7 @@
  *
  * Redlock's validity is "TTL minus the time the attempt took minus drift".  The
  * attempt's duration must come from a clock that never jumps, so everything the
- * client times is one clock in integer nanoseconds (DESIGN.md section 2):
+ * client times is one clock in integer nanoseconds (docs/algorithm.md):
  * CLOCK_BOOTTIME where it exists (Linux), else CLOCK_MONOTONIC.  BOOTTIME is
  * MONOTONIC plus the time the system spent suspended: a laptop that sleeps
  * with a lock held must wake up seeing the lease as expired, and MONOTONIC

@@ -1,8 +1,8 @@
 /* ql_clockshim.c: an LD_PRELOAD shim that shifts and scales a process's
- * wall clock, for the clock faults of the safety checker (FAULTS.md (b) rows
+ * wall clock, for the clock faults of the safety checker (docs/faults.md, rows
  * 4-8).  libfaketime cannot be used on Debian's redis-server: jemalloc calls
  * clock_gettime() while libfaketime is initialising and the server hangs
- * (FAULTS.md (c); libfaketime #130, #327, #478).  This shim therefore:
+ * (docs/faults.md, "How the faults are made"; libfaketime #130, #327, #478).  This shim therefore:
  *
  *   - never allocates and never calls dlsym(): the real time comes from a raw
  *     syscall(SYS_clock_gettime), so there is no "next symbol" to look up and

@@ -107,6 +107,11 @@ def tour(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("apscheduler") is None:  # one line naming the extra, not a traceback
+        raise SystemExit("examples/apscheduler_ticks.py needs APScheduler 3.x: "
+                         "python -m pip install 'quorumlock[integrations]'")  # fmt: skip
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cmd", nargs="?", default="tour", choices=["tour", "worker"])
     ap.add_argument("--nodes")

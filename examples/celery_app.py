@@ -7,10 +7,11 @@
         ended: the runs of one day never overlap (they queue up on the lock),
         the two days run side by side.
 
-    celery -A celery_app worker   (from examples/, with QL_NODES and QL_BROKER set)
+    celery -A celery_app worker   (from examples/, with QUORUMLOCK_NODES and QL_BROKER set)
         a worker for your own experiments.
 
-Environment: ``QL_NODES`` (comma-separated lock node URLs), ``QL_BROKER``
+Environment: ``QUORUMLOCK_NODES`` (comma-separated lock node URLs, as
+``quorumlock nodes up`` prints them), ``QL_BROKER``
 (broker URL, default ``redis://127.0.0.1:6379/0``), ``QL_STORE`` (where the
 runs are recorded; default: the broker).
 """
@@ -23,7 +24,11 @@ import sys
 import time
 
 import redis
-from celery import Celery
+
+try:
+    from celery import Celery
+except ImportError:  # one line naming the extra, not a traceback
+    raise SystemExit("examples/celery_app.py needs Celery: python -m pip install 'quorumlock[integrations]'") from None
 
 from quorumlock.integrations.celery import ExclusiveTask, configure
 
@@ -37,8 +42,8 @@ app.conf.update(
     worker_hijack_root_logger=False,
     task_ignore_result=True,
 )
-if os.environ.get("QL_NODES"):
-    configure(app, os.environ["QL_NODES"].split(","), ttl=2.0, notify=True)
+if os.environ.get("QUORUMLOCK_NODES"):
+    configure(app, os.environ["QUORUMLOCK_NODES"].split(","), ttl=2.0, notify=True)
 
 
 def _record(list_key: str, day: str, seconds: float) -> None:
@@ -71,7 +76,7 @@ def spans(list_key: str) -> list:
 
 
 def start_worker(nodes: list, broker: str, concurrency: int = 4) -> subprocess.Popen:
-    env = dict(os.environ, QL_NODES=",".join(nodes), QL_BROKER=broker, QL_STORE=broker)
+    env = dict(os.environ, QUORUMLOCK_NODES=",".join(nodes), QL_BROKER=broker, QL_STORE=broker)
     here = os.path.dirname(os.path.abspath(__file__))
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool=prefork",

@@ -325,7 +325,7 @@ def test_paused_node_hits_the_deadline(run, core, make_cluster):
 
 
 def test_half_reply_release_on_all_nodes(run, core, clusters):
-    """A node that applies the SET but whose reply is lost (FAULTS.md row 17):
+    """A node that applies the SET but whose reply is lost (docs/faults.md row 17):
     the failed attempt still releases there."""
     cluster = clusters(3)
 

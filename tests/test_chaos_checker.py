@@ -1,7 +1,7 @@
 """The safety checker against hand-made histories.
 
-A checker that never fails proves nothing (DESIGN.md §7): every negative
-control of FAULTS.md (b) is written here as the history it produces, and the
+A checker that never fails proves nothing (docs/faults.md): every negative
+control of docs/faults.md is written here as the history it produces, and the
 checker must flag it, naming the offending operations; a valid history of
 the same shape must come out clean.  No servers: the checker is a pure
 function of the events."""
@@ -140,7 +140,7 @@ def test_back_to_back_holders_do_not_overlap():
 
 
 # --------------------------------------------------------------------------
-# the negative controls of FAULTS.md (b)
+# the negative controls of docs/faults.md
 # --------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ def test_host_clock_is_clock_monotonic():
 
 def test_clock_shim_jump_and_rate_on_redis_server(make_cluster, redis_server, tmp_path):
     """Under the shim, a forward step of the wall clock frees a PX key at
-    once (Redis expires by the wall clock: FAULTS.md (c)), and a rate of 2
+    once (Redis expires by the wall clock: docs/faults.md), and a rate of 2
     expires a 1 s key in about half a second.  CLOCK_MONOTONIC is untouched."""
     shim = _shim_or_skip()
     server = clock.shim_server(redis_server, str(tmp_path), shim)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,3 +185,189 @@ def test_nodes_config_fsync_subprocess() -> None:
 def test_nodes_config_rejects_bad_ttl(capsys: pytest.CaptureFixture) -> None:
     assert main(["nodes", "config", "--mode", "volatile", "--max-ttl", "0"]) == 2
     assert "max_ttl" in capsys.readouterr().err
+
+
+def test_nodes_config_enforces_the_delay_on_every_start(capsys: pytest.CaptureFixture) -> None:
+    """The volatile drop-in sleeps before *every* start (boot and manual start
+    included), as active lines, and never lets eviction drop a lock key.
+
+    First-round code: the ``ExecStartPre=`` / ``TimeoutStartSec=`` lines were
+    printed commented out (``#ExecStartPre=/bin/sleep 32``), so a reboot or a
+    ``systemctl start`` brought an empty node back at once; and no
+    ``maxmemory-policy`` line was printed."""
+    assert main(["nodes", "config", "--mode", "volatile", "--max-ttl", "30"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "ExecStartPre=/bin/sleep 32" in lines
+    assert "TimeoutStartSec=122" in lines  # above the sleep plus a normal start-up
+    assert "maxmemory-policy noeviction" in lines
+    assert not [ln for ln in lines if ln.startswith(("#ExecStartPre", "#TimeoutStartSec"))]
+    # fsync restarts at once (its keys survive): no sleep there.
+    assert main(["nodes", "config", "--mode", "fsync", "--max-ttl", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "ExecStartPre" not in out and "maxmemory-policy noeviction" in out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("mode", ["volatile", "fsync", "unsafe"])
+def test_nodes_config_drop_in_is_valid_systemd(mode: str, tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """``systemd-analyze verify`` accepts the drop-in merged into a unit: no
+    unknown key, no bad value (systemd would ignore those silently at boot)."""
+    assert main(["nodes", "config", "--mode", mode, "--max-ttl", "30"]) == 0
+    text = capsys.readouterr().out
+    drop_in = text[text.index("[Unit]"):]
+    unit = tmp_path / "quorumlock-node-test.service"
+    unit.write_text("[Unit]\nDescription=test\n\n[Service]\nExecStart=/bin/true\n\n" + drop_in)
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    complaints = [ln for ln in (res.stdout + res.stderr).splitlines() if str(unit) in ln]
+    assert res.returncode == 0 and not complaints, res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------
+# other command-line flags: -V, bench plots and --list, the examples
+# --------------------------------------------------------------------------
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+def test_version_flag(flag: str, capsys: pytest.CaptureFixture) -> None:
+    """First-round code: ``-V`` was refused (exit 2)."""
+    import quorumlock
+
+    with pytest.raises(SystemExit) as exc:
+        main([flag])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"quorumlock {quorumlock.__version__}"
+
+
+def test_bench_writes_plots_unless_told_not_to() -> None:
+    """A measuring run (``--quick`` included) writes plots by default.
+    First-round code: no default (``--plots`` only), no ``--no-plots``."""
+    from quorumlock.bench import runner
+    from quorumlock.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert runner._plots_dir(parse(["bench", "--quick"])) == runner.DEFAULT_PLOTS_DIR
+    assert runner._plots_dir(parse(["bench", "--quick", "--no-plots"])) is None
+    assert runner._plots_dir(parse(["bench", "--plots", "out/p"])) == "out/p"
+
+
+def test_bench_list_names_the_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """With peer libraries missing, ``bench --list`` says which extra installs
+    them.  First-round code: only per-row "pip install <name>" notes."""
+    from quorumlock.bench import workloads
+
+    # Fault injection: every peer library "missing", whatever is installed here.
+    monkeypatch.setattr(workloads.Workload, "skip_reason",
+                        lambda self: None if self.library == "quorumlock" else "not installed")  # fmt: skip
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped for missing libraries: " in out and "pottery.Redlock" in out
+    assert "python -m pip install 'quorumlock[bench]'" in out
+
+
+def _run_example_without(module: str, script: str) -> subprocess.CompletedProcess:
+    """Run examples/``script`` as ``__main__`` with ``module`` made unimportable."""
+    code = (f"import runpy, sys; sys.modules[{module!r}] = None; sys.argv = [{script!r}]; "
+            f"sys.path.insert(0, {EXAMPLES!r}); runpy.run_path({os.path.join(EXAMPLES, script)!r}, run_name='__main__')")  # fmt: skip
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("module,script", [("celery", "celery_app.py"), ("apscheduler", "apscheduler_ticks.py")])
+def test_examples_name_their_missing_extra(module: str, script: str) -> None:
+    """First-round code: a ModuleNotFoundError traceback that named no extra."""
+    p = _run_example_without(module, script)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == (
+        f"examples/{script} needs {'Celery' if module == 'celery' else 'APScheduler 3.x'}: "
+        "python -m pip install 'quorumlock[integrations]'"
+    )
+
+
+def test_celery_example_reads_quorumlock_nodes() -> None:
+    """``nodes up`` prints ``QUORUMLOCK_NODES=...``; the Celery example reads
+    that variable.  First-round code: it read ``QL_NODES`` (printed None)."""
+    pytest.importorskip("celery", reason="celery is not installed (pip install quorumlock[integrations])")
+    urls = "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003"
+    code = f"import sys; sys.path.insert(0, {EXAMPLES!r}); import celery_app; print(celery_app.app.conf.quorumlock_nodes)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, QUORUMLOCK_NODES=urls))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == repr(urls.split(","))
+
+
+def test_wakeup_latency_quantiles_stay_within_the_samples() -> None:
+    """First-round code: ``statistics.quantiles``' default method printed
+    "p90 13.50 ms" above "max 10.00 ms" for the samples below."""
+    if EXAMPLES not in sys.path:
+        sys.path.insert(0, EXAMPLES)
+    import wakeup_latency
+
+    text = wakeup_latency.summary([1.0, 2.0, 3.0, 10.0])
+    p90 = float(re.search(r"p90 +([\d.]+)", text).group(1))
+    top = float(re.search(r"max +([\d.]+)", text).group(1))
+    assert p90 <= top == 10.0, text
+    assert "p50" in wakeup_latency.summary([4.0])
+
+
+def _free_base(n: int) -> int:
+    """A base port with ``n`` free ports after it, outside the ephemeral range."""
+    from quorumlock.cli import _check_ports
+
+    for _ in range(50):
+        base = random.randrange(12000, 19000)
+        try:
+            _check_ports("127.0.0.1", base, n)
+            return base
+        except ValueError:
+            continue
+    pytest.skip("no run of free ports found")
+
+
+def test_nodes_up_port_sets_the_base_port(nodes_up) -> None:
+    """``--port BASE``: node i listens on BASE+i, and keeps it across a restart.
+    First-round code: ``--port`` was refused (exit 2)."""
+    from quorumlock import nodes
+
+    original = nodes._pick_free_port
+    base = _free_base(2)
+    cli = nodes_up("-n", "2", "--mode", "unsafe", "--max-ttl", "1", "--port", str(base))
+    urls, _ = cli.start_info()
+    assert urls == [f"redis://127.0.0.1:{base}", f"redis://127.0.0.1:{base + 1}"]
+    assert all(_ping(u) for u in urls)
+    victim = next(p for p in cli.servers() if f":{base}" in " ".join(p.cmdline()))
+    victim.kill()
+    cli.expect(r"^# node 0 up again")
+    assert _ping(urls[0])
+    cli.proc.send_signal(signal.SIGINT)
+    assert cli.proc.wait(timeout=15) == 0
+    assert nodes._pick_free_port is original  # nothing patched in this process
+
+
+def test_nodes_up_port_busy_or_out_of_range_is_one_line(redis_server: str) -> None:
+    base = _free_base(2)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", base + 1))
+        busy.listen()
+        p = subprocess.run(
+            [sys.executable, "-m", "quorumlock", "nodes", "up", "-n", "2", "--port", str(base), "--server", redis_server],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert p.returncode == 1 and p.stderr.strip() == (
+        f"quorumlock nodes up: error: port {base + 1} on 127.0.0.1 is not free (Address already in use)"
+    ), p.stderr
+    p = subprocess.run([sys.executable, "-m", "quorumlock", "nodes", "up", "-n", "3", "--port", "65534"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 1 and "ports must lie in 1..65535" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_fixed_ports_restores_the_port_picker() -> None:
+    from quorumlock import nodes
+    from quorumlock.cli import _fixed_ports
+
+    original = nodes._pick_free_port
+    with pytest.raises(RuntimeError, match="was taken"):
+        with _fixed_ports([41000]):
+            assert nodes._pick_free_port("127.0.0.1") == 41000
+            nodes._pick_free_port("127.0.0.1")
+    assert nodes._pick_free_port is original

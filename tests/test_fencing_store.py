@@ -5,7 +5,7 @@ Every contract test runs on each backend: the blocking Redis store, the asyncio
 store on asyncio's loop and on uvloop, sqlite3, and PostgreSQL when a server
 can be started here (``initdb``/``pg_ctl`` in a temp dir, as a non-root user).
 
-The lost-update tests replay FAULTS.md row 11 (Kleppmann's GC pause) and row 14
+The lost-update tests replay docs/faults.md row 11 (Kleppmann's GC pause) and row 14
 (a storage write delayed past the lease) at the storage level, including the
 negative control of write-only fencing in a read-modify-write
 (docs/fencing-storage.md).
@@ -86,7 +86,7 @@ async def aw(x: Any) -> Any:
 
 
 def fast_client(kwargs: Dict[str, Any], cls: Any = redis.Redis, **extra: Any) -> Any:
-    """A redis-py client that fails instead of retrying (FAULTS.md (c))."""
+    """A redis-py client that fails instead of retrying (docs/faults.md)."""
     return cls(**kwargs, socket_timeout=5, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0), **extra)
 
 
@@ -463,7 +463,7 @@ def test_increment(harness: Harness) -> None:
 
 
 # --------------------------------------------------------------------------
-# Kleppmann's lost update (FAULTS.md row 11), fences as plain ints
+# Kleppmann's lost update (docs/faults.md row 11), fences as plain ints
 # --------------------------------------------------------------------------
 #
 # A and B are two holders of the same lock, one after the other: A got fence 1,
@@ -501,7 +501,7 @@ def test_write_only_fencing_rejects_the_late_writer(harness: Harness) -> None:
 
 
 def test_write_only_fencing_still_loses_an_update_in_rmw(harness: Harness) -> None:
-    """Negative control (FAULTS.md): the newer holder READS before the older
+    """Negative control (docs/faults.md): the newer holder READS before the older
     holder's write lands, and writes after it.  Every write carries a fence
     >= the highest seen, so write-only fencing accepts both, and one increment
     is lost; the fenced read (B's read raises the fence to 2) rejects A."""
@@ -605,7 +605,7 @@ def test_every_interleaving_of_three_holders(harness: Harness, reads: str) -> No
 
 
 def test_delayed_storage_write_is_rejected(storage: Dict[str, Any]) -> None:
-    """FAULTS.md row 14: A's write is held up in the network (a latency proxy)
+    """docs/faults.md row 14: A's write is held up in the network (a latency proxy)
     past its lease; B (newer fence) writes meanwhile; A's write then arrives.
     Unfenced, it overwrites B's; fenced, the storage rejects it."""
     with FaultProxy(storage["host"], storage["port"]) as proxy:

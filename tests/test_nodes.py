@@ -1,7 +1,7 @@
 """quorumlock.nodes against real redis-server processes: modes, faults, cleanup.
 
 Timings are measured with time.monotonic and asserted against the restart
-policy of DESIGN.md §4; small TTLs (0.5-1 s) keep every test short.
+policy of docs/node-modes.md; small TTLs (0.5-1 s) keep every test short.
 """
 
 from __future__ import annotations

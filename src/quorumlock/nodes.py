@@ -1565,8 +1565,12 @@ def node_config(
             lines += ["# always: fsync before every reply; no acknowledged lock is lost."]
         lines += ["# No RDB snapshots: the AOF is the state.", 'save ""']
     lines += [
+        "# Never evict: an evicted lock key is a lock granted twice.  Size maxmemory",
+        "# for the lock keys (and, with fencing, one small counter per lock name).",
+        "maxmemory-policy noeviction",
         "# Lock nodes must be independent masters, never replicas: asynchronous",
         "# replication can lose an acknowledged lock at failover.",
+        "# Bind, TLS, ACL users, clocks and monitoring: docs/deployment.md.",
         "",
         "# ---- systemd drop-in: /etc/systemd/system/redis-server.service.d/quorumlock.conf",
         "[Unit]",
@@ -1586,11 +1590,13 @@ def node_config(
             "# Restart=always: a clean exit loses the keys as well, so it is delayed too.",
             "Restart=always",
             f"RestartSec={secs}",
-            "# RestartSec applies to automatic restarts only; a manual `systemctl start`",
-            "# (or a reboot faster than the delay) starts at once.  To enforce the delay",
-            "# on every start, uncomment (and keep TimeoutStartSec above it):",
-            f"#ExecStartPre=/bin/sleep {secs}",
-            f"#TimeoutStartSec={secs + 90}",
+            "# RestartSec covers automatic restarts only.  A manual `systemctl start` or",
+            "# `restart`, and a boot faster than the delay, would start at once: sleep",
+            "# before every start (a crash then costs RestartSec plus the sleep, which is",
+            "# safe; RestartSec=100ms halves it).  TimeoutStartSec must stay above the",
+            "# sleep plus the server's own start-up.",
+            f"ExecStartPre=/bin/sleep {secs}",
+            f"TimeoutStartSec={secs + 90}",
         ]
     elif mode == "unsafe":
         lines += [

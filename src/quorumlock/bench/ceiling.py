@@ -1,6 +1,6 @@
 """The ceiling: the nodes' own command rate, measured with ``redis-benchmark``.
 
-DESIGN.md §3: with N nodes one acquire+release cycle costs 2N commands, so no
+With N nodes one acquire+release cycle costs 2N commands, so no
 client on this machine can do more than
 
     ceiling (cycles/s) = sum over the N nodes of SET/s  /  (2 N)

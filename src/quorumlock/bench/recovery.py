@@ -21,8 +21,8 @@ One scenario per mode, on its own ``LocalCluster`` of N (default 3) nodes:
 The ``crash`` / ``restart`` / ``up`` times come from ``LocalCluster.history``.
 ``unsafe`` is the negative control: the node comes back empty at once, B's
 quorum is node 0 plus the node A never held, and the lock is granted twice.
-``unsafe + restart_guard`` shows the client-side delayed restart of DESIGN.md
-§4: B leaves the restarted node out of its quorums for the guard window.
+``unsafe + restart_guard`` shows the client-side delayed restart of
+docs/node-modes.md: B leaves the restarted node out of its quorums for the guard window.
 """
 
 from __future__ import annotations

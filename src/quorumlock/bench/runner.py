@@ -18,6 +18,7 @@ import gc
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -81,6 +82,30 @@ def _csv(kind: Any) -> Any:
     return parse
 
 
+#: Where a measuring run writes its plots unless ``--plots DIR`` or ``--no-plots``.
+DEFAULT_PLOTS_DIR = "quorumlock-bench-plots"
+
+#: What ``quorumlock bench`` suggests installing for the peers and the plots.
+BENCH_EXTRA_HINT = "python -m pip install 'quorumlock[bench]'"
+
+
+def _bench_extra() -> List[str]:
+    """Distribution names of the ``bench`` extra, from the installed metadata."""
+    try:
+        from importlib.metadata import PackageNotFoundError, requires
+    except ImportError:  # pragma: no cover - Python < 3.8
+        return []
+    try:
+        reqs = requires("quorumlock") or []
+    except PackageNotFoundError:
+        return []
+    names = []
+    for r in reqs:
+        if "extra ==" in r and ("'bench'" in r or '"bench"' in r):
+            names.append(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0])
+    return names
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``quorumlock bench`` / ``python -m quorumlock.bench``."""
     p.add_argument("--quick", action="store_true",
@@ -123,7 +148,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the results (schema: quorumlock/bench/schema.json)")  # fmt: skip
     p.add_argument("--markdown", dest="markdown_path", default=None, metavar="PATH",
                    help="also write the markdown report to PATH")  # fmt: skip
-    p.add_argument("--plots", dest="plots_dir", default=None, metavar="DIR", help="write PNG plots into DIR")
+    p.add_argument("--plots", dest="plots_dir", default=None, metavar="DIR",
+                   help=f"write PNG plots into DIR (default for a measuring run: ./{DEFAULT_PLOTS_DIR}; "
+                        "needs matplotlib, in the 'bench' extra)")  # fmt: skip
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="write no plots")
     p.add_argument("--from-json", dest="from_json", default=None, metavar="PATH",
                    help="render the table/plots of an earlier --json file instead of measuring")  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
@@ -287,7 +315,7 @@ def _row(w: Workload, mode: str, n: int, m: Measurement, keys_left: int, set_cal
     if drain > 0.05:
         notes.append(f"the slowest node was {drain:.2f} s behind at the end (drained inside the window)")
     if "fencing" in w.name and keys_left:
-        notes.append("keys left include the per-key fence counters, kept by design (DESIGN.md §6)")
+        notes.append("keys left include the per-key fence counters, kept by design (docs/fencing.md)")
     lost = [m.warmup_attempts + m.attempts - c for c in set_calls]
     if row["consistent"] is False and any(x > 0 for x in lost):
         notes.append("a node missed SETs: the client had dropped that connection (see extra.client_log)")
@@ -626,8 +654,15 @@ def emit(doc: Dict[str, Any], *, json_path: Optional[str], markdown_path: Option
             paths = make_plots(doc, plots_dir)
             sys.stderr.write("plots: " + ", ".join(paths) + "\n")
         except ImportError as exc:
-            sys.stderr.write(f"quorumlock bench: no plots ({exc}); pip install matplotlib\n")
+            sys.stderr.write(f"quorumlock bench: no plots ({exc}); {BENCH_EXTRA_HINT} installs matplotlib\n")
     return rc
+
+
+def _plots_dir(args: argparse.Namespace) -> Optional[str]:
+    """``--plots DIR``; else the default directory, unless ``--no-plots``."""
+    if args.plots_dir:
+        return args.plots_dir
+    return DEFAULT_PLOTS_DIR if getattr(args, "plots", True) else None
 
 
 def _command(prog: str, argv: Optional[Sequence[str]]) -> str:
@@ -651,6 +686,15 @@ def run_from_args(args: argparse.Namespace, prog: str = "quorumlock bench",
                 flags.append(f"skip: {reason}")
             print(f"{w.id:<40} {w.api:<8} c={w.concurrency:<5} {w.description}"
                   + (f"  [{'; '.join(flags)}]" if flags else ""))  # fmt: skip
+        missing = sorted({w.library for w in WORKLOADS if w.skip_reason()})
+        if missing:
+            extra = _bench_extra()
+            print(f"\nskipped for missing libraries: {', '.join(missing)}.")
+            print(f"{BENCH_EXTRA_HINT} installs the peers and matplotlib for the plots"
+                  + (f" ({', '.join(extra)})." if extra else "."))  # fmt: skip
+            rest = [m for m in missing if extra and m.split(".")[0] not in extra]
+            if rest:
+                print(f"not in the extra (install by name): {', '.join(rest)}")
         return 0
     if args.from_json:
         from .report import evaluate_targets
@@ -669,7 +713,7 @@ def run_from_args(args: argparse.Namespace, prog: str = "quorumlock bench",
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return 2
     doc = run(cfg)
-    return emit(doc, json_path=args.json_path, markdown_path=args.markdown_path, plots_dir=args.plots_dir)
+    return emit(doc, json_path=args.json_path, markdown_path=args.markdown_path, plots_dir=_plots_dir(args))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -568,7 +568,7 @@ def _needs_fencing() -> Optional[str]:
     from ..aio import LockManager
 
     if "fencing" not in inspect.signature(LockManager.__init__).parameters:
-        return "LockManager does not accept fencing= yet (DESIGN.md §6): skipped"
+        return "LockManager does not accept fencing= yet (docs/fencing.md): skipped"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Leases people can live with (DESIGN.md §5): auto-extension, lost-lease
+"""Leases people can live with (docs/schedulers.md): auto-extension, lost-lease
 events, and waiting for a release without polling.
 
 Used through the managers::

@@ -1,4 +1,4 @@
-"""Waiting for a busy lock without polling (DESIGN.md §5).
+"""Waiting for a busy lock without polling (docs/schedulers.md).
 
 A waiter (``acquire(..., wait="notify")``) subscribes on every node to two
 channels of its key:
