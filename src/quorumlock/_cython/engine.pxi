@@ -25,6 +25,8 @@ cdef class Engine:
         public uint64_t node_timeout_ns
         public uint64_t stall_ns
         public double drift_factor
+        public Py_ssize_t max_pending      # requests in flight per node connection
+        public Py_ssize_t max_reply_bytes  # largest reply accepted; a larger one drops the connection
         public Py_ssize_t max_key_len
         public Py_ssize_t batch_chunk
         public bint guard
@@ -70,6 +72,8 @@ cdef class Engine:
             stall_timeout = max(2.0, 10 * node_timeout)
         self.stall_ns = <uint64_t>(stall_timeout * 1e9)
         self.drift_factor = drift_factor
+        self.max_pending = 65536
+        self.max_reply_bytes = 64 * 1024 * 1024
         self.max_key_len = max_key_len
         self.batch_chunk = batch_chunk
         self.guard = True
@@ -188,8 +192,9 @@ cdef class Engine:
         """Queue ``cmd`` on every node; nodes that cannot take it fail at once."""
         cdef NodeConn node
         cdef int i
-        cdef uint32_t down = 0, excluded = 0
+        cdef uint32_t down = 0, excluded = 0, full = 0
         cdef uint64_t now = op.t0
+        cdef list why = None
         if self.rel_queue:
             # Earlier releases go on the wire first: order is what it was asked.
             self.materialize_releases()
@@ -199,15 +204,28 @@ cdef class Engine:
                 down |= (1u << i)
             elif guarded and node.counted_after > now:
                 excluded |= (1u << i)
+            elif node.suspect and not (isinstance(op, ReleaseOp) or isinstance(op, MultiReleaseOp)
+                                       or isinstance(op, ReleaseManyOp)):
+                # A reply is overdue on this connection: only releases (which
+                # must follow the SETs they undo) go out until a probe answers.
+                down |= (1u << i)
+            elif node.paused or node.count >= self.max_pending:
+                # Bounded memory: a node that is not keeping up fails fast.
+                full |= (1u << i)
+                if why is None:
+                    why = [None] * self.n
+                why[i] = node.overloaded()
             else:
                 node.send(cmd, op, aux, deadline)
         self.schedule_flush()
-        if down | excluded:
+        if down | excluded | full:
             for i in range(self.n):
                 if down & (1u << i):
                     op.on_fail(i, aux, ST_DOWN, None)
                 elif excluded & (1u << i):
                     op.on_fail(i, aux, ST_EXCLUDED, "restart guard: node restarted recently")
+                elif full & (1u << i):
+                    op.on_fail(i, aux, ST_ERROR, why[i])
         return 0
 
     cdef int send_release(self, bytes key_b, bytes token, object waiter, unsigned char *skip) except -1:
@@ -238,7 +256,9 @@ cdef class Engine:
             if skip is not NULL and skip[i] == ST_HELD:
                 continue
             node = <NodeConn>self.nodes[i]
-            if node.ready:
+            if node.ready and not node.paused and node.count < self.max_pending:
+                # (An overloaded node gets no release: it is not reading, and
+                # the key expires by its TTL.)
                 node.send(b, op, 0, deadline)
                 any_sent = True
         if any_sent:
@@ -255,6 +275,8 @@ cdef class Engine:
         if not node.ready:
             return 0
         for start in range(0, m, self.batch_chunk):
+            if node.paused or node.count >= self.max_pending:
+                break
             end = min(start + self.batch_chunk, m)
             op = SinkOp.__new__(SinkOp)
             op._init(self, None)
@@ -534,6 +556,9 @@ cdef class Engine:
         op._init(self, self.new_waiter())
         if not node.connected:
             op.on_fail(idx, 0, ST_DOWN, None)
+            return op
+        if node.paused or node.count >= self.max_pending:
+            op.on_fail(idx, 0, ST_ERROR, node.overloaded())
             return op
         t = self.node_timeout_ns if timeout is None else <uint64_t>(timeout * 1e9)
         self.scratch2.clear()
