@@ -101,6 +101,7 @@ _now_ns = time.monotonic_ns
 
 MAX_NODES = 32          # also quorumlock._config.MAX_NODES
 INBUF_SIZE = 65536      # read buffer handed to the transport (BufferedProtocol)
+_BATCH_NS_PER_KEY = 20000  # reply deadline allowance per key of a batch (ns)
 
 # What one node answered for one key of one operation (the compiled core's
 # ``cdef enum NodeStatus``, same numbers).
@@ -1559,7 +1560,9 @@ class Engine:
         op.drift_ns = self.drift_ns_for(ttl_ms)
         op.chunk = chunk = self.batch_chunk
         op._alloc(m)
-        deadline = op.t0 + self.node_timeout_ns + m * 2000
+        # A node works through a batch at roughly 1-2 us per key; allow it
+        # _BATCH_NS_PER_KEY (a 10^6-key batch gets 20 s), see engine.pxi.
+        deadline = op.t0 + self.node_timeout_ns + m * _BATCH_NS_PER_KEY
         pre = self.pre_acquire_many
         ttl_b = _bulk_int(ttl_ms)
         for start in range(0, m, chunk):
@@ -1587,7 +1590,9 @@ class Engine:
         op.tokens = tokens = [lk._token for lk in locks_l]
         op.chunk = chunk = self.batch_chunk
         op._alloc(m)
-        deadline = op.t0 + self.node_timeout_ns + m * 2000
+        # A node works through a batch at roughly 1-2 us per key; allow it
+        # _BATCH_NS_PER_KEY (a 10^6-key batch gets 20 s), see engine.pxi.
+        deadline = op.t0 + self.node_timeout_ns + m * _BATCH_NS_PER_KEY
         pre = self.pre_release_many
         for start in range(0, m, chunk):
             end = min(start + chunk, m)
@@ -1830,6 +1835,7 @@ class SyncSocket:
 
 _MAX_READS = 16         # recv() calls per read_ready (16 x 64 KiB)
 _MAX_POLL_MS = 50       # a wait wakes at least this often (signals, deadlines)
+_SYNC_BACKLOG = 256     # replies owed by one node before a blocking call waits for them
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
 _POLL_READ = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL
@@ -1948,6 +1954,8 @@ class SyncEngine(Engine):
             self._flush()
             if op.complete:
                 self._poll_ready(0, True)
+                self._bound_backlog()
+                self._drain_writes()
                 return
             now = _now_ns()
             if until and now >= until:
@@ -1964,6 +1972,37 @@ class SyncEngine(Engine):
             now = _now_ns()
             timeout_ms = (next_t - now + 999999) // 1000000 if next_t > now else 0
             self._poll_ready(min(timeout_ms, _MAX_POLL_MS), False)
+
+    def _bound_backlog(self):
+        """Backpressure for the blocking API: a caller may not run ahead of a
+        node by more than _SYNC_BACKLOG unanswered requests; a node that
+        stops answering is made suspect by its deadline instead."""
+        while True:
+            heavy = False
+            now = _now_ns()
+            for node in self.nodes:
+                if node.connected and len(node.slots) > _SYNC_BACKLOG:
+                    if node.timer is not None and node.timer_at <= now:
+                        node._on_timer()
+                    if node.connected and len(node.slots) > _SYNC_BACKLOG and not node.suspect:
+                        heavy = True
+            if not heavy:
+                return
+            self._poll_ready(1, True)
+
+    def _drain_writes(self):
+        """Bytes still in a user-space send buffer when an operation is
+        decided (a slow node, a big batch) go out now, for up to
+        max(1 s, node_timeout), not whenever this thread calls again."""
+        limit = 0
+        while any(nd.connected and nd.transport is not None and nd.transport.pending is not None
+                  for nd in self.nodes):
+            now = _now_ns()
+            if not limit:
+                limit = now + max(1000000000, self.node_timeout_ns)
+            elif now >= limit:
+                return
+            self._poll_ready(_MAX_POLL_MS, True)
 
     def wait(self, op, timeout=None):
         """Wait for ``op`` (at most ``timeout`` seconds); return its result."""

@@ -4,6 +4,7 @@ cdef enum:
     MAX_NODES = 32          # also quorumlock._config.MAX_NODES
     INBUF_SIZE = 65536      # read buffer handed to the transport (BufferedProtocol)
     RING_INITIAL = 256      # pending-reply slots per connection, grows by doubling
+    BATCH_NS_PER_KEY = 20000  # reply deadline allowance per key of a batch (ns)
 
 # What one node answered for one key of one operation.  The same numbers are
 # used by the pure-Python twin (quorumlock._pycore).

@@ -44,6 +44,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING
 cdef enum:
     MAX_READS = 16          # recv() calls per read_ready (16 x 64 KiB)
     MAX_POLL_MS = 50        # a wait wakes at least this often (signals, deadlines)
+    SYNC_BACKLOG = 256      # replies owed by one node before a blocking call waits for them
 
 
 cdef class SyncSocket:
@@ -376,6 +377,8 @@ cdef class SyncEngine(Engine):
             PyErr_CheckSignals()
             if op.complete:
                 self._poll_ready(0, True)
+                self._bound_backlog()
+                self._drain_writes()
                 return 0
             now = now_ns()
             if until and now >= until:
@@ -397,6 +400,51 @@ cdef class SyncEngine(Engine):
             if timeout_ms > MAX_POLL_MS:
                 timeout_ms = MAX_POLL_MS
             self._poll_ready(timeout_ms, False)
+
+    cdef int _bound_backlog(self) except -1:
+        """Backpressure for the blocking API: a caller may not run ahead of a
+        node by more than SYNC_BACKLOG unanswered requests (replies nobody
+        waits for: a failed attempt's release, the last node's SET).  It
+        waits for that node's replies; a node that stops answering is made
+        suspect by its deadline instead, and then gets no new requests."""
+        cdef NodeConn node
+        cdef bint heavy
+        cdef uint64_t now
+        while True:
+            heavy = False
+            now = now_ns()
+            for node in self.nodes:
+                if node.connected and node.count > SYNC_BACKLOG:
+                    if node.timer is not None and node.timer_at <= now:
+                        node._on_timer()
+                    if node.connected and node.count > SYNC_BACKLOG and not node.suspect:
+                        heavy = True
+            if not heavy:
+                return 0
+            self._poll_ready(1, True)
+            PyErr_CheckSignals()
+
+    cdef bint _any_pending_write(self):
+        cdef NodeConn node
+        for node in self.nodes:
+            if node.connected and node.transport is not None and (<SyncSocket>node.transport).pending is not None:
+                return True
+        return False
+
+    cdef int _drain_writes(self) except -1:
+        """Bytes still in a user-space send buffer when an operation is
+        decided (a slow node, a big batch) go out now, for up to
+        max(1 s, node_timeout), not whenever this thread calls again."""
+        cdef uint64_t now, limit = 0
+        while self._any_pending_write():
+            now = now_ns()
+            if limit == 0:
+                limit = now + max(<uint64_t>1000000000ULL, self.node_timeout_ns)
+            elif now >= limit:
+                return 0
+            self._poll_ready(MAX_POLL_MS, True)
+            PyErr_CheckSignals()
+        return 0
 
     def wait(self, Op op, timeout=None):
         """Wait for ``op`` (at most ``timeout`` seconds); return its result."""
