@@ -69,7 +69,7 @@ def _majority_down_run(sync_core, cluster, free_port, attempts: int):
 
 
 def test_majority_down_does_not_pile_up_replies(sync_core, clusters, free_port):
-    """Row 27, quick form.  Two of three nodes refuse connections; 20k
+    """A majority refusing connections, quick form.  Two of three nodes refuse connections; 20k
     failed attempts: the live node's replies are read as they come, and a
     caller never runs more than 256 unanswered requests ahead of a node (the
     blocking engine's backlog bound), so memory does not grow with the run.
@@ -85,7 +85,7 @@ def test_majority_down_does_not_pile_up_replies(sync_core, clusters, free_port):
 
 @pytest.mark.slow
 def test_majority_down_200k_attempts_memory(sync_core, clusters, free_port):
-    """Row 27 at the review's scale: 200k blocking attempts with a majority
+    """A majority refusing connections at the review's scale: 200k blocking attempts with a majority
     refusing connections grow the client by at most 32 MiB (first round:
     400k pending slots, +113 MiB)."""
     peak, growth = _majority_down_run(sync_core, clusters(1), free_port, 200000)
@@ -97,7 +97,7 @@ def test_majority_down_200k_attempts_memory(sync_core, clusters, free_port):
 
 
 def test_stopped_node_under_asyncio_load_is_capped(core, run, make_cluster, caplog):
-    """Row 28.  One node SIGSTOPped while 64 tasks acquire and release for
+    """A stopped node under load.  One node SIGSTOPped while 64 tasks acquire and release for
     3 s: the stopped node's requests in flight never exceed ``max_pending``
     (here 2000), later attempts fail that node fast with a per-node outcome
     naming the bound, and the locks keep being granted by the other two.
@@ -216,7 +216,7 @@ class _HugeReplyServer:
 
 
 def test_oversized_reply_is_cut_off_blocking(sync_core, caplog):
-    """Row 29, blocking.  A node answers with a 2 GB bulk reply: with
+    """An oversized reply, blocking.  A node answers with a 2 GB bulk reply: with
     ``max_reply_bytes`` = 4 MiB the connection is dropped once 4 MiB of that
     reply arrived, the call returns a ConnectionError within its deadline,
     and the client grew by far less than the stream.
@@ -243,7 +243,7 @@ def test_oversized_reply_is_cut_off_blocking(sync_core, caplog):
 
 
 def test_oversized_reply_is_cut_off_asyncio(core, run, caplog):
-    """Row 29, asyncio: the same bogus node, the same bound (4 MiB).
+    """An oversized reply, asyncio: the same bogus node, the same bound (4 MiB).
 
     First-round code: the reply was buffered whole: +399 MiB before the
     bogus server stopped at 400 MiB."""

@@ -107,7 +107,7 @@ def _count_keys(cluster, pattern: str) -> int:
 
 
 def test_forked_child_never_gets_a_key_held_elsewhere(sync_core, clusters):
-    """Row 22.  The parent keeps acquiring free keys on its connections while
+    """Fork after connect.  The parent keeps acquiring free keys on its connections while
     forked children try a key that another client holds on *every* node: a
     child must always get None.
 
@@ -150,7 +150,7 @@ def test_forked_child_never_gets_a_key_held_elsewhere(sync_core, clusters):
 
 
 def test_forked_workers_keep_working(sync_core, clusters):
-    """Row 22 (pre-fork servers).  Four workers forked from one connected
+    """Fork after connect (pre-fork servers).  Four workers forked from one connected
     manager, and the parent, each run 60 acquire/release cycles at once:
     every cycle succeeds and none stalls.
 
@@ -218,6 +218,7 @@ def test_desynchronised_connection_is_reset(sync_core, clusters):
     with LockManager(cluster.urls, ttl=5.0, node_timeout=0.1, _core=sync_core) as locks:
         eng = locks._checkout()
         locks.try_acquire("d:warm").release()
+        locks.call_nodes([("PING",)] * 3)   # every reply owed is in: nothing else to read
         conns = psutil.Process().net_connections(kind="tcp")
         for i in (0, 1):
             fds = [c.fd for c in conns if c.raddr and c.raddr.port == cluster.ports[i] and c.fd >= 0]
@@ -243,7 +244,7 @@ def test_desynchronised_connection_is_reset(sync_core, clusters):
 
 
 def test_aio_forked_child_connects_afresh(core, clusters):
-    """Row 22, asyncio.  A child of a process whose asyncio manager is
+    """Fork after connect, asyncio.  A child of a process whose asyncio manager is
     connected runs its own loop (``asyncio.run``): ``connect()`` there opens
     fresh connections, and a key held elsewhere is refused; reusing the
     inherited loop object raises a clear RuntimeError instead of writing to
@@ -301,7 +302,7 @@ class _Interrupt(Exception):
 
 
 def test_ctrl_c_during_a_long_node_wait(sync_core, clusters):
-    """Row 23.  SIGINT during a blocking wait on a node that never answers
+    """Ctrl-C.  SIGINT during a blocking wait on a node that never answers
     (a 3 s ``call_nodes`` to a paused node) raises KeyboardInterrupt within
     250 ms.
 
@@ -324,7 +325,7 @@ def test_ctrl_c_during_a_long_node_wait(sync_core, clusters):
 
 
 def test_interrupts_inside_with_lock_leave_no_key(sync_core, clusters):
-    """Row 23.  300 ``with locks.lock(k): pass`` blocks, each hit by one
+    """Signal storm.  300 ``with locks.lock(k): pass`` blocks, each hit by one
     exception raised from a SIGALRM handler at a random moment (setitimer);
     afterwards no key is left on any node.
 

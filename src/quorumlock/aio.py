@@ -98,6 +98,13 @@ class LockManager(ManagerBase):
     metrics:
         Count operations and time them (``metrics()``; ``quorumlock.metrics``).
         Off by default: no per-operation Python work is added.
+    max_pending:
+        Requests in flight per node connection (default 65536).  A node at
+        the bound, or one whose connection stopped taking writes, fails new
+        operations at once (per-node outcome ``error``, naming the bound).
+    max_reply_bytes:
+        Largest reply accepted (default 64 MiB); a larger one drops the
+        connection (docs/engine.md, "Memory bounds").
     """
 
     def _init_api(self) -> None:

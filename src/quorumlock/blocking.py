@@ -603,16 +603,20 @@ def _thread_ended(mgr_ref: Any, ident: int, pid: int) -> None:
     mgr = mgr_ref()
     if mgr is None:
         return
+    if os.getpid() != pid:
+        # A forked child (CPython clears the other threads' states before the
+        # at-fork hooks run): no lock, which a parent thread may have held at
+        # fork time, and no I/O on the parent's sockets.
+        eng = mgr._engines.pop(ident, None) or mgr._retired.pop(ident, None)
+        if eng is not None:
+            eng.discard()
+        return
     try:
         with mgr._mutex:
             eng = mgr._engines.pop(ident, None) or mgr._retired.pop(ident, None)
     except Exception:  # pragma: no cover - interpreter shutdown
         return
-    if eng is None:
-        return
-    if os.getpid() != pid or os.getpid() != mgr._pid:
-        eng.discard()
-    else:
+    if eng is not None:
         _close_quietly(eng)
 
 
