@@ -157,7 +157,7 @@ def test_forked_workers_keep_working(sync_core, clusters):
     First-round code: workers shared the parent's sockets: a worker got 4
     (cython) and 5 (python) of its 60 cycles through."""
     cluster = clusters(3)
-    with LockManager(cluster.urls, ttl=5.0, node_timeout=0.5, _core=sync_core) as locks:
+    with LockManager(cluster.urls, ttl=5.0, node_timeout=1.0, _core=sync_core) as locks:
         locks.try_acquire("w:warm").release()
 
         def worker(tag: str) -> dict:
@@ -177,8 +177,8 @@ def test_forked_workers_keep_working(sync_core, clusters):
         for res in results:
             assert "ok" in res, res
             assert res["ok"]["ok"] == 60, res
-            assert res["ok"]["worst"] < 0.45, res   # below node_timeout: no stall
-        assert mine["ok"] == 60 and mine["worst"] < 0.45, mine
+            assert res["ok"]["worst"] < 0.9, res   # below node_timeout: no stall
+        assert mine["ok"] == 60 and mine["worst"] < 0.9, mine
     assert _count_keys(cluster, "w:*") == 0
 
 
@@ -314,14 +314,19 @@ def test_ctrl_c_during_a_long_node_wait(sync_core, clusters):
         locks.call_nodes([("PING",)] * 3)
         eng = locks._checkout()
         # A command the node holds for a while: BLPOP on an empty list.
-        t = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        sent = []
+
+        def interrupt() -> None:
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+
+        t = threading.Timer(0.3, interrupt)
         t.start()
-        t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             locks.call_nodes([("BLPOP", "sig:empty", "3")] + [None] * 2, timeout=3.0)
-        took = time.monotonic() - t0
-        t.cancel()
-        assert took < 0.3 + 0.25, took
+        took = time.monotonic() - sent[0]
+        t.join()
+        assert took < 0.25, took
 
 
 def test_interrupts_inside_with_lock_leave_no_key(sync_core, clusters):
