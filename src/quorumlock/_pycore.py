@@ -1874,7 +1874,7 @@ class SyncEngine(Engine):
     thread.  A blocking LockManager keeps a pool of these, one checked out per
     calling thread, so threads never share a socket."""
 
-    __slots__ = ("reconnect_at", "backoff", "maintenance_epoch", "all_ready", "granted")
+    __slots__ = ("reconnect_at", "backoff", "maintenance_epoch", "all_ready", "granted", "just_read")
 
     def __init__(self, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -1885,6 +1885,7 @@ class SyncEngine(Engine):
         self.maintenance_epoch = -1
         self.all_ready = False
         self.granted = None     # the Lock last granted to the caller (see blocking._LockContext)
+        self.just_read = False  # the entry read already ran for this call
 
     def attach(self, idx, sock, tls):
         """Use the connected socket ``sock`` (made non-blocking here) for node ``idx``."""
@@ -1943,13 +1944,20 @@ class SyncEngine(Engine):
             if ev & _POLL_READ:
                 t.read_ready()
 
+    def _entry_read(self):
+        self._poll_ready(0, True)
+        self.just_read = True    # the wait that follows need not read again
+
     def _wait(self, op, until):
         """Drive the sockets until ``op`` is decided or ``until`` (monotonic
         ns, 0 = none) passes; queued writes are always flushed first.
         Replies that have arrived are read before any deadline is checked,
         and once more when ``op`` is decided (see the compiled core)."""
         nodes = self.nodes
-        self._poll_ready(0, True)
+        if self.just_read:
+            self.just_read = False
+        else:
+            self._poll_ready(0, True)
         while True:
             self._flush()
             if op.complete:
@@ -2054,11 +2062,11 @@ class SyncEngine(Engine):
         return op.result
 
     def try_acquire_sync(self, key, ttl_ms):
-        self._poll_ready(0, True)   # late replies first: a probe may clear a suspect node
+        self._entry_read()   # late replies first: a probe may clear a suspect node
         return self._run_acquire(self._attempt(key, ttl_ms))
 
     def attempt_sync(self, key, ttl_ms):
-        self._poll_ready(0, True)
+        self._entry_read()
         op = self._attempt(key, ttl_ms)
         self._run_acquire(op)
         return op
@@ -2067,17 +2075,17 @@ class SyncEngine(Engine):
         return self._run_release(self._release(lock))
 
     def extend_sync(self, lock, ttl_ms):
-        self._poll_ready(0, True)
+        self._entry_read()
         return self._run(self._extend(lock, ttl_ms))
 
     def acquire_many_sync(self, keys, ttl_ms):
-        self._poll_ready(0, True)
+        self._entry_read()
         return self._run_acquire(self._acquire_many(keys, ttl_ms))
 
     def acquire_each_sync(self, keys, ttl_ms):
         """One attempt per key with the single-key operation (fenced or
         lock-delay acquires), all sent before the first wait."""
-        self._poll_ready(0, True)
+        self._entry_read()
         ops = [self._attempt(k, ttl_ms) for k in keys]
         try:
             for op in ops:

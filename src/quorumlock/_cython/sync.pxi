@@ -248,6 +248,7 @@ cdef class SyncEngine(Engine):
         public object maintenance_epoch
         public bint all_ready
         public object granted        # the Lock last granted to the caller (see blocking._LockContext)
+        bint just_read               # the entry read already ran for this call
 
     def __cinit__(self, *args, **kwargs):
         self.fds = NULL
@@ -264,6 +265,7 @@ cdef class SyncEngine(Engine):
         self.maintenance_epoch = -1
         self.all_ready = False
         self.granted = None
+        self.just_read = False
 
     def __dealloc__(self):
         PyMem_Free(self.fds)
@@ -357,6 +359,11 @@ cdef class SyncEngine(Engine):
                 t.read_ready()
         return 0
 
+    cdef inline int _entry_read(self) except -1:
+        self._poll_ready(0, True)
+        self.just_read = True    # the wait that follows need not read again
+        return 0
+
     cdef int _wait(self, Op op, uint64_t until) except -1:
         """Drive the sockets until ``op`` is decided or ``until`` (monotonic
         ns, 0 = none) passes; queued writes are always flushed first.
@@ -369,7 +376,10 @@ cdef class SyncEngine(Engine):
         cdef NodeConn node
         cdef uint64_t now, next_t
         cdef int i, timeout_ms
-        self._poll_ready(0, True)
+        if self.just_read:
+            self.just_read = False
+        else:
+            self._poll_ready(0, True)
         while True:
             # Flush before the signal check: a release asked for goes out
             # even if a handler raises now.
@@ -504,11 +514,11 @@ cdef class SyncEngine(Engine):
         return op.result
 
     def try_acquire_sync(self, key, long long ttl_ms):
-        self._poll_ready(0, True)   # late replies first: a probe may clear a suspect node
+        self._entry_read()   # late replies first: a probe may clear a suspect node
         return self._run_acquire(self._attempt(key, ttl_ms))
 
     def attempt_sync(self, key, long long ttl_ms):
-        self._poll_ready(0, True)
+        self._entry_read()
         cdef AcquireOp op = self._attempt(key, ttl_ms)
         self._run_acquire(op)
         return op
@@ -517,17 +527,17 @@ cdef class SyncEngine(Engine):
         return self._run_release(self._release(lock))
 
     def extend_sync(self, Lock lock not None, long long ttl_ms):
-        self._poll_ready(0, True)
+        self._entry_read()
         return self._run(self._extend(lock, ttl_ms))
 
     def acquire_many_sync(self, keys, long long ttl_ms):
-        self._poll_ready(0, True)
+        self._entry_read()
         return self._run_acquire(self._acquire_many(keys, ttl_ms))
 
     def acquire_each_sync(self, keys, long long ttl_ms):
         """One attempt per key with the single-key operation (fenced or
         lock-delay acquires), all sent before the first wait."""
-        self._poll_ready(0, True)
+        self._entry_read()
         cdef list ops = [self._attempt(k, ttl_ms) for k in keys]
         cdef Op op
         try:
