@@ -182,6 +182,26 @@ def test_forked_workers_keep_working(sync_core, clusters):
     assert _count_keys(cluster, "w:*") == 0
 
 
+def test_at_fork_hook_resets_before_any_call(sync_core, clusters):
+    """The reset happens at fork() itself (os.register_at_fork), not only at
+    the child's first checkout: right after the fork the child's manager
+    holds no connection set, and the inherited descriptors are closed.
+
+    First-round code: the child still had the parent's set (1) and its 3
+    sockets to the nodes open until its first call."""
+    cluster = clusters(3)
+    with LockManager(cluster.urls, ttl=5.0, _core=sync_core) as locks:
+        locks.try_acquire("h:warm").release()
+        ports = set(cluster.ports)
+
+        def child() -> list:
+            conns = sum(1 for c in psutil.Process().net_connections(kind="tcp")
+                        if c.raddr and c.raddr.port in ports)
+            return [len(locks._engines), conns]
+
+        assert _collect(*_fork(child)) == {"ok": [0, 0]}
+
+
 def test_fork_from_a_thread_other_threads_sets_are_dropped(sync_core, clusters):
     """A fork from a second thread: the child inherits the manager with the
     main thread's set in it (whose thread does not exist in the child).  The
