@@ -341,6 +341,8 @@ class Options:
     guard_window: Optional[float]
     fencing: bool = False
     lock_delay_ms: int = 0
+    max_pending: int = 65536
+    max_reply_bytes: int = 64 * 1024 * 1024
 
 
 def make_options(
@@ -358,6 +360,8 @@ def make_options(
     guard_window: Any = None,
     fencing: Any = False,
     lock_delay: Any = None,
+    max_pending: Any = 65536,
+    max_reply_bytes: Any = 64 * 1024 * 1024,
 ) -> Options:
     """Check every option once, naming the bad one."""
     if isinstance(drift_factor, bool) or not isinstance(drift_factor, (int, float)) or not math.isfinite(drift_factor):
@@ -399,6 +403,12 @@ def make_options(
     delay_ms = 0
     if lock_delay is not None:
         delay_ms = math.ceil(check_seconds("lock_delay", lock_delay, allow_zero=True, maximum=max_ttl_v) * 1000.0 - 1e-9)
+    max_pending = check_int("max_pending", max_pending, minimum=16)
+    if max_pending > 1 << 30:
+        raise ValueError(f"max_pending must be <= {1 << 30}, got {max_pending!r}")
+    max_reply_bytes = check_int("max_reply_bytes", max_reply_bytes, minimum=65536)
+    if max_reply_bytes > 1 << 40:
+        raise ValueError(f"max_reply_bytes must be <= {1 << 40}, got {max_reply_bytes!r}")
     return Options(
         ttl=ttl_ms / 1000.0,
         ttl_ms=ttl_ms,
@@ -414,6 +424,8 @@ def make_options(
         guard_window=gw,
         fencing=fencing,
         lock_delay_ms=delay_ms,
+        max_pending=max_pending,
+        max_reply_bytes=max_reply_bytes,
     )
 
 

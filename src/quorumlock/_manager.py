@@ -4,6 +4,8 @@ Each API adds only its own way of connecting and waiting."""
 
 from __future__ import annotations
 
+import os
+import weakref
 from typing import Any, List, Optional, Sequence
 
 from . import _handshake
@@ -36,6 +38,8 @@ class ManagerBase:
         ssl_context: Any = None,
         notify: bool = False,
         metrics: bool = False,
+        max_pending: int = 65536,
+        max_reply_bytes: int = 64 * 1024 * 1024,
         _core: Any = None,
     ) -> None:
         self._core = core if _core is None else _core
@@ -53,6 +57,8 @@ class ManagerBase:
             guard_window=guard_window,
             fencing=fencing,
             lock_delay=lock_delay,
+            max_pending=max_pending,
+            max_reply_bytes=max_reply_bytes,
         )
         self._specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
         self._guard = _handshake.GuardState(len(self._specs))
@@ -62,12 +68,18 @@ class ManagerBase:
         self._metrics: Any = None
         self._leases: Any = None       # quorumlock.leases: the renewer (made on first use)
         self._subscriber: Any = None   # quorumlock.leases.notify: release subscriptions
+        self._pid = os.getpid()
         self._init_api()
+        _LIVE.add(self)
         if metrics:
             _metrics_mod.instrument(self)
 
     def _init_api(self) -> None:
         """The API's own state (called by ``__init__`` before metrics wrap methods)."""
+
+    def _after_fork_child(self) -> None:
+        """Called in a forked child (os.register_at_fork, and by the pid check
+        on every checkout): forget every inherited connection without I/O."""
 
     # -- properties --------------------------------------------------------
 
@@ -126,6 +138,25 @@ class ManagerBase:
         eng.guard = self._opts.restart_guard is not False
         eng.fencing = self._opts.fencing
         eng.lock_delay_ms = self._opts.lock_delay_ms
+        eng.max_pending = self._opts.max_pending
+        eng.max_reply_bytes = self._opts.max_reply_bytes
         if self._notify:
             eng.set_release_notify(True)
         return eng
+
+
+# Every manager alive in this process: a forked child resets them all at once
+# (its inherited sockets are shared with the parent; see docs/engine.md).
+_LIVE: "weakref.WeakSet[ManagerBase]" = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for mgr in list(_LIVE):
+        try:
+            mgr._after_fork_child()
+        except Exception:  # pragma: no cover - never fail a fork
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 
-from hiredis import Reader, ReplyError
+from hiredis import ProtocolError, Reader, ReplyError
 
 from quorumlock._clock import now_ns as _clock_now_ns
 from quorumlock.errors import NodeOutcome, scrub_text
@@ -104,6 +104,7 @@ _now_ns = _clock_now_ns
 
 MAX_NODES = 32          # also quorumlock._config.MAX_NODES
 INBUF_SIZE = 65536      # read buffer handed to the transport (BufferedProtocol)
+_BATCH_NS_PER_KEY = 20000  # reply deadline allowance per key of a batch (ns)
 
 # What one node answered for one key of one operation (the compiled core's
 # ``cdef enum NodeStatus``, same numbers).
@@ -239,6 +240,7 @@ class NodeConn:
         "_idx", "_name", "engine", "transport", "_write", "reader", "_feed", "_gets",
         "inbuf", "inview", "out", "slots", "timer", "timer_at", "_timer_cb",
         "connected", "ready", "run_id", "info", "counted_after", "sent", "errors", "timeouts",
+        "paused", "partial", "suspect",
     )
 
     def __init__(self, engine, idx, name):
@@ -258,6 +260,9 @@ class NodeConn:
         self._timer_cb = self._on_timer
         self.connected = False
         self.ready = False
+        self.paused = False     # the transport asked us to stop writing (pause_writing)
+        self.suspect = False    # a reply is overdue: no new requests until a probe answers (blocking)
+        self.partial = 0        # bytes received of the reply still being parsed
         self.run_id = None
         self.info = None
         self.counted_after = 0
@@ -275,6 +280,7 @@ class NodeConn:
         return self._name
 
     def _new_reader(self):
+        self.partial = 0
         self.reader = Reader()
         self._feed = self.reader.feed
         self._gets = self.reader.gets
@@ -293,9 +299,29 @@ class NodeConn:
 
     def send(self, cmd, op, aux, deadline):
         """Queue one encoded command; its reply goes to ``op``."""
+        # The bytes and their slot with no call in between: a signal handler
+        # (which runs only at calls and loops) cannot leave one without the
+        # other, i.e. an extra or a missing reply.
         self.out += cmd
-        self.push(op, aux, deadline)
+        self.slots.append([op, aux, False, deadline])
         self.sent += 1
+        if self.timer is None:
+            self._arm(deadline)
+        elif deadline < self.timer_at:
+            self._disarm()
+            self._arm(deadline)
+
+    def overloaded(self):
+        """None if the connection can take one more request, else why not:
+        the transport paused writing (its buffer is over the high-water mark:
+        the node is not reading), or ``max_pending`` requests are in flight.
+        Either way the caller fails this node at once instead of queueing."""
+        if self.paused:
+            return "write buffer full (the node is not reading): failing fast"
+        n = len(self.slots)
+        if n >= self.engine.max_pending:
+            return f"{n} requests in flight (max_pending={self.engine.max_pending}): failing fast"
+        return None
 
     def _disarm(self):
         timer = self.timer
@@ -351,6 +377,12 @@ class NodeConn:
             idx = self._idx
             for op, aux in expired:
                 op.on_fail(idx, aux, ST_TIMEOUT, None)
+            if self.engine._sync and self.transport is not None:
+                # A missing reply may never come (a process sharing the socket
+                # read it, or the node lost it): the blocking engine reads
+                # what has arrived before checking deadlines, so the
+                # connection is suspect until a probe answers (see node.pxi).
+                self.engine._on_overdue(self._idx)
 
     def _take_all(self):
         pending = [(s[0], s[1]) for s in self.slots]
@@ -370,24 +402,28 @@ class NodeConn:
 
     def buffer_updated(self, nbytes):
         self._feed(self.inbuf, 0, nbytes)
-        self._drain()
+        self._received(nbytes)
 
     def data_received(self, data):
         self._feed(data)
-        self._drain()
+        self._received(len(data))
 
     def eof_received(self):
         return False
 
     def pause_writing(self):
-        pass
+        # The transport's buffer is over its high-water mark: new requests
+        # fail this node fast (overloaded()) until it drains.
+        self.paused = True
 
     def resume_writing(self):
-        pass
+        self.paused = False
 
     def connection_lost(self, exc):
         self.connected = False
         self.ready = False
+        self.paused = False
+        self.suspect = False
         self.transport = None
         self._write = None
         self.out.clear()
@@ -399,7 +435,25 @@ class NodeConn:
             op.on_fail(idx, aux, ST_DOWN, detail)
         self.engine._node_lost(idx, exc)
 
+    def _received(self, nbytes):
+        """``nbytes`` were just fed to the parser: dispatch the complete
+        replies, then enforce ``max_reply_bytes`` on the one still arriving
+        (a node streaming a huge reply is cut off, not buffered whole)."""
+        if self._drain():
+            # A reply completed: what the parser still holds belongs to the next.
+            self.partial = self.reader.len() if self.transport is not None else 0
+        else:
+            self.partial += nbytes
+        cap = self.engine.max_reply_bytes
+        if self.partial > cap and self.transport is not None:
+            self.engine._log_error(
+                self._name, "reply too large, dropping the connection",
+                f"over {self.partial} bytes (max_reply_bytes={cap})")
+            self.abort()
+
     def _drain(self):
+        """Dispatch every complete reply; True if there was at least one."""
+        got = False
         gets = self._gets
         slots = self.slots
         popleft = slots.popleft
@@ -407,11 +461,14 @@ class NodeConn:
             try:
                 reply = gets()
             except Exception as exc:   # hiredis.ProtocolError: the stream is corrupt
+                if self.engine._sync and not isinstance(exc, ProtocolError):
+                    raise   # a signal handler's exception: the caller's (see below)
                 self.engine._log_error(self._name, "protocol error", exc)
                 self.abort()
                 return
             if reply is False:
-                return
+                return got
+            got = True
             if not slots:
                 # A reply nobody asked for: the stream is out of step, and every
                 # later reply would be matched to the wrong request.
@@ -422,6 +479,13 @@ class NodeConn:
             try:
                 s[0].on_reply(self, reply, s[1])
             except Exception as exc:
+                if self.engine._sync:
+                    # The blocking engine runs in the caller's thread: an
+                    # exception here is most likely a signal handler's, and
+                    # the caller must see it (its wait abandons the operation,
+                    # releasing what it may hold) instead of a half-updated
+                    # operation that never completes.
+                    raise
                 # Never raise into the event loop: a bug in one operation must
                 # not kill the connection's other operations.
                 self.engine._log_error(self._name, "error handling reply", exc)
@@ -429,6 +493,23 @@ class NodeConn:
     def abort(self):
         if self.transport is not None:
             self.transport.abort()
+
+    def forget(self):
+        """Drop the connection without I/O (after fork(): see
+        SyncEngine.discard); pending operations are not told."""
+        t = self.transport
+        self.connected = False
+        self.ready = False
+        self.paused = False
+        self.suspect = False
+        self.transport = None
+        self._write = None
+        self.out.clear()
+        self._disarm()
+        self.slots.clear()
+        self._new_reader()
+        if t is not None and hasattr(t, "discard"):
+            t.discard()
 
     def close(self):
         if self.transport is not None:
@@ -1210,7 +1291,7 @@ class Engine:
     single ``transport.write``."""
 
     __slots__ = ("loop", "owner", "nodes", "node_names", "n", "quorum", "node_timeout_ns",
-                 "stall_ns", "drift_factor", "max_key_len", "batch_chunk", "guard", "fencing",
+                 "stall_ns", "drift_factor", "max_pending", "max_reply_bytes", "max_key_len", "batch_chunk", "guard", "fencing",
                  "lock_delay_ms", "_sync", "flush_scheduled", "_flush_cb", "_call_soon", "_create_future",
                  "pre_release", "pre_extend", "pre_release_ex", "pre_extend_ex", "pre_acquire_ex",
                  "pre_commit", "pre_acquire_many", "pre_release_many", "logger",
@@ -1239,6 +1320,8 @@ class Engine:
             stall_timeout = max(2.0, 10 * node_timeout)
         self.stall_ns = int(stall_timeout * 1e9)
         self.drift_factor = drift_factor
+        self.max_pending = 65536                 # requests in flight per node connection
+        self.max_reply_bytes = 64 * 1024 * 1024  # a larger reply drops the connection
         self.max_key_len = max_key_len
         self.batch_chunk = batch_chunk
         self.guard = True
@@ -1315,11 +1398,13 @@ class Engine:
         for node in self.nodes:
             out = node.out
             if out:
+                # bytes, not the bytearray: a transport may keep what it was
+                # given (SSL backlog), and ``out`` is reused.  Taken before
+                # the write: an interrupted write must not send it twice.
+                data = bytes(out)
+                del out[:]
                 if node.connected:
-                    # bytes, not the bytearray: a transport may keep what it
-                    # was given (SSL backlog), and ``out`` is reused.
-                    node._write(bytes(out))
-                out.clear()
+                    node._write(data)
 
     def schedule_flush(self):
         # The blocking engine flushes in its own wait loop.
@@ -1368,22 +1453,35 @@ class Engine:
             self.materialize_releases()
         now = op.t0
         failed = None
+        cap = self.max_pending
         for node in self.nodes:
+            detail = None
             if not node.ready:
                 st = ST_DOWN
             elif guarded and node.counted_after > now:
                 st = ST_EXCLUDED
+                detail = _GUARD_DETAIL
+            elif node.suspect and not isinstance(op, (ReleaseOp, MultiReleaseOp, ReleaseManyOp)):
+                # A reply is overdue on this connection: only releases (which
+                # must follow the SETs they undo) go out until a probe answers.
+                st = ST_DOWN
+            elif node.paused or len(node.slots) >= cap:
+                # Bounded memory: a node that is not keeping up fails fast.
+                st = ST_ERROR
+                detail = node.overloaded()
             else:
                 node.send(cmd, op, aux, deadline)
                 op.sent |= 1 << node._idx
                 continue
             if failed is None:
                 failed = []
-            failed.append((node._idx, st))
+            failed.append((node._idx, st, detail))
         self.schedule_flush()
         if failed is not None:
-            for i, st in failed:
-                op.on_fail(i, aux, st, self.down_detail[i] if st == ST_DOWN else _GUARD_DETAIL)
+            for i, st, detail in failed:
+                if st == ST_DOWN and detail is None:
+                    detail = self.down_detail[i]
+                op.on_fail(i, aux, st, detail)
 
     def _release_cmd(self, key_b, token):
         """The compare-and-delete of ``key_b``/``token`` and the SinkOp that
@@ -1412,7 +1510,9 @@ class Engine:
         for i, node in enumerate(self.nodes):
             if skip is not None and skip[i] == ST_HELD:
                 continue
-            if node.ready:
+            if node.ready and not node.paused and len(node.slots) < self.max_pending:
+                # (An overloaded node gets no release: it is not reading, and
+                # the key expires by its TTL.)
                 node.send(cmd, op, 0, deadline)
                 any_sent = True
             elif sent & (1 << i) and expiry > op.t0:
@@ -1452,6 +1552,8 @@ class Engine:
             return
         chunk = self.batch_chunk
         for start in range(0, m, chunk):
+            if node.paused or len(node.slots) >= self.max_pending:
+                break
             end = min(start + chunk, m)
             op = SinkOp(self, None)
             op.eval_args = (b"EVAL", RELEASE_MANY_SCRIPT, end - start) + tuple(keys_b[start:end]) + tuple(tokens[start:end])
@@ -1717,7 +1819,6 @@ class Engine:
         _check_lock(lock)
         if lock._released:
             return self._done(False)
-        lock._released = True
         op = ReleaseOp(self, self.new_waiter())
         op.key_b = kb = lock._key_b
         op.token = tok = lock._token
@@ -1725,9 +1826,13 @@ class Engine:
         if self.lock_delay_ms == 0 and not self.release_notify and self.coalesce_releases:
             # Coalesced: every release asked for in this loop iteration goes
             # out as one RELEASE_MANY script call per node (materialize_releases).
+            # ``released`` is set once the release is queued: a signal-raised
+            # exception in between leaves the lock releasable, never lost.
             self.rel_queue.append(op)
+            lock._released = True
             self.schedule_flush()
             return op
+        lock._released = True
         if self.lock_delay_ms > 0:
             op.ex = True
             dk = DELAY_PREFIX + kb
@@ -1782,7 +1887,9 @@ class Engine:
         op.drift_ns = self.drift_ns_for(ttl_ms)
         op.chunk = chunk = self.batch_chunk
         op._alloc(m)
-        deadline = op.t0 + self.node_timeout_ns + m * 2000
+        # A node works through a batch at roughly 1-2 us per key; allow it
+        # _BATCH_NS_PER_KEY (a 10^6-key batch gets 20 s), see engine.pxi.
+        deadline = op.t0 + self.node_timeout_ns + m * _BATCH_NS_PER_KEY
         pre = self.pre_acquire_many
         ttl_b = _bulk_int(ttl_ms)
         for start in range(0, m, chunk):
@@ -1810,7 +1917,9 @@ class Engine:
         op.tokens = tokens = [lk._token for lk in locks_l]
         op.chunk = chunk = self.batch_chunk
         op._alloc(m)
-        deadline = op.t0 + self.node_timeout_ns + m * 2000
+        # A node works through a batch at roughly 1-2 us per key; allow it
+        # _BATCH_NS_PER_KEY (a 10^6-key batch gets 20 s), see engine.pxi.
+        deadline = op.t0 + self.node_timeout_ns + m * _BATCH_NS_PER_KEY
         pre = self.pre_release_many
         for start in range(0, m, chunk):
             end = min(start + chunk, m)
@@ -1833,6 +1942,9 @@ class Engine:
             self.materialize_releases()
         if not node.connected:
             op.on_fail(idx, 0, ST_DOWN, None)
+            return op
+        if node.paused or len(node.slots) >= self.max_pending:
+            op.on_fail(idx, 0, ST_ERROR, node.overloaded())
             return op
         t = self.node_timeout_ns if timeout is None else int(timeout * 1e9)
         node.send(encode_command(*args), op, 0, op.t0 + t)
@@ -1981,6 +2093,7 @@ class SyncSocket:
         if self.closed:
             return
         recv_into = self.sock.recv_into
+        reads = 0
         if self.tls:
             while not self.closed:
                 try:
@@ -1994,8 +2107,9 @@ class SyncSocket:
                     self._lost(None)
                     return
                 node._feed(node.inbuf, 0, r)
-                node._drain()
-                if not self.sock.pending():
+                node._received(r)
+                reads += 1
+                if not self.sock.pending() or reads >= _MAX_READS:
                     return
             return
         while not self.closed:
@@ -2010,8 +2124,11 @@ class SyncSocket:
                 self._lost(None)
                 return
             node._feed(node.inbuf, 0, r)
-            node._drain()
-            if r < INBUF_SIZE:
+            node._received(r)
+            reads += 1
+            # Bounded: a node streaming without end must not keep this loop
+            # away from the deadlines (the wait loop comes back for more).
+            if r < INBUF_SIZE or reads >= _MAX_READS:
                 return
 
     def _lost(self, exc):
@@ -2027,15 +2144,58 @@ class SyncSocket:
     def abort(self):
         self._lost(ConnectionAbortedError("connection aborted by the client"))
 
+    def discard(self):
+        """Close the file descriptor without any I/O and without telling the
+        node (a forked child dropping a socket it shares with its parent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.pending = None
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
     def close(self):
         if self.pending is not None and not self.closed:
             self.flush_pending()
         self._lost(None)
 
 
+_MAX_READS = 16         # recv() calls per read_ready (16 x 64 KiB)
+_MAX_POLL_MS = 50       # a wait wakes at least this often (signals, deadlines)
+_SYNC_BACKLOG = 256     # replies owed by one node before a blocking call waits for them
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
 _POLL_READ = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class ProbeOp(Op):
+    """``ECHO <nonce>`` on a suspect connection (a reply was overdue).  Its
+    own nonce back, in its own slot, proves the connection in step; anything
+    else (another reply, no reply in time) resets the connection."""
+
+    __slots__ = ("nonce", "node")
+
+    def on_reply(self, node, reply, aux):
+        self.decided = True
+        self.complete = True
+        if self.node.transport is None:
+            return
+        if type(reply) is bytes and reply == self.nonce:
+            node.suspect = False
+            return
+        self.engine._log_error(node._name, "connection out of step (probe got another reply), resetting", None)
+        node.abort()
+
+    def on_fail(self, idx, aux, st, detail):
+        if self.decided:
+            return
+        self.decided = True
+        self.complete = True
+        if st == ST_TIMEOUT and self.node.transport is not None and self.node.suspect:
+            self.engine._log_error(self.node._name, "probe unanswered, resetting the connection", None)
+            self.node.abort()
 
 
 class SyncEngine(Engine):
@@ -2043,7 +2203,7 @@ class SyncEngine(Engine):
     thread.  A blocking LockManager keeps a pool of these, one checked out per
     calling thread, so threads never share a socket."""
 
-    __slots__ = ("reconnect_at", "backoff", "maintenance_epoch", "all_ready")
+    __slots__ = ("reconnect_at", "backoff", "maintenance_epoch", "all_ready", "granted", "just_read")
 
     def __init__(self, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -2053,6 +2213,8 @@ class SyncEngine(Engine):
         self.backoff = [0.05] * self.n      # seconds of the next reconnect backoff
         self.maintenance_epoch = -1
         self.all_ready = False
+        self.granted = None     # the Lock last granted to the caller (see blocking._LockContext)
+        self.just_read = False  # the entry read already ran for this call
 
     def attach(self, idx, sock, tls):
         """Use the connected socket ``sock`` (made non-blocking here) for node ``idx``."""
@@ -2060,19 +2222,77 @@ class SyncEngine(Engine):
         sock.setblocking(False)
         node.connection_made(SyncSocket(node, sock, tls))
 
+    def _on_overdue(self, idx):
+        """Node ``idx`` missed a deadline: suspect its connection and probe it."""
+        node = self.nodes[self._node_index(idx)]
+        if node.suspect or node.transport is None:
+            return
+        node.suspect = True
+        op = ProbeOp(self, None)
+        op.node = node
+        op.nonce = b"ql-probe-" + random_bytes(8).hex().encode()
+        # Behind every overdue request: allow the node a few more deadlines.
+        node.send(encode_command(b"ECHO", op.nonce), op, 0, _now_ns() + 4 * self.node_timeout_ns + 50000000)
+
     def _node_lost(self, idx, exc):
         b = self.backoff[idx]
         self.all_ready = False
         self.reconnect_at[idx] = _now_ns() + int(b * 1e9)
         self.backoff[idx] = min(b * 2, 0.5)
 
+    def _poll_ready(self, timeout_ms, only_pending):
+        """One poll() over the connected sockets (``only_pending``: those with
+        replies owed or bytes to send), then read/write what is ready.  A
+        signal handler that raises (KeyboardInterrupt) raises out of poll():
+        the caller then abandons its operation."""
+        poller = None
+        by_fd = {}
+        for node in self.nodes:
+            t = node.transport
+            if not node.connected or t is None:
+                continue
+            if only_pending and not node.slots and t.pending is None:
+                continue
+            if poller is None:
+                poller = select.poll()
+            poller.register(t.fd, _POLLIN | _POLLOUT if t.pending is not None else _POLLIN)
+            by_fd[t.fd] = node
+        if poller is None:
+            if not only_pending and timeout_ms > 0:
+                # Nothing can answer: every node is down.  The operation was
+                # already failed by fanout; only a deadline can be waiting.
+                time.sleep(timeout_ms / 1000.0)
+            return
+        for fd, ev in poller.poll(timeout_ms):
+            node = by_fd.get(fd)
+            if node is None or node.transport is None:
+                continue
+            t = node.transport
+            if ev & _POLLOUT:
+                t.flush_pending()
+            if ev & _POLL_READ:
+                t.read_ready()
+
+    def _entry_read(self):
+        self._poll_ready(0, True)
+        self.just_read = True    # the wait that follows need not read again
+
     def _wait(self, op, until):
         """Drive the sockets until ``op`` is decided or ``until`` (monotonic
-        ns, 0 = none) passes; queued writes are always flushed first."""
+        ns, 0 = none) passes; queued writes are always flushed first.
+        Replies that have arrived are read before any deadline is checked,
+        and once more when ``op`` is decided (see the compiled core)."""
         nodes = self.nodes
+        if self.just_read:
+            self.just_read = False
+        else:
+            self._poll_ready(0, True)
         while True:
             self._flush()
             if op.complete:
+                self._poll_ready(0, True)
+                self._bound_backlog()
+                self._drain_writes()
                 return
             now = _now_ns()
             if until and now >= until:
@@ -2086,33 +2306,40 @@ class SyncEngine(Engine):
                         next_t = node.timer_at
             if op.complete:
                 continue
-            poller = None
-            by_fd = {}
-            for node in nodes:
-                t = node.transport
-                if not node.connected or t is None:
-                    continue
-                if poller is None:
-                    poller = select.poll()
-                poller.register(t.fd, _POLLIN | _POLLOUT if t.pending is not None else _POLLIN)
-                by_fd[t.fd] = node
             now = _now_ns()
             timeout_ms = (next_t - now + 999999) // 1000000 if next_t > now else 0
-            if poller is None:
-                # Nothing can answer: every node is down.  The operation was
-                # already failed by fanout; only a deadline can be waiting.
-                if timeout_ms > 0:
-                    time.sleep(timeout_ms / 1000.0)
-                continue
-            for fd, ev in poller.poll(timeout_ms):
-                node = by_fd.get(fd)
-                if node is None or node.transport is None:
-                    continue
-                t = node.transport
-                if ev & _POLLOUT:
-                    t.flush_pending()
-                if ev & _POLL_READ:
-                    t.read_ready()
+            self._poll_ready(min(timeout_ms, _MAX_POLL_MS), False)
+
+    def _bound_backlog(self):
+        """Backpressure for the blocking API: a caller may not run ahead of a
+        node by more than _SYNC_BACKLOG unanswered requests; a node that
+        stops answering is made suspect by its deadline instead."""
+        while True:
+            heavy = False
+            now = _now_ns()
+            for node in self.nodes:
+                if node.connected and len(node.slots) > _SYNC_BACKLOG:
+                    if node.timer is not None and node.timer_at <= now:
+                        node._on_timer()
+                    if node.connected and len(node.slots) > _SYNC_BACKLOG and not node.suspect:
+                        heavy = True
+            if not heavy:
+                return
+            self._poll_ready(1, True)
+
+    def _drain_writes(self):
+        """Bytes still in a user-space send buffer when an operation is
+        decided (a slow node, a big batch) go out now, for up to
+        max(1 s, node_timeout), not whenever this thread calls again."""
+        limit = 0
+        while any(nd.connected and nd.transport is not None and nd.transport.pending is not None
+                  for nd in self.nodes):
+            now = _now_ns()
+            if not limit:
+                limit = now + max(1000000000, self.node_timeout_ns)
+            elif now >= limit:
+                return
+            self._poll_ready(_MAX_POLL_MS, True)
 
     def wait(self, op, timeout=None):
         """Wait for ``op`` (at most ``timeout`` seconds); return its result."""
@@ -2128,35 +2355,80 @@ class SyncEngine(Engine):
         self._wait(op, 0)
         return op.result
 
+    def _abandon(self, op):
+        """The caller leaves with an exception (a signal handler raised)
+        while ``op`` may have taken keys: release them now, before the
+        exception propagates (queued behind the SET on every connection)."""
+        if isinstance(op, AcquireOp):
+            if isinstance(op.result, Lock):
+                op.result._released = True
+            self.send_release(op.key_b, op.token, None, None)
+        elif isinstance(op, AcquireManyOp):
+            if type(op.result) is list:
+                for x in op.result:
+                    if isinstance(x, Lock):
+                        x._released = True
+            for i in range(self.n):
+                self.send_release_many_to(i, op.keys_b, op.tokens)
+        self._flush()
+
+    def _run_acquire(self, op):
+        try:
+            self._wait(op, 0)
+            if isinstance(op.result, Lock):
+                self.granted = op.result
+        except BaseException:
+            self._abandon(op)
+            raise
+        return op.result
+
+    def _run_release(self, op):
+        try:
+            self._wait(op, 0)
+        except BaseException:
+            self._flush()   # the release goes out even when the wait is interrupted
+            raise
+        return op.result
+
     def try_acquire_sync(self, key, ttl_ms):
-        return self._run(self._attempt(key, ttl_ms))
+        self._entry_read()   # late replies first: a probe may clear a suspect node
+        return self._run_acquire(self._attempt(key, ttl_ms))
 
     def attempt_sync(self, key, ttl_ms):
+        self._entry_read()
         op = self._attempt(key, ttl_ms)
-        self._wait(op, 0)
+        self._run_acquire(op)
         return op
 
     def release_sync(self, lock):
-        return self._run(self._release(lock))
+        return self._run_release(self._release(lock))
 
     def extend_sync(self, lock, ttl_ms):
+        self._entry_read()
         return self._run(self._extend(lock, ttl_ms))
 
     def acquire_many_sync(self, keys, ttl_ms):
-        return self._run(self._acquire_many(keys, ttl_ms))
+        self._entry_read()
+        return self._run_acquire(self._acquire_many(keys, ttl_ms))
 
     def acquire_each_sync(self, keys, ttl_ms):
         """One attempt per key with the single-key operation (fenced or
         lock-delay acquires), all sent before the first wait."""
+        self._entry_read()
         ops = [self._attempt(k, ttl_ms) for k in keys]
-        for op in ops:
-            self._wait(op, 0)
+        try:
+            for op in ops:
+                self._wait(op, 0)
+        except BaseException:
+            for op in ops:
+                self._abandon(op)
+            raise
         return [op.result for op in ops]
 
     def release_each_sync(self, locks):
         ops = [self._release(lk) for lk in locks]
         for op in ops:
-            self._wait(op, 0)
+            self._run_release(op)
         return [op.result for op in ops]
 
     def extend_each_sync(self, locks, ttls_ms):
@@ -2171,7 +2443,16 @@ class SyncEngine(Engine):
         return ops
 
     def release_many_sync(self, locks):
-        return self._run(self._release_many(locks))
+        return self._run_release(self._release_many(locks))
+
+    def discard(self):
+        """Forget every connection without any I/O: close the descriptors,
+        drop what is queued and pending, tell no operation (a forked child's
+        inherited sockets are shared with its parent)."""
+        self.rel_queue = []
+        for node in self.nodes:
+            node.forget()
+        self.all_ready = False
 
     def call_op(self, idx, args, timeout=None):
         """Queue one command to one node; ``wait(op)`` gives its reply."""

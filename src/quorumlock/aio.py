@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from typing import Any, Awaitable, Iterable, List, Optional, Sequence
@@ -101,6 +102,13 @@ class LockManager(ManagerBase):
     metrics:
         Count operations and time them (``metrics()``; ``quorumlock.metrics``).
         Off by default: no per-operation Python work is added.
+    max_pending:
+        Requests in flight per node connection (default 65536).  A node at
+        the bound, or one whose connection stopped taking writes, fails new
+        operations at once (per-node outcome ``error``, naming the bound).
+    max_reply_bytes:
+        Largest reply accepted (default 64 MiB); a larger one drops the
+        connection (docs/engine.md, "Memory bounds").
     """
 
     def _init_api(self) -> None:
@@ -109,6 +117,23 @@ class LockManager(ManagerBase):
         self._closing = False
         self._reconnecting: dict = {}
         self._dup_logged: set = set()
+        self._forked_loop: Any = None   # the parent's loop, in a forked child
+
+    def _after_fork_child(self) -> None:
+        """In a forked child: forget the inherited engine without touching
+        it.  Its transports, and the event loop's selector, are shared with
+        the parent: closing or reading them here would break the parent's
+        connections or steal its replies.  The child must ``await
+        connect()`` on an event loop of its own (``asyncio.run`` in the
+        child); reusing the inherited loop object is refused."""
+        self._pid = os.getpid()
+        if self._loop is not None:
+            self._forked_loop = self._loop
+        self._engine = None
+        self._loop = None
+        self._reconnecting = {}
+        self._leases = None
+        self._subscriber = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -121,9 +146,15 @@ class LockManager(ManagerBase):
         """Connect to every node.  A node that is down only costs its vote (it
         is retried in the background); a configuration error (wrong password,
         a replica, two URLs reaching one server) raises ``ConfigurationError``."""
+        if os.getpid() != self._pid:
+            self._after_fork_child()
         if self._engine is not None:
             return self
         loop = asyncio.get_running_loop()
+        if self._forked_loop is not None and loop is self._forked_loop:
+            raise RuntimeError(
+                "this LockManager was connected before fork(): in the child, connect it on a new "
+                "event loop (e.g. asyncio.run(...) in the child), not on the loop inherited from the parent")
         self._loop = loop
         self._closing = False
         self._engine = self._core.Engine(
@@ -157,6 +188,8 @@ class LockManager(ManagerBase):
 
     async def close(self) -> None:
         """Close every connection (queued releases are written first)."""
+        if os.getpid() != self._pid:
+            self._after_fork_child()   # never close the parent's transports
         self._closing = True
         _close_leases(self)
         for t in list(self._reconnecting.values()):
@@ -282,8 +315,14 @@ class LockManager(ManagerBase):
             self._reconnecting.pop(i, None)
 
     def _require(self) -> Any:
+        if os.getpid() != self._pid:
+            self._after_fork_child()
         eng = self._engine
         if eng is None:
+            if self._forked_loop is not None:
+                raise RuntimeError(
+                    "this LockManager was connected before fork(): the child must await connect() "
+                    "on its own event loop first (inherited connections are never used)")
             raise RuntimeError("LockManager is not connected: use 'async with LockManager(...)' or await connect()")
         return eng
 

@@ -33,6 +33,7 @@ import select
 import socket
 import threading
 import time
+import weakref
 from typing import Any, Iterable, List, Optional, Sequence
 
 from . import _handshake
@@ -61,12 +62,14 @@ class LockManager(ManagerBase):
 
     def _init_api(self) -> None:
         self._engines: dict = {}  # thread ident -> its SyncEngine
+        self._local = threading.local()   # .slot: this thread's _EngineSlot
+        self._retired: dict = {}  # thread ident -> set left open by close() (the thread was busy)
         self._mutex = threading.Lock()
         self._guard_epoch = 0
         self._closed = False
-        self._pid = os.getpid()
         self._connected_once = False
         self._dup_logged: set = set()   # nodes whose duplicate was already logged
+        self._warned: dict = {}   # node index -> monotonic time of its last warning
 
     # -- connections -------------------------------------------------------
 
@@ -76,15 +79,52 @@ class LockManager(ManagerBase):
         return self
 
     def close(self) -> None:
-        """Close every connection of every thread's set (idempotent)."""
+        """Close the connections (idempotent).
+
+        The calling thread's set and the sets of threads that have ended are
+        closed now (after a short drain of the replies still owed).  Another
+        live thread may be in the middle of an operation on its own set, so
+        that set is left to it: its ``release()`` of a lock it holds still
+        goes out (and then closes the set); anything else raises
+        ``RuntimeError("LockManager is closed")``.  A set left open is closed
+        at the latest when its thread ends."""
+        if os.getpid() != self._pid:
+            self._after_fork_child()
         _close_leases(self)
+        me = threading.get_ident()
+        alive = {t.ident for t in threading.enumerate()}
         with self._mutex:
             self._closed = True
-            engines, self._engines = list(self._engines.values()), {}
+            engines, self._engines = self._engines, {}
+            now_close = []
+            for ident, eng in engines.items():
+                if ident == me or ident not in alive:
+                    now_close.append(eng)
+                else:
+                    self._retired[ident] = eng
+        slot = getattr(self._local, "slot", None)
+        if slot is not None:
+            slot.eng = None
+        for eng in now_close:
+            _close_quietly(eng)
+
+    def _after_fork_child(self) -> None:
+        """In a forked child: drop every inherited connection set without
+        reading or writing it (the parent still uses those sockets: a read
+        would steal its replies, a write would interleave with its
+        requests).  The child connects afresh on first use."""
+        self._pid = os.getpid()
+        self._mutex = threading.Lock()   # may have been held by a parent thread
+        engines = list(self._engines.values()) + list(self._retired.values())
+        self._engines = {}
+        self._retired = {}
+        self._local = threading.local()
+        self._leases = None              # the renewer thread does not exist here
+        self._subscriber = None
         for eng in engines:
             try:
-                eng.close()
-            except Exception:  # pragma: no cover - closing is best effort
+                eng.discard()
+            except Exception:  # pragma: no cover - never fail a fork
                 pass
 
     def __enter__(self) -> "LockManager":
@@ -134,11 +174,12 @@ class LockManager(ManagerBase):
                     s.setblocking(False)
                     rc = s.connect_ex(addr)
             except OSError as exc:
-                log.debug("quorumlock: connect to %s failed: %r", spec.name, exc)
+                self._warn_node(i, "unreachable", exc)
                 eng._node_lost(i, exc)
                 continue
             if rc not in (0, errno.EINPROGRESS, errno.EAGAIN):
                 s.close()
+                self._warn_node(i, "unreachable", OSError(rc, os.strerror(rc)))
                 eng._node_lost(i, OSError(rc, os.strerror(rc)))
                 continue
             socks[s.fileno()] = (i, s)
@@ -155,12 +196,15 @@ class LockManager(ManagerBase):
                 err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     s.close()
+                    self._warn_node(i, "unreachable", OSError(err, os.strerror(err)))
                     eng._node_lost(i, OSError(err, os.strerror(err)))
                 else:
                     connected.append((i, s))
         for i, s in waiting.values():
             s.close()
-            eng._node_lost(i, TimeoutError(f"{self._specs[i].name}: connect timed out"))
+            exc = TimeoutError(f"{self._specs[i].name}: connect timed out")
+            self._warn_node(i, "unreachable", exc)
+            eng._node_lost(i, exc)
         ops = []
         for i, s in connected:
             spec = self._specs[i]
@@ -173,6 +217,7 @@ class LockManager(ManagerBase):
                     s = spec.ssl.wrap_socket(s, server_hostname=spec.server_hostname)
             except (OSError, ValueError) as exc:
                 s.close()
+                self._warn_node(i, "TLS or socket setup failed", exc)
                 eng._node_lost(i, exc)
                 continue
             eng.attach(i, s, spec.ssl is not None)
@@ -194,7 +239,7 @@ class LockManager(ManagerBase):
                 eng.nodes[i].abort()
                 continue
             except (OSError, ConnectionError, TimeoutError) as exc:
-                log.debug("quorumlock: handshake with %s failed: %r", spec.name, exc)
+                self._warn_node(i, "handshake failed", exc)
                 eng.nodes[i].abort()
                 continue
             node = eng.nodes[i]
@@ -221,13 +266,20 @@ class LockManager(ManagerBase):
             node.ready = True
             eng.node_ready(i)   # clean-up releases held back while it was away
             eng.backoff[i] = 0.05
+            if self._warned.pop(i, None) is not None:
+                log.info("quorumlock: reconnected to %s", spec.name)
         if errors:
             eng.close()
             raise errors[0]
 
     def _checkout(self) -> Any:
         """This thread's connection set (made on first use)."""
-        eng = self._engines.get(threading.get_ident())
+        if os.getpid() != self._pid:
+            # fork() without the at-fork hook (or before it ran): never use
+            # a connection inherited from the parent.
+            self._after_fork_child()
+        slot = getattr(self._local, "slot", None)
+        eng = slot.eng if slot is not None else None
         if eng is None:
             return self._new_thread_engine()
         if eng.maintenance_epoch != self._guard_epoch or not eng.all_ready:
@@ -237,25 +289,42 @@ class LockManager(ManagerBase):
     def _new_thread_engine(self) -> Any:
         if self._closed:
             raise RuntimeError("LockManager is closed")
-        if os.getpid() != self._pid:
-            # A forked child must not share its parent's sockets: replies
-            # would go to whichever process reads first.
-            self._pid = os.getpid()
-            self._engines = {}
         eng = self._new_engine()
         me = threading.get_ident()
         with self._mutex:
             if self._closed:
                 eng.close()
                 raise RuntimeError("LockManager is closed")
-            # Close the sets of threads that have ended.
+            # Close the sets of threads that have ended (normally their own
+            # finaliser did it already).
             alive = {t.ident for t in threading.enumerate()}
             for ident in [i for i in self._engines if i not in alive]:
-                self._engines.pop(ident).close()
+                _close_quietly(self._engines.pop(ident))
             self._engines[me] = eng
+        slot = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = _EngineSlot()
+            # When this thread ends, its threading.local entry goes and the
+            # slot with it: close the thread's set then, not whenever some
+            # other thread next checks out.
+            weakref.finalize(slot, _thread_ended, weakref.ref(self), me, self._pid)
+        slot.eng = eng
         eng.maintenance_epoch = self._guard_epoch
         eng.all_ready = all(nd.ready for nd in eng.nodes)
         return eng
+
+    def _warn_node(self, i: int, what: str, exc: Any) -> None:
+        """Log a node failure as a warning, at most once per node every
+        ``_WARN_EVERY`` seconds (debug in between), so that "all nodes down"
+        or a TLS failure never looks like "key busy"."""
+        now = time.monotonic()
+        last = self._warned.get(i)
+        if last is None or now - last >= _WARN_EVERY:
+            self._warned[i] = now
+            log.warning("quorumlock: %s %s (%r); retrying in the background",
+                        self._specs[i].name, what, exc)
+        else:
+            log.debug("quorumlock: %s %s: %r", self._specs[i].name, what, exc)
 
     def _maintain(self, eng: Any) -> None:
         now = self._core.monotonic_ns()
@@ -359,7 +428,7 @@ class LockManager(ManagerBase):
                 on_lost=on_lost, margin=margin, renew_fraction=renew_fraction)
         if wait is not None:
             return _lease_thread.LeaseContext(self, key, ttl, timeout, retry_count, wait, _guarded=False)
-        return _LockContext(self, key, ttl, timeout, retry_count)
+        return getattr(self._core, "SyncLockContext", _LockContext)(self, key, ttl, timeout, retry_count)
 
     def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> List[Optional[Any]]:
         """One attempt per key, pipelined: a list of ``Lock`` or None, in order."""
@@ -470,8 +539,31 @@ class LockManager(ManagerBase):
     # -- callbacks used by Lock --------------------------------------------
 
     def _release(self, lock: Any) -> bool:
+        if self._closed:
+            return self._release_after_close(lock)
         eng = self._checkout()
         return eng.release_sync(lock)
+
+    def _release_after_close(self, lock: Any) -> bool:
+        """A release asked for after ``close()`` (another thread closed the
+        manager while this one held a lock): it still goes out, on this
+        thread's set if close() left it open, else on a short-lived one."""
+        if os.getpid() != self._pid:
+            self._after_fork_child()
+        me = threading.get_ident()
+        with self._mutex:
+            eng = self._retired.pop(me, None)
+        slot = getattr(self._local, "slot", None)
+        if slot is not None:
+            slot.eng = None
+        if eng is None:
+            eng = self._new_engine()
+        else:
+            self._maintain(eng)
+        try:
+            return eng.release_sync(lock)
+        finally:
+            _close_quietly(eng)
 
     def _extend(self, lock: Any, ttl: Optional[float]) -> bool:
         ttl_ms = self._ttl_ms(ttl) if ttl is not None else int(round(lock.ttl * 1000))
@@ -484,7 +576,7 @@ class LockManager(ManagerBase):
         return lock
 
     def _lock_exit(self, lock: Any, exc_type: Any) -> None:
-        self._release(lock)
+        _release_surely(self, lock)
 
     def _lock_aenter(self, lock: Any) -> Any:
         raise TypeError("this lock belongs to a blocking LockManager: use 'with', not 'async with'")
@@ -498,6 +590,64 @@ class LockManager(ManagerBase):
     def __repr__(self) -> str:
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
                 f"threads={len(self._engines)} [{self._core.IMPLEMENTATION}]>")
+
+
+_WARN_EVERY = 30.0   # seconds between two warnings about the same node
+
+
+class _EngineSlot:
+    """Holds one thread's connection set in the manager's threading.local;
+    its finaliser closes the set when the thread ends."""
+
+    __slots__ = ("eng", "__weakref__")
+
+    def __init__(self) -> None:
+        self.eng: Any = None
+
+
+def _close_quietly(eng: Any) -> None:
+    try:
+        eng.close()
+    except Exception:  # pragma: no cover - closing is best effort
+        pass
+
+
+def _thread_ended(mgr_ref: Any, ident: int, pid: int) -> None:
+    """A thread's threading.local entry was dropped (the thread ended, or a
+    fork() cleaned up the parent's other threads): close its set.  In a forked
+    child the set is shared with the parent and is only discarded, no I/O."""
+    mgr = mgr_ref()
+    if mgr is None:
+        return
+    if os.getpid() != pid:
+        # A forked child (CPython clears the other threads' states before the
+        # at-fork hooks run): no lock, which a parent thread may have held at
+        # fork time, and no I/O on the parent's sockets.
+        eng = mgr._engines.pop(ident, None) or mgr._retired.pop(ident, None)
+        if eng is not None:
+            eng.discard()
+        return
+    try:
+        with mgr._mutex:
+            eng = mgr._engines.pop(ident, None) or mgr._retired.pop(ident, None)
+    except Exception:  # pragma: no cover - interpreter shutdown
+        return
+    if eng is not None:
+        _close_quietly(eng)
+
+
+def _release_surely(mgr: Any, lock: Any) -> None:
+    """Release ``lock``; if an exception (a signal handler's) interrupts
+    before the release was queued, queue it again before re-raising."""
+    try:
+        mgr._release(lock)
+    except BaseException:
+        if not lock.released:
+            try:
+                mgr._release(lock)
+            except Exception:
+                pass
+        raise
 
 
 def _check_commands(commands: Sequence[Optional[Sequence[Any]]], n: int) -> List[Optional[tuple]]:
@@ -518,6 +668,11 @@ def _check_commands(commands: Sequence[Optional[Sequence[Any]]], n: int) -> List
 
 
 class _LockContext:
+    """``with locks.lock(key):`` in Python (the pure-Python build's; the
+    compiled core has ``SyncLockContext``, which closes the last windows: a
+    Python ``__exit__`` can be interrupted by a signal at its first line,
+    before any code of it runs)."""
+
     __slots__ = ("_mgr", "_key", "_ttl", "_timeout", "_retry", "_lock")
 
     def __init__(self, mgr: LockManager, key: Any, ttl: Any, timeout: Any, retry: Any) -> None:
@@ -529,10 +684,33 @@ class _LockContext:
         self._lock = None
 
     def __enter__(self) -> Any:
-        self._lock = self._mgr.acquire(self._key, self._ttl, timeout=self._timeout, retry_count=self._retry)
-        return self._lock
+        # An exception raised by a signal handler (KeyboardInterrupt, a
+        # timer's) can land anywhere here, also after the engine granted the
+        # lock and before it is stored or returned; __exit__ would then never
+        # run.  The engine keeps the lock it granted last to this thread
+        # (``granted``, set before the engine returns), and every exit by
+        # exception releases what was granted.
+        mgr = self._mgr
+        eng = mgr._checkout()
+        eng.granted = None
+        try:
+            self._lock = mgr.acquire(self._key, self._ttl, timeout=self._timeout, retry_count=self._retry)
+            return self._lock
+        except BaseException:
+            lock = self._lock or eng.granted
+            self._lock = None
+            eng.granted = None
+            if lock is not None:
+                _release_surely(mgr, lock)
+            raise
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        lock, self._lock = self._lock, None
+        lock = self._lock
         if lock is not None:
-            self._mgr._release(lock)
+            try:
+                self._mgr._release(lock)
+            except BaseException:
+                if not lock.released:
+                    self._mgr._release(lock)
+                raise
+            self._lock = None

@@ -32,6 +32,8 @@ cdef class Engine:
         public uint64_t node_timeout_ns
         public uint64_t stall_ns
         public double drift_factor
+        public Py_ssize_t max_pending      # requests in flight per node connection
+        public Py_ssize_t max_reply_bytes  # largest reply accepted; a larger one drops the connection
         public Py_ssize_t max_key_len
         public Py_ssize_t batch_chunk
         public bint guard
@@ -93,6 +95,8 @@ cdef class Engine:
             stall_timeout = max(2.0, 10 * node_timeout)
         self.stall_ns = <uint64_t>(stall_timeout * 1e9)
         self.drift_factor = drift_factor
+        self.max_pending = 65536
+        self.max_reply_bytes = 64 * 1024 * 1024
         self.max_key_len = max_key_len
         self.batch_chunk = batch_chunk
         self.guard = True
@@ -234,8 +238,9 @@ cdef class Engine:
         """Queue ``cmd`` on every node; nodes that cannot take it fail at once."""
         cdef NodeConn node
         cdef int i
-        cdef uint32_t down = 0, excluded = 0
+        cdef uint32_t down = 0, excluded = 0, full = 0
         cdef uint64_t now = op.t0
+        cdef list why = None
         if self.rel_queue:
             # Earlier releases go on the wire first: order is what it was asked.
             self.materialize_releases()
@@ -245,16 +250,29 @@ cdef class Engine:
                 down |= (1u << i)
             elif guarded and node.counted_after > now:
                 excluded |= (1u << i)
+            elif node.suspect and not (isinstance(op, ReleaseOp) or isinstance(op, MultiReleaseOp)
+                                       or isinstance(op, ReleaseManyOp)):
+                # A reply is overdue on this connection: only releases (which
+                # must follow the SETs they undo) go out until a probe answers.
+                down |= (1u << i)
+            elif node.paused or node.count >= self.max_pending:
+                # Bounded memory: a node that is not keeping up fails fast.
+                full |= (1u << i)
+                if why is None:
+                    why = [None] * self.n
+                why[i] = node.overloaded()
             else:
                 node.send(cmd, op, aux, deadline)
                 op.sent |= (1u << i)
         self.schedule_flush()
-        if down | excluded:
+        if down | excluded | full:
             for i in range(self.n):
                 if down & (1u << i):
                     op.on_fail(i, aux, ST_DOWN, self.down_detail[i])
                 elif excluded & (1u << i):
                     op.on_fail(i, aux, ST_EXCLUDED, "restart guard: node restarted recently")
+                elif full & (1u << i):
+                    op.on_fail(i, aux, ST_ERROR, why[i])
         return 0
 
     cdef SinkOp _release_cmd(self, WriteBuffer b, bytes key_b, bytes token):
@@ -294,7 +312,9 @@ cdef class Engine:
             if skip is not NULL and skip[i] == ST_HELD:
                 continue
             node = <NodeConn>self.nodes[i]
-            if node.ready:
+            if node.ready and not node.paused and node.count < self.max_pending:
+                # (An overloaded node gets no release: it is not reading, and
+                # the key expires by its TTL.)
                 node.send(b, op, 0, deadline)
                 any_sent = True
             elif sent & (1u << i) and expiry > op.t0:
@@ -337,6 +357,8 @@ cdef class Engine:
         if not node.ready:
             return 0
         for start in range(0, m, self.batch_chunk):
+            if node.paused or node.count >= self.max_pending:
+                break
             end = min(start + self.batch_chunk, m)
             op = SinkOp.__new__(SinkOp)
             op._init(self, None)
@@ -738,7 +760,10 @@ cdef class Engine:
         op.drift_ns = self.drift_ns_for(ttl_ms)
         op.chunk = self.batch_chunk
         op._alloc(m)
-        cdef uint64_t deadline = op.t0 + self.node_timeout_ns + <uint64_t>m * 2000ULL
+        # A node works through a batch at roughly 1-2 us per key; allow it
+        # BATCH_NS_PER_KEY (a 10^6-key batch gets 20 s), so that a big batch
+        # on a loaded machine is not failed by its own size.
+        cdef uint64_t deadline = op.t0 + self.node_timeout_ns + <uint64_t>m * BATCH_NS_PER_KEY
         for start in range(0, m, self.batch_chunk):
             end = min(start + self.batch_chunk, m)
             b.clear()
@@ -774,7 +799,10 @@ cdef class Engine:
         op.tokens = [(<Lock>lk).token for lk in locks_l]
         op.chunk = self.batch_chunk
         op._alloc(m)
-        cdef uint64_t deadline = op.t0 + self.node_timeout_ns + <uint64_t>m * 2000ULL
+        # A node works through a batch at roughly 1-2 us per key; allow it
+        # BATCH_NS_PER_KEY (a 10^6-key batch gets 20 s), so that a big batch
+        # on a loaded machine is not failed by its own size.
+        cdef uint64_t deadline = op.t0 + self.node_timeout_ns + <uint64_t>m * BATCH_NS_PER_KEY
         for start in range(0, m, self.batch_chunk):
             end = min(start + self.batch_chunk, m)
             b.clear()
@@ -802,6 +830,9 @@ cdef class Engine:
         op._init(self, self.new_waiter())
         if not node.connected:
             op.on_fail(idx, 0, ST_DOWN, None)
+            return op
+        if node.paused or node.count >= self.max_pending:
+            op.on_fail(idx, 0, ST_ERROR, node.overloaded())
             return op
         t = self.node_timeout_ns if timeout is None else <uint64_t>(timeout * 1e9)
         self.scratch2.clear()

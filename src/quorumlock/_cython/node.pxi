@@ -36,6 +36,9 @@ cdef class NodeConn:
         object _timer_cb
         public bint connected   # a transport is attached
         public bint ready       # connected and the handshake passed: counts in quorums
+        public bint paused      # the transport asked us to stop writing (pause_writing)
+        public bint suspect     # a reply is overdue: no new requests until a probe answers (blocking)
+        Py_ssize_t partial      # bytes received of the reply still being parsed
         public object run_id
         public object info      # dict of the last handshake's INFO fields
         public uint64_t counted_after  # restart guard: not counted before this monotonic ns
@@ -63,6 +66,9 @@ cdef class NodeConn:
         self._timer_cb = self._on_timer
         self.connected = False
         self.ready = False
+        self.paused = False
+        self.suspect = False
+        self.partial = 0
         self.run_id = None
         self.info = None
         self.counted_after = 0
@@ -77,6 +83,7 @@ cdef class NodeConn:
             self.ring = NULL
 
     cdef _new_reader(self):
+        self.partial = 0
         self.reader = Reader()
         self._feed = self.reader.feed
         self._gets = self.reader.gets
@@ -123,6 +130,17 @@ cdef class NodeConn:
         self.push(op, aux, deadline)
         self.sent += 1
         return 0
+
+    cdef object overloaded(self):
+        """None if the connection can take one more request, else why not:
+        the transport paused writing (its buffer is over the high-water mark:
+        the node is not reading), or ``max_pending`` requests are in flight.
+        Either way the caller fails this node at once instead of queueing."""
+        if self.paused:
+            return "write buffer full (the node is not reading): failing fast"
+        if self.count >= self.engine.max_pending:
+            return f"{self.count} requests in flight (max_pending={self.engine.max_pending}): failing fast"
+        return None
 
     cdef inline void _disarm(self):
         if self.timer is not None and self.timer is not True:
@@ -180,6 +198,14 @@ cdef class NodeConn:
             self.timeouts += len(expired)
             for op, aux in expired:
                 (<Op>op).on_fail(self.idx, <int32_t>aux, ST_TIMEOUT, None)
+            if self.engine.sync and self.transport is not None:
+                # A reply that did not come may never come (a process that
+                # shares the socket read it, or the node lost it), and every
+                # later reply would then be credited to the wrong request.
+                # The blocking engine reads what has arrived before it checks
+                # deadlines, so the connection is suspect: it takes no new
+                # requests until a probe proves it in step (SyncEngine).
+                (<object>self.engine)._on_overdue(self.idx)
 
     cdef list _take_all(self):
         cdef list pending = []
@@ -207,24 +233,28 @@ cdef class NodeConn:
 
     def buffer_updated(self, Py_ssize_t nbytes):
         self._feed(self.inbuf, 0, nbytes)
-        self._drain()
+        self._received(nbytes)
 
     def data_received(self, data):
         self._feed(data)
-        self._drain()
+        self._received(len(data))
 
     def eof_received(self):
         return False
 
     def pause_writing(self):
-        pass
+        # The transport's buffer is over its high-water mark: new requests
+        # fail this node fast (overloaded()) until it drains.
+        self.paused = True
 
     def resume_writing(self):
-        pass
+        self.paused = False
 
     def connection_lost(self, exc):
         self.connected = False
         self.ready = False
+        self.paused = False
+        self.suspect = False
         self.transport = None
         self._write = None
         self.out.clear()
@@ -235,7 +265,25 @@ cdef class NodeConn:
             (<Op>op).on_fail(self.idx, <int32_t>aux, ST_DOWN, detail)
         self.engine._node_lost(self.idx, exc)
 
+    cdef int _received(self, Py_ssize_t nbytes) except -1:
+        """``nbytes`` were just fed to the parser: dispatch the complete
+        replies, then enforce ``max_reply_bytes`` on the one still arriving
+        (a node streaming a huge reply is cut off, not buffered whole)."""
+        if self._drain():
+            # A reply completed: what the parser still holds belongs to the next.
+            self.partial = self.reader.len() if self.transport is not None else 0
+        else:
+            self.partial += nbytes
+        if self.partial > self.engine.max_reply_bytes and self.transport is not None:
+            self.engine._log_error(
+                self.name, "reply too large, dropping the connection",
+                f"over {self.partial} bytes (max_reply_bytes={self.engine.max_reply_bytes})")
+            self.abort()
+        return 0
+
     cdef int _drain(self) except -1:
+        """Dispatch every complete reply; 1 if there was at least one."""
+        cdef int got = 0
         cdef object reply
         cdef Slot *s
         cdef Op op
@@ -249,7 +297,8 @@ cdef class NodeConn:
                 self.abort()
                 return 0
             if reply is False:
-                return 0
+                return got
+            got = 1
             if self.count == 0:
                 # A reply nobody asked for: the stream is out of step, and every
                 # later reply would be matched to the wrong request.
@@ -273,6 +322,23 @@ cdef class NodeConn:
     def abort(self):
         if self.transport is not None:
             self.transport.abort()
+
+    def forget(self):
+        """Drop the connection without I/O (after fork(): see
+        SyncEngine.discard); pending operations are not told."""
+        t = self.transport
+        self.connected = False
+        self.ready = False
+        self.paused = False
+        self.suspect = False
+        self.transport = None
+        self._write = None
+        self.out.clear()
+        self._disarm()
+        self._take_all()
+        self._new_reader()
+        if t is not None and hasattr(t, "discard"):
+            t.discard()
 
     def close(self):
         if self.transport is not None:
