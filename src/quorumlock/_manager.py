@@ -4,9 +4,11 @@ Each API adds only its own way of connecting and waiting."""
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+import inspect
+import types
+from typing import Any, List, Mapping, Optional, Sequence
 
-from . import _handshake
+from . import _env, _handshake
 from . import metrics as _metrics_mod
 from ._backend import core
 from ._config import NodeSpec, Options, make_options, parse_nodes, ttl_to_ms
@@ -65,6 +67,18 @@ class ManagerBase:
         self._init_api()
         if metrics:
             _metrics_mod.instrument(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = _public_init(cls)  # type: ignore[method-assign]
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> Any:
+        """A manager configured by ``QUORUMLOCK_NODES`` (comma-separated URLs)
+        and ``QUORUMLOCK_<OPTION>`` variables (docs/configuration.md); keyword
+        arguments override them.  ``environ``: default ``os.environ``."""
+        return _env.from_env(cls, environ, overrides)
 
     def _init_api(self) -> None:
         """The API's own state (called by ``__init__`` before metrics wrap methods)."""
@@ -126,3 +140,23 @@ class ManagerBase:
         if self._notify:
             eng.set_release_notify(True)
         return eng
+
+
+def _public_init(cls: type) -> Any:
+    """A copy of ``ManagerBase.__init__`` named after ``cls``: a mistyped
+    keyword reports ``LockManager.__init__()``, not ``ManagerBase.__init__()``,
+    and ``help()`` shows no private parameter."""
+    base: Any = ManagerBase.__init__
+    qualname = f"{cls.__qualname__}.__init__"
+    code = base.__code__
+    if hasattr(code, "co_qualname"):  # Python 3.11+: messages use the code's qualname
+        code = code.replace(co_qualname=qualname)
+    fn: Any = types.FunctionType(code, base.__globals__, "__init__", base.__defaults__, base.__closure__)
+    fn.__kwdefaults__ = base.__kwdefaults__
+    fn.__qualname__ = qualname
+    fn.__module__ = cls.__module__
+    fn.__doc__ = base.__doc__
+    fn.__annotations__ = dict(base.__annotations__)
+    sig = inspect.signature(base)
+    fn.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if not p.name.startswith("_")])
+    return fn
