@@ -151,7 +151,7 @@ def _nodes_from(env: Mapping[str, str]) -> List[str]:
     raw = env.get(NODES_VAR)
     if raw is None or not raw.strip():
         raise ValueError(
-            f"{NODES_VAR} is not set: give the node URLs, comma-separated "
+            f"{NODES_VAR} is not set (or empty): give the node URLs, comma-separated "
             "(what 'quorumlock nodes up' prints), or pass nodes=[...]"
         )
     urls = [u.strip() for u in raw.split(",")]
@@ -176,7 +176,11 @@ def from_env(cls: Any, environ: Optional[Mapping[str, str]], overrides: Dict[str
     if not isinstance(env, Mapping):
         raise TypeError(f"environ must be a mapping of str to str, got {type(env).__name__}")
     opts = options(cls)
-    known = {name for name, _var, _d in opts} | {"nodes", "ssl_context"}
+    from ._manager import ManagerBase
+
+    # Every constructor parameter can be given as a keyword (the private
+    # engine choice too); only the public ones have variables.
+    known = set(inspect.signature(ManagerBase.__init__).parameters) - {"self"}
     unknown = sorted(k for k in overrides if k not in known)
     if unknown:
         raise TypeError(f"{cls.__name__}.from_env() got an unexpected keyword argument {unknown[0]!r}")
