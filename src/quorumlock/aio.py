@@ -472,7 +472,7 @@ class LockManager(ManagerBase):
     def health(self, timeout: Optional[float] = None) -> Awaitable["_health.Health"]:
         """Every node's reachability, role, run_id (and how long this manager has
         known it), uptime, clock offset, version, lock commands and latency; a
-        down or paused node is reported, not raised (``quorumlock._health``)."""
+        down or paused node is reported, not raised (docs/configuration.md)."""
         return _health.health_async(self, timeout)
 
     def _lost_event(self, lock: Any) -> Any:
