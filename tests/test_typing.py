@@ -188,7 +188,8 @@ def test_stubs_ship_as_package_data() -> None:
                          ids=["blocking", "asyncio"])
 def test_errors_and_signature_name_the_public_class(cls: type) -> None:
     """First-round code: "ManagerBase.__init__() got an unexpected keyword
-    argument 'tl'", and ``inspect.signature`` listed ``_core``."""
+    argument 'tl'", and ``inspect.signature`` listed ``_core`` and showed
+    ``nodes: Sequence[Any]``, ``restart_guard: Any``."""
     with pytest.raises(TypeError) as exc:
         cls(["redis://127.0.0.1:1"], tl=5)
     msg = str(exc.value)
@@ -200,6 +201,8 @@ def test_errors_and_signature_name_the_public_class(cls: type) -> None:
     assert "ManagerBase" not in str(exc.value)
     params = inspect.signature(cls).parameters
     assert "_core" not in params and "ttl" in params and "nodes" in params
+    loose = [f"{p.name}: {p.annotation}" for p in params.values() if "Any" in str(p.annotation)]
+    assert loose == [], loose
     # The private engine choice still works (the tests use it).
     mgr = cls(["redis://127.0.0.1:1"], _core=_backend.core)
     assert mgr.n == 1

@@ -158,5 +158,17 @@ def _public_init(cls: type) -> Any:
     fn.__doc__ = base.__doc__
     fn.__annotations__ = dict(base.__annotations__)
     sig = inspect.signature(base)
-    fn.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if not p.name.startswith("_")])
+    params = [p.replace(annotation=_SHOWN_TYPES.get(p.name, p.annotation))
+              for p in sig.parameters.values() if not p.name.startswith("_")]
+    fn.__signature__ = sig.replace(parameters=params)
     return fn
+
+
+#: The types ``help()`` shows for the options the code annotates loosely (as
+#: in the stubs, _manager.pyi, which type checkers read).
+_SHOWN_TYPES = {
+    "nodes": "Sequence[str | NodeSpec | redis.Redis] | redis.Redis",
+    "retry_delay": "float | tuple[float, float]",
+    "restart_guard": "bool | Literal['strict']",
+    "ssl_context": "ssl.SSLContext | None",
+}
