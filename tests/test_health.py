@@ -166,12 +166,16 @@ def test_health_paused_node_is_reported_within_the_timeout(sync_core: Any, make_
             took = time.monotonic() - t0
         finally:
             cluster.resume(1)
-        assert 0.25 <= took < 3.0, took
+        assert 0.25 <= took < 5.0, took
         assert [nd.reachable for nd in h.nodes] == [True, False, True]
         assert "no reply" in (h.nodes[1].error or "")
         assert h.quorum_reachable
-        h = locks.health(timeout=2.0)
-        assert h.reachable == 3, h
+        # Seen again (on the same connection, or a new one if the engine
+        # dropped the stalled one), within a bounded wait.
+        deadline = time.monotonic() + 10
+        while locks.health(timeout=2.0).reachable != 3:
+            assert time.monotonic() < deadline, "the resumed node was not seen again"
+            time.sleep(0.05)
         assert held.extend() is True and held.release() is True
 
 
@@ -187,10 +191,12 @@ def test_health_asyncio_paused_node(run: Any, core: Any, make_cluster: Any) -> N
                 took = time.monotonic() - t0
             finally:
                 cluster.resume(2)
-            assert 0.25 <= took < 3.0, took
+            assert 0.25 <= took < 5.0, took
             assert [nd.reachable for nd in h.nodes] == [True, True, False]
-            h = await locks.health(timeout=2.0)
-            assert h.reachable == 3, h
+            deadline = time.monotonic() + 10
+            while (await locks.health(timeout=2.0)).reachable != 3:
+                assert time.monotonic() < deadline, "the resumed node was not seen again"
+                await asyncio.sleep(0.05)
 
     run(main())
 
@@ -247,7 +253,7 @@ def test_health_after_a_restart(sync_core: Any, make_cluster: Any) -> None:
     ran on from the first connect (checked by removing it: 0.39 s reported
     0.05 s after the restart)."""
     cluster = make_cluster(n=3, max_ttl=1.0)
-    with LockManager(cluster.urls, ttl=5.0, _core=sync_core) as locks:
+    with LockManager(cluster.urls, ttl=10.0, _core=sync_core) as locks:  # guard window 10 s
         before = locks.health()
         old = before.nodes[0].run_id
         time.sleep(0.3)
