@@ -19,7 +19,7 @@ import math
 import os
 import re
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 PREFIX = "QUORUMLOCK_"
@@ -37,8 +37,6 @@ OTHER_VARIABLES = frozenset({
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 _NONE = ("none", "default")
-
-M = TypeVar("M")
 
 
 def variable(option: str) -> str:

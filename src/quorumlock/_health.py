@@ -23,12 +23,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ._config import check_seconds, parse_info
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ._manager import ManagerBase
 
 #: Default seconds a node has to answer every health command.
 DEFAULT_TIMEOUT = 1.0
@@ -176,7 +173,7 @@ def _is_reply_error(reply: Any) -> bool:
 
 
 def build(
-    mgr: "ManagerBase",
+    mgr: Any,
     replies: Sequence[Optional[Sequence[Any]]],
     times: Sequence[Optional[Tuple[float, float, float]]],
     counted: Sequence[bool],
@@ -326,10 +323,10 @@ async def health_async(mgr: Any, timeout: Any = None) -> Health:
         # bound only guards against an engine that never fails them.
         await asyncio.wait(flat, timeout=t + 0.5)
     replies: List[Optional[List[Any]]] = [None] * n
-    for i, fs in enumerate(futs):
-        if fs is None:
+    for i, node_futs in enumerate(futs):
+        if node_futs is None:
             continue
-        got = [_result(f) for f in fs]
+        got = [_result(f) for f in node_futs]
         if _error_text(got[0]) is not None:
             errors[i] = _error_text(got[0])
             continue
