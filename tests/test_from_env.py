@@ -184,6 +184,16 @@ def test_blocking_from_env_locks_on_real_nodes(sync_core: Any, make_cluster: Any
         lock = locks.acquire("env:job")
         assert lock.ttl == 1.5 and isinstance(lock.fence, int)
         assert lock.release() is True
+        assert locks.health().reachable == 3
+
+
+def test_environ_values_must_be_strings() -> None:
+    with pytest.raises(TypeError, match="QUORUMLOCK_TTL must be a string"):
+        LockManager.from_env({"QUORUMLOCK_NODES": NODES, "QUORUMLOCK_TTL": 5})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="QUORUMLOCK_NODES must be a string"):
+        LockManager.from_env({"QUORUMLOCK_NODES": NODES.split(",")})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="environ must be a mapping"):
+        LockManager.from_env(["QUORUMLOCK_NODES"])  # type: ignore[arg-type]
 
 
 def test_asyncio_from_env_locks_on_real_nodes(run: Any, core: Any, clusters: Any) -> None:

@@ -147,6 +147,8 @@ def _redact(text: str, urls: List[str]) -> str:
 
 def _nodes_from(env: Mapping[str, str]) -> List[str]:
     raw = env.get(NODES_VAR)
+    if raw is not None and not isinstance(raw, str):
+        raise TypeError(f"{NODES_VAR} must be a string of comma-separated URLs, got {type(raw).__name__}")
     if raw is None or not raw.strip():
         raise ValueError(
             f"{NODES_VAR} is not set (or empty): give the node URLs, comma-separated "
@@ -189,6 +191,8 @@ def from_env(cls: Any, environ: Optional[Mapping[str, str]], overrides: Dict[str
         if name in overrides:
             continue
         raw = env.get(var)
+        if raw is not None and not isinstance(raw, str):
+            raise TypeError(f"{var} must be a string (an environment value), got {type(raw).__name__}")
         if raw is None or raw.strip() == "":
             continue
         kwargs[name] = _parser(name, default)(var, raw)
