@@ -77,6 +77,8 @@ class GuardState:
         self.run_ids: List[Optional[str]] = [None] * n
         self.counted_after: List[int] = [0] * n
         self.restarts: List[int] = [0] * n
+        #: monotonic ns at which this manager first saw each node's current run_id
+        self.known_since: List[int] = [0] * n
 
     def on_connect(self, i: int, spec: NodeSpec, info: Dict[str, str], initial: bool, mode: Any,
                    window: float, now_ns: int) -> int:
@@ -88,6 +90,8 @@ class GuardState:
             uptime = 0.0
         previous = self.run_ids[i]
         restarted = previous is not None and previous != run_id
+        if run_id != previous or not self.known_since[i]:
+            self.known_since[i] = now_ns
         self.run_ids[i] = run_id
         if restarted:
             self.restarts[i] += 1

@@ -4,11 +4,13 @@ Each API adds only its own way of connecting and waiting."""
 
 from __future__ import annotations
 
+import inspect
 import os
+import types
 import weakref
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
-from . import _handshake
+from . import _env, _handshake
 from . import metrics as _metrics_mod
 from ._backend import core
 from ._config import NodeSpec, Options, make_options, parse_nodes, ttl_to_ms
@@ -73,6 +75,18 @@ class ManagerBase:
         _LIVE.add(self)
         if metrics:
             _metrics_mod.instrument(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = _public_init(cls)  # type: ignore[method-assign]
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> Any:
+        """A manager configured by ``QUORUMLOCK_NODES`` (comma-separated URLs)
+        and ``QUORUMLOCK_<OPTION>`` variables (docs/configuration.md); keyword
+        arguments override them.  ``environ``: default ``os.environ``."""
+        return _env.from_env(cls, environ, overrides)
 
     def _init_api(self) -> None:
         """The API's own state (called by ``__init__`` before metrics wrap methods)."""
@@ -160,3 +174,35 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _public_init(cls: type) -> Any:
+    """A copy of ``ManagerBase.__init__`` named after ``cls``: a mistyped
+    keyword reports ``LockManager.__init__()``, not ``ManagerBase.__init__()``,
+    and ``help()`` shows no private parameter."""
+    base: Any = ManagerBase.__init__
+    qualname = f"{cls.__qualname__}.__init__"
+    code = base.__code__
+    if hasattr(code, "co_qualname"):  # Python 3.11+: messages use the code's qualname
+        code = code.replace(co_qualname=qualname)
+    fn: Any = types.FunctionType(code, base.__globals__, "__init__", base.__defaults__, base.__closure__)
+    fn.__kwdefaults__ = base.__kwdefaults__
+    fn.__qualname__ = qualname
+    fn.__module__ = cls.__module__
+    fn.__doc__ = base.__doc__
+    fn.__annotations__ = dict(base.__annotations__)
+    sig = inspect.signature(base)
+    params = [p.replace(annotation=_SHOWN_TYPES.get(p.name, p.annotation))
+              for p in sig.parameters.values() if not p.name.startswith("_")]
+    fn.__signature__ = sig.replace(parameters=params)
+    return fn
+
+
+#: The types ``help()`` shows for the options the code annotates loosely (as
+#: in the stubs, _manager.pyi, which type checkers read).
+_SHOWN_TYPES = {
+    "nodes": "Sequence[str | NodeSpec | redis.Redis] | redis.Redis",
+    "retry_delay": "float | tuple[float, float]",
+    "restart_guard": "bool | Literal['strict']",
+    "ssl_context": "ssl.SSLContext | None",
+}

@@ -32,7 +32,7 @@ import random
 import time
 from typing import Any, Awaitable, Iterable, List, Optional, Sequence
 
-from . import _handshake
+from . import _handshake, _health
 from . import metrics as _metrics_mod
 from ._backend import IMPLEMENTATION, core
 from ._manager import ManagerBase
@@ -530,6 +530,12 @@ class LockManager(ManagerBase):
     def metrics(self) -> dict:
         """Counters and latency histograms as plain data (``quorumlock.metrics``)."""
         return _metrics_mod.snapshot(self)
+
+    def health(self, timeout: Optional[float] = None) -> Awaitable["_health.Health"]:
+        """Every node's reachability, role, run_id (and how long this manager has
+        known it), uptime, clock offset, version, lock commands and latency; a
+        down or paused node is reported, not raised (docs/configuration.md)."""
+        return _health.health_async(self, timeout)
 
     def _lost_event(self, lock: Any) -> Any:
         return _lease_async.lost_event(self, lock)

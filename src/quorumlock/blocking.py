@@ -36,15 +36,18 @@ import time
 import weakref
 from typing import Any, Iterable, List, Optional, Sequence
 
-from . import _handshake
+from . import _handshake, _health
 from . import metrics as _metrics_mod
+from ._backend import core
 from ._manager import ManagerBase
 from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
 from .errors import ConfigurationError, LockNotOwned, LockTimeout
 from .leases import _thread as _lease_thread
 from .leases import close_manager as _close_leases
 
-__all__ = ["LockManager"]
+__all__ = ["LockManager", "Lock"]
+
+Lock = core.Lock
 
 log = logging.getLogger("quorumlock")
 
@@ -527,6 +530,12 @@ class LockManager(ManagerBase):
     def metrics(self) -> dict:
         """Counters and latency histograms as plain data (``quorumlock.metrics``)."""
         return _metrics_mod.snapshot(self)
+
+    def health(self, timeout: Optional[float] = None) -> "_health.Health":
+        """Every node's reachability, role, run_id (and how long this manager has
+        known it), uptime, clock offset, version, lock commands and latency; a
+        down or paused node is reported, not raised (docs/configuration.md)."""
+        return _health.health_sync(self, timeout)
 
     def _lost_event(self, lock: Any) -> Any:
         return _lease_thread.lost_event(self, lock)

@@ -1,0 +1,124 @@
+# Type stubs of quorumlock.aio (the asyncio API).
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from typing_extensions import ParamSpec
+
+from ._health import Health
+from ._manager import ManagerBase
+
+__all__ = ["LockManager", "Lock", "IMPLEMENTATION"]
+
+IMPLEMENTATION: str
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Key = str | bytes
+_Wait = Literal["poll", "notify"]
+
+class Lock:
+    """A held lease, from an asyncio ``LockManager``: ``release()`` and
+    ``extend()`` return awaitables.
+
+    At run time this is the engine's lock class, which the blocking API
+    shares (``quorumlock.Lock``); to a type checker the two faces are distinct."""
+    @property
+    def key(self) -> _Key: ...
+    @property
+    def token(self) -> bytes: ...
+    fence: int | None
+    nodes: int
+    released: bool
+    @property
+    def validity(self) -> float: ...
+    @property
+    def valid(self) -> bool: ...
+    @property
+    def ttl(self) -> float: ...
+    @property
+    def key_bytes(self) -> bytes: ...
+    @property
+    def deadline_ns(self) -> int: ...
+    @property
+    def lost(self) -> asyncio.Event: ...
+    def release(self) -> Awaitable[bool]: ...
+    def extend(self, ttl: float | None = None) -> Awaitable[bool]: ...
+    def check(self) -> float: ...
+    async def __aenter__(self) -> Lock: ...
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+class LockManager(ManagerBase):
+    @property
+    def engine(self) -> object | None: ...
+    async def connect(self) -> LockManager: ...
+    async def close(self) -> None: ...
+    async def __aenter__(self) -> LockManager: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+    def try_acquire(self, key: _Key, ttl: float | None = None) -> Awaitable[Lock | None]: ...
+    async def acquire(
+        self,
+        key: _Key,
+        ttl: float | None = None,
+        *,
+        timeout: float | None = None,
+        retry_count: int | None = None,
+        wait: _Wait | None = None,
+    ) -> Lock: ...
+    def lock(
+        self,
+        key: _Key,
+        ttl: float | None = None,
+        *,
+        timeout: float | None = None,
+        retry_count: int | None = None,
+        wait: _Wait | None = None,
+        auto_extend: bool = False,
+        max_hold: float | None = None,
+        on_lost: Callable[[Lock, str], object] | None = None,
+        margin: float | None = None,
+        cancel: bool = True,
+        renew_fraction: float = ...,
+    ) -> AbstractAsyncContextManager[Lock, None]: ...
+    def acquire_many(self, keys: Iterable[_Key], ttl: float | None = None) -> Awaitable[list[Lock | None]]: ...
+    def release_many(self, locks: Iterable[Lock]) -> Awaitable[list[bool]]: ...
+    async def release(self, lock: Lock) -> bool: ...
+    async def call_nodes(
+        self,
+        commands: Sequence[Sequence[str | bytes | int | float] | None],
+        timeout: float | None = None,
+        *,
+        guarded: bool = True,
+        lease_ms: int | None = None,
+    ) -> list[Any]: ...
+    def guard(
+        self,
+        lock: Lock,
+        *,
+        auto_extend: bool = True,
+        max_hold: float | None = None,
+        on_lost: Callable[[Lock, str], object] | None = None,
+        margin: float | None = None,
+        cancel: bool = False,
+        renew_fraction: float = ...,
+    ) -> Lock: ...
+    def exclusive(
+        self,
+        key: str,
+        ttl: float | None = None,
+        *,
+        wait: bool | float = False,
+        auto_extend: bool = True,
+        max_hold: float | None = None,
+        margin: float | None = None,
+        skip_result: object = None,
+        raise_on_skip: bool = False,
+        on_skip: Callable[[str], object] | None = None,
+        on_lost: Callable[[Lock, str], object] | None = None,
+    ) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R | None]]]: ...
+    def metrics(self) -> dict[str, Any]: ...
+    async def health(self, timeout: float | None = None) -> Health: ...
