@@ -43,6 +43,8 @@ class ManagerBase:
         ssl_context: ssl.SSLContext | None = None,
         notify: bool = False,
         metrics: bool = False,
+        max_pending: int = 65536,
+        max_reply_bytes: int = 67108864,
     ) -> None: ...
     @classmethod
     def from_env(
@@ -66,6 +68,8 @@ class ManagerBase:
         ssl_context: ssl.SSLContext | None = ...,
         notify: bool = ...,
         metrics: bool = ...,
+        max_pending: int = ...,
+        max_reply_bytes: int = ...,
     ) -> Self: ...
     @property
     def n(self) -> int: ...
