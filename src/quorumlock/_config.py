@@ -19,7 +19,7 @@ MAX_NODES = 32
 #: Default cap on a TTL: a day.  Longer leases are almost always a unit mistake
 #: (milliseconds given as seconds).
 DEFAULT_MAX_TTL = 86400.0
-#: Default cap on a key's length in bytes (FAULTS.md (d): never send a huge key N times).
+#: Default cap on a key's length in bytes (docs/faults.md, bad inputs: never send a huge key N times).
 DEFAULT_MAX_KEY_LENGTH = 1024
 #: Hard ceiling of any duration option, seconds (~31.7 years): durations are
 #: CLOCK_BOOTTIME nanoseconds in 64-bit arithmetic inside the engine, and a
@@ -125,7 +125,7 @@ def parse_node(spec: Any, ssl_context: Optional[_ssl.SSLContext] = None, connect
     ``ssl_check_hostname`` query options, or the manager's ``ssl_context``),
     ``unix:///path[?db=N&password=...]``.  Of a redis-py client only the
     connection settings are taken: quorumlock owns its connections (redis-py's
-    default retries turned a blackholed node into a 96 s stall, FAULTS.md (c))."""
+    default retries turned a blackholed node into a 96 s stall, docs/faults.md, how the faults are made)."""
     if isinstance(spec, NodeSpec):
         return spec
     if isinstance(spec, str):
@@ -237,7 +237,7 @@ def parse_nodes(nodes: Any, ssl_context: Optional[_ssl.SSLContext] = None, conne
     Two spellings of one server (``localhost`` and ``127.0.0.1``) are rejected
     here; two different addresses that reach the same server are caught by
     ``run_id`` when connecting.  Otherwise one server would vote twice and a
-    "majority" would not be one (FAULTS.md row 20)."""
+    "majority" would not be one (docs/faults.md row 20)."""
     if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
         if hasattr(nodes, "connection_pool"):
             nodes = [nodes]
@@ -383,7 +383,7 @@ def make_options(
     else:
         raise TypeError(f"retry_delay must be seconds or a (low, high) pair, got {retry_delay!r}")
     if node_timeout is None:
-        # A reply deadline much smaller than the TTL (DESIGN.md §2.2): a few ms
+        # A reply deadline much smaller than the TTL (docs/algorithm.md): a few ms
         # plus a fraction of the TTL, capped so a dead node is noticed quickly.
         node_timeout_v = min(0.010 + ttl_ms / 1000.0 * 0.05, 1.0)
     else:

@@ -71,7 +71,7 @@ class GuardState:
     it may have lost keys (volatile or unsafe mode), so it must not help grant
     a lock that someone else may still hold.  It is left out of quorum counts
     until it has been up for ``window`` seconds: delayed restart, enforced by
-    the client even when nobody delayed the restart (DESIGN.md §4)."""
+    the client even when nobody delayed the restart (docs/node-modes.md)."""
 
     def __init__(self, n: int) -> None:
         self.run_ids: List[Optional[str]] = [None] * n

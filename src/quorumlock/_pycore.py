@@ -637,7 +637,7 @@ class Op:
 
 class AcquireOp(Op):
     """SET key token NX PX ttl on every node; success on a majority with
-    validity left (DESIGN.md §2)."""
+    validity left (docs/algorithm.md)."""
 
     __slots__ = ("key", "key_b", "token", "ttl_ms", "drift_ns")
 
@@ -656,7 +656,7 @@ class AcquireOp(Op):
     def decide(self):
         # Elapsed time is read here, after the deciding reply was parsed, never
         # before reading: a pause between sending and reading must count
-        # against validity (FAULTS.md row 12).
+        # against validity (docs/faults.md row 12).
         now = _now_ns()
         end = self.t0 + self.ttl_ms * 1000000 - self.drift_ns
         if self.n_ok >= self.quorum and now < end:
@@ -683,7 +683,7 @@ class AcquireOp(Op):
 
 class FencedAcquireOp(AcquireOp):
     """The acquire script (fence and/or lock-delay).  With fencing, a success
-    starts a second, pipelined round that commits the fence (DESIGN.md §6):
+    starts a second, pipelined round that commits the fence (docs/fencing.md):
     the fence is the maximum counter over the nodes that said yes, and it is
     valid once a majority accepted the commit.  A node refuses the commit
     when the fence is further ahead of its clock than ``slack_us`` (the

@@ -1,7 +1,7 @@
 """The Lua scripts the engine runs on every node, shared by both cores.
 
 Each script goes out as ``EVALSHA`` and falls back to ``EVAL`` on ``NOSCRIPT``
-(a restarted or ``SCRIPT FLUSH``-ed node has forgotten it; DESIGN.md §2.6)."""
+(a restarted or ``SCRIPT FLUSH``-ed node has forgotten it; docs/algorithm.md)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ RESERVED_PREFIX = b"\xffql:"
 FENCE_PREFIX = RESERVED_PREFIX + b"fence:"
 DELAY_PREFIX = RESERVED_PREFIX + b"delay:"
 
-# Acquire with a fence and/or a lock-delay (DESIGN.md §6; Chubby's lock-delay).
+# Acquire with a fence and/or a lock-delay (docs/fencing.md; Chubby's lock-delay).
 # KEYS[1]: lock key; KEYS[2]: fence counter; KEYS[3]: lock-delay marker.
 # ARGV[1]: token; ARGV[2]: TTL ms; ARGV[3]: lock-delay ms (0: none);
 # ARGV[4]: "1" to issue a fence.

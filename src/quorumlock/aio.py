@@ -87,7 +87,7 @@ class LockManager(ManagerBase):
     fencing:
         Give every lock a ``fence``: an int strictly larger than the fence of
         every earlier holder of the key whose fence was committed (a second,
-        pipelined round trip; DESIGN.md §6, docs/fencing.md).
+        pipelined round trip; docs/fencing.md).
     lock_delay:
         Seconds (Chubby's lock-delay): after a lease ends without a release
         (the holder crashed or paused), nobody can acquire the key for this

@@ -19,7 +19,7 @@ background event-loop thread, no hop, no lock held while waiting.  Many
 threads can share one manager.  Keeping a thread on one connection set also
 keeps its release behind its acquire on every node: an acquire returns as soon
 as a majority answered, and the release must not overtake the SET still in
-flight to the last node (DESIGN.md §3; pottery's pool of threads leaves
+flight to the last node (docs/engine.md; pottery's pool of threads leaves
 orphaned keys this way).
 """
 

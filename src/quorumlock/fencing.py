@@ -1,9 +1,9 @@
 """Fenced storage: make a store you control reject stale lock holders.
 
 A lock acquired with ``fencing=True`` carries ``lock.fence``, an int strictly
-larger than the fence of every earlier holder of the key (DESIGN.md §6).  A
+larger than the fence of every earlier holder of the key (docs/fencing.md).  A
 lease can run out while its holder is paused (GC, SIGSTOP, a slow network:
-FAULTS.md rows 11 and 14), so the lock alone cannot protect the data.  The
+docs/faults.md rows 11 and 14), so the lock alone cannot protect the data.  The
 storage must check the fence on every access and refuse one that went
 backwards.  This module is that storage half; a fence here is just an int.
 
@@ -156,7 +156,7 @@ class StaleFence(QuorumLockError):
 
 
 # --------------------------------------------------------------------------
-# input checks (DESIGN.md / FAULTS.md (d): errors name the argument)
+# input checks (docs/faults.md, bad inputs: errors name the argument)
 # --------------------------------------------------------------------------
 
 
@@ -231,7 +231,7 @@ def _check_max_key_length(v: Any) -> int:
 # The fence is kept as a canonical decimal string and compared by this helper,
 # not with tonumber(): Lua numbers are doubles, exact only below 2^53, and a
 # fence may be anything up to 2^63 - 1 (the lock nodes issue fences from the
-# node's TIME in microseconds, DESIGN.md §6: about 1.8e15, ~2^51, today).
+# node's TIME in microseconds, docs/fencing.md: about 1.8e15, ~2^51, today).
 # Replies are arrays {code, highest_fence, value?}: a reply never contains a
 # Lua false/nil (those end a Lua array and change meaning under RESP3), so an
 # absent value is an absent third element.
@@ -347,7 +347,7 @@ class _RedisBase:
         self.raise_on_stale = bool(raise_on_stale)
         self.max_key_length = _check_max_key_length(max_key_length)
         # register_script: EVALSHA, and on NOSCRIPT a SCRIPT LOAD and one more
-        # EVALSHA (FAULTS.md row 19).
+        # EVALSHA (docs/faults.md row 19).
         self._write = client.register_script(WRITE)
         self._read = client.register_script(READ)
         self._cas = client.register_script(CAS)
@@ -372,7 +372,7 @@ class FencedStore(_RedisBase):
     """Fenced values on a Redis storage node, through a blocking ``redis.Redis``.
 
     Use a node that is *not* one of the lock nodes: the lock nodes may be run
-    without persistence (DESIGN.md §4), and the data should outlive them.
+    without persistence (docs/node-modes.md), and the data should outlive them.
 
     Each resource ``key`` is one hash: field ``value`` (the bytes) and field
     ``fence`` (the highest fence seen, decimal).  Do not ``DEL`` the hash to
@@ -383,7 +383,7 @@ class FencedStore(_RedisBase):
     ----------
     client:
         A ``redis.Redis``.  It is used as given; note that redis-py retries a
-        command after a connection error by default (FAULTS.md (c)), and a
+        command after a connection error by default (docs/faults.md, how the faults are made), and a
         retried :meth:`increment` whose first reply was lost counts twice.
     raise_on_stale:
         ``True`` (default): a stale fence raises :class:`StaleFence`.

@@ -9,7 +9,7 @@ quorumlock.metrics.register_prometheus(locks, name="orders")    # prometheus-cli
 quorumlock.metrics.register_opentelemetry(locks, name="orders") # OpenTelemetry metrics API
 ```
 
-What is counted (DESIGN.md §5):
+What is counted (docs/schedulers.md):
 
 * ``acquire``: every quorum attempt (``try_acquire``, each attempt of
   ``acquire``): ``ok`` / ``failed`` counts and a latency histogram (seconds

@@ -1,6 +1,6 @@
 """Start, supervise and stop real Redis nodes on free loopback ports.
 
-This is DESIGN.md §4 made runnable: a :class:`LocalCluster` runs N independent
+This is docs/node-modes.md made runnable: a :class:`LocalCluster` runs N independent
 ``redis-server`` (or ``valkey-server``) masters in one of four persistence modes
 and restarts a crashed node the way that mode's safety argument needs:
 
@@ -17,7 +17,7 @@ unsafe     ``--save '' --appendonly no``               at once (the negative
 
 Why the delay: a volatile node forgets every key when it crashes.  If it came
 back at once it could grant a lock that another client still holds through it
-(FAULTS.md (b) row 1).  Staying down longer than any lock it granted could
+(docs/faults.md row 1).  Staying down longer than any lock it granted could
 live closes that window (antirez's answer to Kleppmann).
 
 Example::
@@ -73,13 +73,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The node modes of DESIGN.md §4 (plus ``everysec`` for benchmarks).
+#: The node modes of docs/node-modes.md (plus ``everysec`` for benchmarks).
 MODES: Tuple[str, ...] = ("volatile", "fsync", "everysec", "unsafe")
 
 # Persistence flags per mode.  ``--save ''`` is never optional: a redis-server
 # started without a config file defaults to ``save 3600 1 300 100 60 10000``,
 # and a SIGTERM then writes an RDB that brings the "lost" keys back
-# (FAULTS.md (c), crash/restart persistence).
+# (docs/faults.md, how the faults are made, crash/restart persistence).
 _MODE_ARGS: Dict[str, Tuple[str, ...]] = {
     "volatile": ("--save", "", "--appendonly", "no"),
     "fsync": ("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
@@ -286,7 +286,7 @@ def _server_version(server: str) -> Tuple[str, int, int]:
 def _supports_debug_flag(server: str) -> bool:
     """Whether ``--enable-debug-command`` exists (Redis >= 7.0, every Valkey).
 
-    Redis 7 refuses ``DEBUG SLEEP`` without it (FAULTS.md (c)); Redis 6 refuses
+    Redis 7 refuses ``DEBUG SLEEP`` without it (docs/faults.md, how the faults are made); Redis 6 refuses
     the unknown option and would not start at all.
     """
     flavour, major, _ = _server_version(server)
@@ -368,7 +368,7 @@ def _tls_cryptography(d: str, hosts: Sequence[str]) -> TLSFiles:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    # Backdate a day: a node whose wall clock is being skewed (FAULTS.md rows
+    # Backdate a day: a node whose wall clock is being skewed (docs/faults.md rows
     # 4-7) must not see its certificate as "not yet valid".
     start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)
 
@@ -813,7 +813,7 @@ class _Core:
         args += ["--dir", node.dir, "--daemonize", "no", "--logfile", node.log_file]
         args += _MODE_ARGS[self.mode]
         if self.debug_flag:
-            # DEBUG SLEEP is one of the node-pause faults (FAULTS.md (c)).
+            # DEBUG SLEEP is one of the node-pause faults (docs/faults.md, how the faults are made).
             args += ["--enable-debug-command", "local"]
         if self.endpoint.password is not None:
             # Visible in /proc/<pid>/cmdline: fine for throwaway local nodes.
@@ -1360,7 +1360,7 @@ class LocalCluster:
         """SIGSTOP node ``i``: it keeps its sockets and keys, and answers nothing.
 
         Time keeps passing for it: keys still expire by the wall clock once it
-        runs again (FAULTS.md (c)).
+        runs again (docs/faults.md, how the faults are made).
         """
         self._signal(i, signal.SIGSTOP, "pause", True)
 

@@ -118,7 +118,7 @@ cdef class Op:
 @cython.no_gc
 cdef class AcquireOp(Op):
     """SET key token NX PX ttl on every node; success on a majority with
-    validity left (DESIGN.md §2)."""
+    validity left (docs/algorithm.md)."""
 
     cdef:
         object key
@@ -142,7 +142,7 @@ cdef class AcquireOp(Op):
     cdef int decide(self) except -1:
         # Elapsed time is read here, after the deciding reply was parsed, never
         # before reading: a pause between sending and reading must count
-        # against validity (FAULTS.md row 12).
+        # against validity (docs/faults.md row 12).
         cdef uint64_t now = now_ns()
         cdef uint64_t end = self.t0 + <uint64_t>self.ttl_ms * 1000000ULL - self.drift_ns
         cdef Lock lock
@@ -176,7 +176,7 @@ cdef class AcquireOp(Op):
 @cython.no_gc
 cdef class FencedAcquireOp(AcquireOp):
     """The acquire script (fence and/or lock-delay).  With fencing, a success
-    starts a second, pipelined round that commits the fence (DESIGN.md §6):
+    starts a second, pipelined round that commits the fence (docs/fencing.md):
     the fence is the maximum counter over the nodes that said yes, and it is
     valid once a majority accepted the commit.  A node refuses the commit
     when the fence is further ahead of its clock than ``slack_us`` (the

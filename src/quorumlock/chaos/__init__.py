@@ -8,7 +8,7 @@ Modules:
 * :mod:`~quorumlock.chaos.history`: the JSONL history (schema in docs/safety.md).
 * :mod:`~quorumlock.chaos.scenarios`: the targeted schedules and the random
   fault injectors; :func:`~quorumlock.chaos.scenarios.run_scenario`.
-* :mod:`~quorumlock.chaos.matrix`: FAULTS.md (b), expected against observed.
+* :mod:`~quorumlock.chaos.matrix`: docs/faults.md, expected against observed.
 * :mod:`~quorumlock.chaos.harness`: nodes, storage node, client processes, proxies.
 * :mod:`~quorumlock.chaos.worker`: the client process.
 * :mod:`~quorumlock.chaos.faulty`: a deliberately broken Redlock client (negative controls).

@@ -20,7 +20,7 @@ operations that show it.  It checks:
 * **stale writes accepted**: a write accepted with a fence lower than one the
   storage had already accepted (a write, or a fenced read) before it began.
   Stale writes *rejected* are counted too: they are the evidence that fencing
-  turned an overlap into no harm ("ME-only" in FAULTS.md (b)).
+  turned an overlap into no harm ("ME-only" in docs/faults.md).
 * **leftover lock keys** at the end of the run, attributed to the attempt that
   set them; a lock key without an expiry is a violation (it never frees).
 
@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 __all__ = ["Report", "check", "classify", "LABELS"]
 
-#: Observed labels, in the vocabulary of FAULTS.md (b).
+#: Observed labels, in the vocabulary of docs/faults.md.
 LABELS = ("SAFE", "VIOL", "ME-only", "ME", "LOST", "STALE", "REGRESS", "REJECTED", "ERROR", "SKIP")
 
 # Ops that show the client acting as the holder.

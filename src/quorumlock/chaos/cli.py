@@ -7,7 +7,7 @@
 One run prints a verdict table and the path of its JSONL history (schema in
 docs/safety.md) and exits 0 when the checker found nothing, 1 when it found a
 violation (or, with ``--expect LABEL``, 0 exactly when it observed LABEL).
-``--matrix`` runs the rows of FAULTS.md (b) and prints expected and observed
+``--matrix`` runs the rows of docs/faults.md and prints expected and observed
 side by side; it exits 1 if any row differs.
 """
 
@@ -39,12 +39,12 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
         description="Run client processes against local Redis nodes, inject a fault, record every "
         "operation, and check the history for overlapping holders, lost updates, fence "
         "regressions, stale writes and leftover keys.  --matrix runs the expected results "
-        "of FAULTS.md (b).",
+        "of docs/faults.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="faults:\n" + "\n".join(f"  {n:26s} {s.kind:8s} {s.help}" for n, s in sorted(FAULTS.items())),
     )
     p.add_argument("--mode", choices=NODE_MODES, default="volatile",
-                   help="lock node mode (DESIGN.md §4; default volatile)")
+                   help="lock node mode (docs/node-modes.md; default volatile)")
     p.add_argument("--fault", default="none", choices=sorted(FAULTS), metavar="NAME",
                    help="the fault to inject (list below; default none)")
     p.add_argument("--fencing", nargs="?", const="on", default="off", choices=("off", "on", "write-only"),
@@ -68,7 +68,7 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.add_argument("--matrix", action="store_true", help="run the expected-results matrix")
     p.add_argument("--quick", action="store_true", help="with --matrix: the CI subset, random rows 5 s")
     p.add_argument("--rows", default=None, metavar="IDS",
-                   help="with --matrix: only these row ids or FAULTS.md row numbers (comma-separated)")
+                   help="with --matrix: only these row ids or docs/faults.md row numbers (comma-separated)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="keep the run directories (histories, client logs) under DIR (default: temp dir)")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG timeline of the run (matplotlib)")

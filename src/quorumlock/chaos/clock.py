@@ -5,7 +5,7 @@ from, and the wall-clock faults injected into lock nodes.
   ``syscall(SYS_clock_gettime)`` through ctypes.  libfaketime replaces the libc
   symbols (``clock_gettime``, ``time.monotonic`` goes through them), not the
   system call, so a client process run under ``faketime`` still stamps its
-  history with the one clock the whole host shares (FAULTS.md (c), caveat).
+  history with the one clock the whole host shares (docs/faults.md, how the faults are made, caveat).
 * :func:`build_shim`: compiles ``csrc/ql_clockshim.c`` with the system ``cc``
   (once per source version, cached).
 * :class:`ClockControl`: the 32-byte control file the shim maps; ``jump()``

@@ -1,5 +1,5 @@
 """A deliberately small Redlock client with switchable bugs: the negative
-controls of FAULTS.md (b), run for real so the checker can be seen to catch
+controls of docs/faults.md, run for real so the checker can be seen to catch
 them.  Used only by the chaos harness (``quorumlock chaos --client-bug ...``),
 never by the library.
 
@@ -14,12 +14,12 @@ alone.  Bugs (``BUGS``):
                     lock is there with our token.
 ``no-nx``           acquire with ``SET`` without ``NX``: takes a held lock.
 ``early-t1``        take the end time of an attempt when the requests were sent,
-                    not when the replies were read (FAULTS.md row 12).
+                    not when the replies were read (docs/faults.md row 12).
 
 This client never checks its node list for duplicates, and its acquire is
 idempotent (a node that already holds *our* token counts as a yes, which is
-right for a retried request, FAULTS.md row 18): so a node listed twice, under
-two spellings, votes twice (FAULTS.md row 20).  quorumlock refuses such a list.
+right for a retried request, docs/faults.md row 18): so a node listed twice, under
+two spellings, votes twice (docs/faults.md row 20).  quorumlock refuses such a list.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The expected-results matrix of FAULTS.md (b), runnable.
+"""The expected-results matrix of docs/faults.md, runnable.
 
 Each :class:`Row` is one scenario and the label the checker must observe
 (:func:`quorumlock.chaos.checker.classify`): ``SAFE``, ``VIOL`` (overlapping
@@ -30,7 +30,7 @@ _VIOLATIONS = ("VIOL", "ME-only", "ME", "LOST", "STALE", "REGRESS")
 @dataclass
 class Row:
     id: str
-    faults_row: str  # the row of FAULTS.md (b), or "NC" for a negative control
+    faults_row: str  # the row of docs/faults.md, or "NC" for a negative control
     title: str
     scenario: Scenario
     expected: str
@@ -136,7 +136,7 @@ ROWS: List[Row] = [
 
 def select_rows(quick: bool = False, only: Optional[Sequence[str]] = None, seed: int = 0) -> List[Row]:
     """The rows to run: all, or the quick subset (random rows shortened to
-    5 s with 4 clients on 2 keys).  ``only``: row ids, or FAULTS.md row
+    5 s with 4 clients on 2 keys).  ``only``: row ids, or docs/faults.md row
     numbers ("11" selects every row 11 variant), taken from the full list."""
     rows = [r for r in ROWS if r.quick or not quick]
     if only:

@@ -1,5 +1,5 @@
 """A user-space TCP fault proxy (the stand-in for toxiproxy and ``tc netem``,
-neither of which exists on the machines this project runs on: FAULTS.md (c)).
+neither of which exists on the machines this project runs on: docs/faults.md, how the faults are made).
 
 One ``FaultProxy`` listens on a loopback port and forwards to one Redis node.
 Its mode can be switched at run time, and applies to connections that are
@@ -9,7 +9,7 @@ already open:
 ``latency``     delay every chunk by ``delay`` seconds in each direction.
 ``blackhole``   read and discard in both directions (a partition without RST).
 ``half-reply``  forward requests to the node, drop its replies: the node
-                applies the command but the client never hears (FAULTS.md row 17).
+                applies the command but the client never hears (docs/faults.md row 17).
 ``reset``       abort every connection with RST (SO_LINGER 0), and new ones too.
 ``stall``       hold the bytes (stop reading) until the mode changes, then
                 deliver them: a partition that heals before TCP gives up, as

@@ -2,7 +2,7 @@
 
 Three kinds of scenario (``FAULTS[name].kind``):
 
-``targeted``  a deterministic schedule driven step by step (FAULTS.md (b) marks
+``targeted``  a deterministic schedule driven step by step (docs/faults.md marks
               these rows): client A is driven onto a *bare* majority by
               blackholing one node for A through A's own proxy, read its
               counter and checked its lease; then the fault is injected; then
@@ -663,7 +663,7 @@ def _guarded(fn: Callable[..., None], env: Env, sc: Scenario, stop: threading.Ev
 
 
 FAULTS: Dict[str, FaultSpec] = {
-    # targeted (FAULTS.md (b) rows marked targeted)
+    # targeted (docs/faults.md rows marked targeted)
     "crash-targeted": FaultSpec("targeted", _node_fault_schedule(_crash_node0),
                                 "row 1: SIGKILL a node of A's bare majority; restart per the mode"),
     "clock-jump-targeted": FaultSpec("targeted", _node_fault_schedule(_jump_node0),

@@ -17,7 +17,7 @@ libfaketime) to its own JSONL file.  Two modes:
 Storage access per ``fencing``: ``off`` plain ``HGET``/``HSET``; ``on`` a
 fenced read and a fenced compare-and-set (:class:`quorumlock.fencing.FencedStore`);
 ``write-only`` a plain read and a fenced write (the negative control:
-FAULTS.md (b) and docs/fencing-storage.md).
+docs/faults.md and docs/fencing-storage.md).
 """
 
 from __future__ import annotations

@@ -377,7 +377,7 @@ async def run_script_async(sh: AioSharedManager, script: Script, keys: Sequence[
 
 def lease_timeout(sh: SharedManager, ttl_ms: Optional[int]) -> float:
     """Per-node reply deadline of a command that sets a lease: much smaller
-    than the TTL (DESIGN.md §2.2), at most the manager's ``node_timeout``."""
+    than the TTL (docs/algorithm.md), at most the manager's ``node_timeout``."""
     if not ttl_ms:
         return sh.node_timeout
     return max(0.001, min(sh.node_timeout, 0.010 + ttl_ms / 1000.0 * 0.05))
