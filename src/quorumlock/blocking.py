@@ -284,10 +284,13 @@ class LockManager(ManagerBase):
         timeout: Optional[float] = None,
         retry_count: Optional[int] = None,
         wait: Optional[str] = None,
+        reentrant: bool = False,
     ) -> Any:
         """Acquire ``key``, retrying with jittered delays (see
         ``quorumlock.aio.LockManager.acquire``, also for ``wait``); raises
         ``LockTimeout``."""
+        if reentrant:  # the same thread may re-acquire (quorumlock.reentrant)
+            return _reentrant().acquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
         if wait is not None or self._notify or self._metrics is not None:
             return _lease_thread.acquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
         ttl_ms = self._ttl_ms(ttl)
@@ -333,6 +336,7 @@ class LockManager(ManagerBase):
         on_lost: Any = None,
         margin: Optional[float] = None,
         renew_fraction: float = 1.0 / 3.0,
+        reentrant: bool = False,
     ) -> Any:
         """``with locks.lock(key, ttl=30.0) as lock:`` acquires and releases.
 
@@ -340,6 +344,10 @@ class LockManager(ManagerBase):
         ``quorumlock.aio.LockManager.lock``, except that a thread cannot be
         cancelled: the block checks ``lock.lost`` / ``lock.check()``, and
         raises ``LockLost`` on exit if the lease was lost."""
+        if reentrant:  # counted per owner (quorumlock.reentrant)
+            return _reentrant().LockContext(self, key, ttl, timeout, retry_count, wait, auto_extend=auto_extend,
+                                       max_hold=max_hold, on_lost=on_lost, margin=margin,
+                                       renew_fraction=renew_fraction)
         if auto_extend or max_hold is not None or on_lost is not None or margin is not None:
             return _lease_thread.LeaseContext(
                 self, key, ttl, timeout, retry_count, wait, auto_extend=bool(auto_extend), max_hold=max_hold,
@@ -483,6 +491,22 @@ class LockManager(ManagerBase):
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
                 f"threads={len(self._engines)} [{self._core.IMPLEMENTATION}]>")
 
+    # -- semaphores and read-write locks (quorumlock.semaphore, quorumlock.rwlock) --
+
+    def semaphore(self, name: Any, permits: int, ttl: Optional[float] = None) -> Any:
+        """At most ``permits`` holders of ``name`` at once: ``permits`` permit
+        keys, all tried in one pipelined round (docs/semaphores.md)."""
+        from .semaphore import Semaphore
+
+        return Semaphore(self, name, permits, ttl)
+
+    def rwlock(self, name: Any, max_readers: int = 16, ttl: Optional[float] = None) -> Any:
+        """Shared readers (at most ``max_readers``), exclusive writers, no
+        writer starvation (docs/semaphores.md)."""
+        from .rwlock import RWLock
+
+        return RWLock(self, name, max_readers, ttl)
+
 
 def _check_commands(commands: Sequence[Optional[Sequence[Any]]], n: int) -> List[Optional[tuple]]:
     """``call_nodes`` input: exactly one command (a sequence of arguments) or None per node."""
@@ -520,3 +544,9 @@ class _LockContext:
         lock, self._lock = self._lock, None
         if lock is not None:
             self._mgr._release(lock)
+
+
+def _reentrant() -> Any:
+    from . import reentrant
+
+    return reentrant
