@@ -130,7 +130,7 @@ class NaiveSemaphore:
         from redis.retry import Retry
 
         self.clients = [redis.Redis(port=p, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                    retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+                                    retry=Retry(NoBackoff(), 0))
                         for p in ports]
         for c in self.clients:   # connect now: a blackhole set later must not hit the handshake
             try:
