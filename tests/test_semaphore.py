@@ -297,7 +297,8 @@ def test_32_holders_k2_n3_node_killed(sync_core, make_cluster):
     """32 threads compete for k=2 permits on 3 nodes while a node is killed
     (and restarted by the supervisor) mid-run: simultaneous holders, from the
     host-monotonic history, never exceed 2 and do reach 2; no permit key is
-    ever held twice."""
+    ever held twice.  Caught: a semaphore whose attempts use fresh keys
+    instead of the k fixed permit keys peaked at 32 holders (of k=2)."""
     cluster = make_cluster(n=3, mode="volatile", max_ttl=1.0)
     v, counts, crashes = _contention(cluster, sync_core, 2, 32, 3.0)
     assert crashes >= 1, "the injector did not kill a node"
