@@ -369,3 +369,70 @@ def test_32_holders_slow_matrix(sync_core, make_cluster, n, k):
         v, counts, _ = _contention(cluster, sync_core, k, 32, 5.0, fault=fault)
         (peak,) = v["peak"].values()
         assert v["ok"] and peak == k, (fault, v)
+
+
+# -- exclusive(..., limit=k) ----------------------------------------------------------
+
+
+def test_exclusive_limit(sync_core, clusters):
+    """``exclusive(key, limit=3, wait=True)``: 8 threads calling at once run
+    at most 3 bodies at a time, and all 8 run; with ``wait=False`` the ones
+    that find 3 running skip.  On the first-round code ``limit=`` is a
+    TypeError."""
+    cluster = clusters(3)
+    with LockManager(cluster.urls, ttl=5.0, retry_delay=(0.01, 0.03), _core=sync_core) as locks:
+        mu = threading.Lock()
+        state = {"now": 0, "peak": 0, "runs": 0}
+
+        def body():
+            with mu:
+                state["now"] += 1
+                state["runs"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+            time.sleep(0.15)
+            with mu:
+                state["now"] -= 1
+            return "done"
+
+        waiting = locks.exclusive("job:{host}", limit=3, wait=True)(lambda host: body())
+        skipping = locks.exclusive("job:{host}", limit=3, wait=False)(lambda host: body())
+        for fn, want_all in ((waiting, True), (skipping, False)):
+            state.update(now=0, peak=0, runs=0)
+            out = []
+            ts = [threading.Thread(target=lambda: out.append(fn("example.org"))) for _ in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(20)
+            assert state["peak"] <= 3, state
+            if want_all:
+                assert out == ["done"] * 8 and state["peak"] == 3
+            else:
+                assert 1 <= out.count("done") <= 7 and out.count(None) == 8 - out.count("done")
+                assert fn.stats["skipped"] == out.count(None)
+        with pytest.raises(ValueError, match="limit"):
+            locks.exclusive("job", limit=0)
+        with pytest.raises(TypeError, match="limit"):
+            locks.exclusive("job", limit="3")
+
+
+def test_exclusive_limit_async(run, core, clusters):
+    """The same for coroutine functions: at most 2 of 6 at once, all run."""
+    cluster = clusters(3)
+
+    async def body():
+        async with AsyncLockManager(cluster.urls, ttl=5.0, retry_delay=(0.01, 0.03), _core=core) as locks:
+            state = {"now": 0, "peak": 0}
+
+            @locks.exclusive("ajob", limit=2, wait=5.0)
+            async def job(i):
+                state["now"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+                await asyncio.sleep(0.1)
+                state["now"] -= 1
+                return i
+
+            assert sorted(await asyncio.gather(*(job(i) for i in range(6)))) == list(range(6))
+            assert state["peak"] == 2
+
+    run(body())
