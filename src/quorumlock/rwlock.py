@@ -44,7 +44,7 @@ from typing import Any, Callable, List, Optional
 
 from .errors import LockLost, LockNotOwned, LockTimeout
 from .semaphore import (
-    _Base, _kb, _lease_opts, _retrieve, check_name, check_permits, permit_keys, pick,
+    _Base, _lease_opts, _retrieve, await_batch, check_name, check_permits, permit_keys, pick,
 )
 
 __all__ = ["RWLock", "AsyncRWLock", "WriteLock"]
@@ -419,12 +419,19 @@ class AsyncRWLock(_RWBase):
         # loop iteration and written together.
         probe = asyncio.ensure_future(mgr.call_nodes([("EXISTS", self.intent_key)] * mgr.n))
         try:
-            results = await mgr.acquire_many(self._order(), self._ttl(ttl))
+            results = await await_batch(mgr, mgr.acquire_many(self._order(), self._ttl(ttl)))
         except BaseException:
             probe.cancel()
             raise
         self.attempts += 1
-        replies = await probe
+        try:
+            replies = await probe
+        except BaseException:
+            # Cancelled while the intent probe was out: the permits got are nobody's.
+            granted = [r for r in results if r is not None]
+            if granted:
+                asyncio.ensure_future(mgr.release_many(granted)).add_done_callback(_retrieve)
+            raise
         keep, extras = pick(results, self._rng)
         if keep is not None and _intent_held(replies, mgr.quorum):
             extras.append(keep)
@@ -443,7 +450,7 @@ class AsyncRWLock(_RWBase):
 
     async def try_write(self, ttl: Optional[float] = None) -> Optional[WriteLock]:
         mgr = self._mgr
-        res = await mgr.acquire_many([self.intent_key] + self._order(), self._ttl(ttl))
+        res = await await_batch(mgr, mgr.acquire_many([self.intent_key] + self._order(), self._ttl(ttl)))
         self.attempts += 1
         if all(r is not None for r in res):
             return WriteLock(mgr, self.name, res[0], res[1:], aio=True)
@@ -468,7 +475,7 @@ class AsyncRWLock(_RWBase):
                     await asyncio.gather(*[lk.extend() for lk in [intent] + list(held.values())])
                 missing = [k for k in self.keys if k not in held]
                 ask = ([self.intent_key] if intent is None else []) + missing
-                res = await mgr.acquire_many(ask, ttl_v)
+                res = await await_batch(mgr, mgr.acquire_many(ask, ttl_v))
                 self.attempts += 1
                 attempts += 1
                 if intent is None:

@@ -271,7 +271,7 @@ class AsyncSemaphore(_Base):
     async def try_acquire(self, ttl: Optional[float] = None) -> Optional[Any]:
         """One attempt (one pipelined round): a permit (``Lock``) or None."""
         mgr = self._mgr
-        results = await mgr.acquire_many(self._order(), self.ttl if ttl is None else ttl)
+        results = await await_batch(mgr, mgr.acquire_many(self._order(), self.ttl if ttl is None else ttl))
         self.attempts += 1
         keep, extras = pick(results, self._rng)
         if extras:
@@ -397,3 +397,22 @@ class _AsyncPermitContext(_PermitContext):
 def _retrieve(fut: Any) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+async def await_batch(mgr: Any, batch: Any) -> List[Any]:
+    """Await an ``acquire_many`` result without ever losing its locks: if the
+    waiting task is cancelled (even after the batch completed but before the
+    task resumed), whatever the batch granted is released when it completes."""
+    fut = asyncio.ensure_future(batch)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        def undo(f: Any) -> None:
+            if f.cancelled() or f.exception() is not None:
+                return
+            granted = [r for r in f.result() if r is not None]
+            if granted:
+                asyncio.ensure_future(mgr.release_many(granted)).add_done_callback(_retrieve)
+
+        fut.add_done_callback(undo)
+        raise
