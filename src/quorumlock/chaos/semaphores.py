@@ -409,6 +409,30 @@ def faulted_run(cluster: Any, *, kind: str = "semaphore", permits: int = 2, clie
     return rec, verdict, counts
 
 
+def process_main(urls: List[str], name: str, permits: int, clients: int, duration: float, seed: int,
+                 out_path: str, ttl: float = 1.0) -> None:
+    """One holder *process* (``multiprocessing`` target): ``clients`` threads
+    on one blocking manager contend for the semaphore ``name``; the history
+    (host-monotonic, comparable across processes) is written to ``out_path``
+    as JSON lines."""
+    import json
+
+    from ..blocking import LockManager
+
+    rec = Recorder()
+    with LockManager(urls, ttl=ttl, node_timeout=0.1, retry_delay=(0.01, 0.05)) as mgr:
+        sem = mgr.semaphore(name, permits=permits)
+        contend(rec, clients, name, lambda i: permit_acquirer(sem, timeout=0.5), duration, seed=seed)
+    with open(out_path, "w", encoding="utf-8") as f:
+        for ev in rec.events:
+            ev = dict(ev, client=f"p{seed}-{ev.get('client')}")
+            if "id" in ev:
+                ev["id"] = f"p{seed}-{ev['id']}"
+            if "lock" in ev:
+                ev["lock"] = f"p{seed}-{ev['lock']}"
+            f.write(json.dumps(ev) + "\n")
+
+
 def verdict_of(events: List[Dict[str, Any]], kind: str, permits: int) -> Dict[str, Any]:
     """The capacity (or reader/writer) verdict plus the mutex check of every key."""
     report = checker.check(events)
