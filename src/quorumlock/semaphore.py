@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -169,8 +170,6 @@ class Semaphore(_Base):
         attempts = 0
         sub = None
         watches: List[Any] = []
-        import threading
-
         woke = threading.Event()
         try:
             while True:
@@ -198,7 +197,10 @@ class Semaphore(_Base):
                         continue  # a release before the subscription: covered by this retry
                     except Exception as exc:
                         log.debug("quorumlock: cannot subscribe for %r: %r; polling", self.name, exc)
-                woke.wait(delay) if watches else time.sleep(delay)
+                if watches:
+                    woke.wait(delay)
+                else:
+                    time.sleep(delay)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
         finally:
