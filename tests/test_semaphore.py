@@ -529,3 +529,35 @@ def test_async_notify_wakes_a_waiter(run, core, clusters):
             assert waited < 1.9, waited
 
     run(body())
+
+
+def _delete_everywhere(cluster, key):
+    for p in cluster.ports:
+        c = redis.Redis(port=p)
+        c.delete(key)
+        c.close()
+
+
+def test_lost_permit_is_signalled(sync_core, clusters):
+    """A permit taken from under its holder (its key deleted on every node)
+    is declared lost by the renewer: ``permit.lost`` is set, ``on_lost``
+    called, and the block raises ``LockLost``; the same for a write lock
+    whose one reader-permit key is taken away."""
+    from quorumlock import LockLost
+
+    cluster = clusters(3)
+    with LockManager(cluster.urls, ttl=0.4, _core=sync_core) as locks:
+        sem = locks.semaphore("sem:lost", permits=2)
+        why = []
+        with pytest.raises(LockLost):
+            with sem.lock(auto_extend=True, on_lost=lambda lk, r: why.append(r)) as p:
+                _delete_everywhere(cluster, p.key)
+                assert p.lost.wait(2.0)
+        assert why and "not ours" in why[0]
+        rw = locks.rwlock("rw:lost", max_readers=2)
+        with pytest.raises(LockLost):
+            with rw.write(timeout=1.0, auto_extend=True) as w:
+                _delete_everywhere(cluster, "rw:lost:read:1")
+                assert w.lost.wait(2.0)
+                with pytest.raises(LockLost):
+                    w.check()
