@@ -314,10 +314,10 @@ def test_pigeonhole_negative_control_and_semaphore(make_cluster):
     different node): the per-node-counting semaphore admits three holders —
     the checker flags it — while the quorum semaphore admits exactly two."""
     cluster = make_cluster(n=3, mode="volatile", max_ttl=3.0)
-    _, naive = cs.pigeonhole(cluster.ports, "naive", permits=2, hold=0.6)
+    _, naive = cs.pigeonhole(cluster.ports, "naive", permits=2, hold=1.0)
     assert not naive["ok"]
     assert list(naive["peak"].values()) == [3]
-    rec, ours = cs.pigeonhole(cluster.ports, "quorumlock", permits=2, hold=0.6)
+    rec, ours = cs.pigeonhole(cluster.ports, "quorumlock", permits=2, hold=1.0)
     assert ours["ok"] and list(ours["peak"].values()) == [2]
     assert not checker.check(rec.events).overlaps
 
