@@ -29,6 +29,7 @@ def _out(*args: Any) -> None:
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from . import semaphores as _semaphores  # noqa: F401  (registers the semaphore/rwlock scenarios)
     from .faulty import BUGS
     from .scenarios import FAULTS
 
