@@ -316,6 +316,8 @@ class AsyncLockContext(LockContext):
         r = h._release()
         if hasattr(r, "__await__"):
             await asyncio.shield(r)
-        if lease is not None and lease.reason is not None and (
-                exc_type is None or issubclass(exc_type, asyncio.CancelledError)):
-            raise LockLost(f"lease on {h.key!r} lost: {lease.reason}") from exc
+        if lease is not None and lease.reason is not None:
+            from .semaphore import raise_lost_on_exit
+
+            if raise_lost_on_exit(exc_type, lease.cancelled):
+                raise LockLost(f"lease on {h.key!r} lost: {lease.reason}") from exc

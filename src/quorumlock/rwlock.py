@@ -44,7 +44,7 @@ from typing import Any, Callable, List, Optional
 
 from .errors import LockLost, LockNotOwned, LockTimeout
 from .semaphore import (
-    _Base, _lease_opts, _retrieve, await_batch, check_name, check_permits, permit_keys, pick,
+    _Base, _lease_opts, _retrieve, await_batch, raise_lost_on_exit, check_name, check_permits, permit_keys, pick,
 )
 
 __all__ = ["RWLock", "AsyncRWLock", "WriteLock"]
@@ -549,6 +549,10 @@ class _ReadContext:
             opts.pop("cancel", None)
             self._lease = lt.guard(self._rw._mgr, held, **opts)
 
+    def _cancelled(self) -> bool:
+        """The guard cancelled the task (asyncio)."""
+        return bool(getattr(self._lease, "cancelled", False))
+
     def _unguard(self) -> Optional[str]:
         lease, self._lease = self._lease, None
         if lease is None:
@@ -597,9 +601,10 @@ class _ReadContext:
         held, self._held = self._held, None
         if held is None:
             return
+        cancelled = self._cancelled()
         reason = self._unguard()
         await asyncio.shield(held.release())
-        if reason is not None and (exc_type is None or issubclass(exc_type, asyncio.CancelledError)):
+        if reason is not None and raise_lost_on_exit(exc_type, cancelled):
             raise LockLost(f"lease on {self._name(held)!r} lost: {reason}") from exc
 
 
@@ -622,6 +627,10 @@ class _WriteContext(_ReadContext):
             opts.pop("cancel", None)
         held.guard(**opts)
         self._lease = held
+
+    def _cancelled(self) -> bool:
+        held = self._lease
+        return held is not None and any(getattr(ls, "cancelled", False) for ls in getattr(held, "_leases", ()))
 
     def _unguard(self) -> Optional[str]:
         held, self._lease = self._lease, None

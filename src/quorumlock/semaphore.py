@@ -396,6 +396,19 @@ class _AsyncPermitContext(_PermitContext):
         raise TypeError("this semaphore belongs to an asyncio LockManager: use 'async with'")
 
 
+def raise_lost_on_exit(exc_type: Any, cancelled_by_guard: bool) -> bool:
+    """asyncio blocks: should a lost lease turn the block's exit into
+    ``LockLost``?  Yes when the block ended normally, or was cancelled by the
+    guard (and nobody else cancelled the task: that cancellation wins)."""
+    if exc_type is None:
+        return True
+    if issubclass(exc_type, asyncio.CancelledError) and cancelled_by_guard:
+        task = asyncio.current_task()
+        uncancel = getattr(task, "uncancel", None)
+        return not (uncancel is not None and uncancel() > 0)
+    return False
+
+
 def _retrieve(fut: Any) -> None:
     if not fut.cancelled():
         fut.exception()
