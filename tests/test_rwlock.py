@@ -206,3 +206,29 @@ def test_async_lost_write_lock_cancels_the_block(run, core, clusters):
         assert _keys(cluster, "arw:lost*") == [[]] * 3
 
     run(body())
+
+
+def test_reader_attempt_cost(sync_core, clusters):
+    """A reader attempt is one permit batch plus one ``EXISTS`` of the intent
+    key per node, whatever max_readers (counted on the servers)."""
+    cluster = clusters(3)
+
+    def stats():
+        out = []
+        for p in cluster.ports:
+            c = redis.Redis(port=p)
+            st = c.info("commandstats")
+            c.close()
+            out.append((st.get("cmdstat_exists", {}).get("calls", 0), st.get("cmdstat_evalsha", {}).get("calls", 0)))
+        return out
+
+    with LockManager(cluster.urls, ttl=5.0, _core=sync_core) as locks:
+        for m in (2, 30):
+            rw = locks.rwlock(f"rw:cost{m}", max_readers=m)
+            held = [rw.try_read() for _ in range(m)]      # all reader permits held
+            before = stats()
+            assert rw.try_read() is None
+            after = stats()
+            for (e0, s0), (e1, s1) in zip(before, after):
+                assert e1 - e0 == 1 and 1 <= s1 - s0 <= 2, (m, before, after)
+            locks.release_many(held)
