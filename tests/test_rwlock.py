@@ -232,3 +232,38 @@ def test_reader_attempt_cost(sync_core, clusters):
             for (e0, s0), (e1, s1) in zip(before, after):
                 assert e1 - e0 == 1 and 1 <= s1 - s0 <= 2, (m, before, after)
             locks.release_many(held)
+
+
+def test_waiting_writer_outlives_its_ttl(sync_core, clusters):
+    """A writer that waits longer than its TTL for a reader keeps what it
+    collected (the intent key and the free permits are extended while it
+    waits): new readers stay out the whole time, and it gets in when the
+    reader leaves.  Caught: without the extension the intent key expired
+    after 0.5 s and new readers got in 20 times while the writer waited."""
+    cluster = clusters(3)
+    with LockManager(cluster.urls, ttl=0.5, retry_delay=(0.02, 0.05), _core=sync_core) as locks, \
+            LockManager(cluster.urls, ttl=0.5, _core=sync_core) as other:
+        rw, rw2 = locks.rwlock("rw:wait", max_readers=2), other.rwlock("rw:wait", max_readers=2)
+        reader = rw2.acquire_read(timeout=1.0)
+        other.guard(reader, auto_extend=True)
+        got = []
+        t = threading.Thread(target=lambda: got.append(rw.acquire_write(timeout=5.0)))
+        t.start()
+        for _ in range(100):      # until the writer holds the intent key
+            if all(c == [b"rw:wait:write"] for c in
+                   [sorted(k.encode() for k in ks if k.endswith("write")) for ks in _keys(cluster, "rw:wait:*")]):
+                break
+            time.sleep(0.01)
+        intruders = 0
+        t_end = time.monotonic() + 1.5
+        while time.monotonic() < t_end:
+            r = rw2.try_read()
+            if r is not None:
+                intruders += 1
+                r.release()
+            time.sleep(0.05)
+        reader.release()
+        t.join(10)
+        assert intruders == 0
+        assert got and got[0].valid
+        got[0].release()

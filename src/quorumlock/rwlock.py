@@ -298,8 +298,12 @@ class RWLock(_RWBase):
         try:
             while True:
                 if intent is not None and intent.validity < intent.ttl / 2:
-                    for lk in [intent] + list(held.values()):
-                        lk.extend()          # LockNotOwned: start over (below)
+                    try:
+                        for lk in [intent] + list(held.values()):
+                            lk.extend()
+                    except LockNotOwned:     # lost part of it while waiting: start over
+                        mgr.release_many([intent] + list(held.values()))
+                        intent, held = None, {}
                 missing = [k for k in self.keys if k not in held]
                 ask = ([self.intent_key] if intent is None else []) + missing
                 res = mgr.acquire_many(ask, ttl_v)
@@ -472,7 +476,11 @@ class AsyncRWLock(_RWBase):
         try:
             while True:
                 if intent is not None and intent.validity < intent.ttl / 2:
-                    await asyncio.gather(*[lk.extend() for lk in [intent] + list(held.values())])
+                    parts = [intent] + list(held.values())
+                    res = await asyncio.gather(*[lk.extend() for lk in parts], return_exceptions=True)
+                    if any(r is not True for r in res):   # lost part of it while waiting: start over
+                        await asyncio.shield(mgr.release_many(parts))
+                        intent, held = None, {}
                 missing = [k for k in self.keys if k not in held]
                 ask = ([self.intent_key] if intent is None else []) + missing
                 res = await await_batch(mgr, mgr.acquire_many(ask, ttl_v))
