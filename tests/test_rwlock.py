@@ -267,3 +267,53 @@ def test_waiting_writer_outlives_its_ttl(sync_core, clusters):
         assert intruders == 0
         assert got and got[0].valid
         got[0].release()
+
+
+def test_async_write_lock_lost_whole_raises_lock_lost(run, core, clusters):
+    """asyncio: a guarded write lock whose components are lost *together*
+    (``max_hold`` dooms every component at the same moment; or all of its
+    keys are taken away) still turns the block into ``LockLost``, leaves the
+    task not cancelling, and runs an ``async def`` ``on_lost`` once.
+    Caught: every component's lease cancelled the task on its own, so the
+    block raised CancelledError with ``task.cancelling() == 2`` (2 reader
+    permits + the intent key: 3 cancels, one uncancelled), and a coroutine
+    ``on_lost`` was called but never awaited (0 runs)."""
+    from quorumlock import LockLost
+
+    cluster = clusters(3)
+
+    async def body():
+        async with AsyncLockManager(cluster.urls, ttl=0.4, _core=core) as locks:
+            rw = locks.rwlock("arw:whole", max_readers=2)
+            for how in ("max_hold", "delete_all"):
+                calls = []
+
+                async def on_lost(wl, reason):
+                    calls.append(reason)
+
+                async def block():
+                    ctx = rw.write(timeout=1.0, auto_extend=True, on_lost=on_lost,
+                                   max_hold=0.5 if how == "max_hold" else None)
+                    try:
+                        async with ctx as wl:
+                            if how == "delete_all":
+                                for p in cluster.ports:
+                                    c = redis.Redis(port=p)
+                                    c.delete(*[lk.key for lk in wl.locks])
+                                    c.close()
+                            await asyncio.sleep(5)
+                    except LockLost:
+                        return "LockLost", asyncio.current_task().cancelling()
+                    except asyncio.CancelledError:
+                        return "CancelledError", asyncio.current_task().cancelling()
+                    return "no error", 0
+
+                t0 = time.monotonic()
+                got = await asyncio.ensure_future(block())
+                await asyncio.sleep(0.05)   # the on_lost task runs
+                assert got == ("LockLost", 0), (how, got)
+                assert time.monotonic() - t0 < 3.0
+                assert len(calls) == 1, (how, calls)
+        assert _keys(cluster, "arw:whole*") == [[]] * 3
+
+    run(body())

@@ -85,6 +85,12 @@ class WriteLock:
         self._lost: Any = None
         self._on_lost: Optional[Callable[..., Any]] = None
         self.reason: Optional[str] = None
+        # asyncio ``cancel=True``: the task to cancel, once, when the first
+        # component is lost (the components' own leases never cancel it:
+        # several lost together would cancel it several times).
+        self._cancel_task: Any = None
+        #: Whether a lost component made the guard cancel the task (asyncio).
+        self.cancelled = False
 
     @property
     def fence(self) -> Optional[int]:
@@ -166,7 +172,8 @@ class WriteLock:
         self._on_lost = on_lost
         if self._aio:
             from .leases import _async as impl
-            kw = dict(cancel=bool(cancel))
+            kw = dict(cancel=False)
+            self._cancel_task = asyncio.current_task() if cancel else None
         else:
             from .leases import _thread as impl  # type: ignore[no-redef]
             kw = {}
@@ -177,21 +184,26 @@ class WriteLock:
         self._leases = leases
         return self
 
-    def _part_lost(self, lock: Any, reason: str) -> None:
+    def _part_lost(self, lock: Any, reason: str) -> Any:
         if self.reason is not None:
             return
         self.reason = f"{lock.key!r}: {reason}"
+        task, self._cancel_task = self._cancel_task, None
+        if task is not None and not task.done():   # cancel first, as a plain guard does
+            self.cancelled = True
+            task.cancel(f"quorumlock: write lock {self.key!r} lost: {self.reason}")
         ev = self._lost
         if ev is not None:
             ev.set()
         cb = self._on_lost
         if cb is not None:
-            try:
-                cb(self, self.reason)
-            except Exception:
-                log.exception("quorumlock: on_lost callback of write lock %r raised", self.key)
+            # Returned to the component's lease, which runs an awaitable
+            # result (an ``async def`` on_lost) as a task.
+            return cb(self, self.reason)
+        return None
 
     def _unguard(self) -> None:
+        self._cancel_task = None   # the block is over: never cancel the task now
         r = self._mgr._leases
         for lease in getattr(self, "_leases", ()):
             lease.in_body = False
@@ -638,7 +650,7 @@ class _WriteContext(_ReadContext):
 
     def _cancelled(self) -> bool:
         held = self._lease
-        return held is not None and any(getattr(ls, "cancelled", False) for ls in getattr(held, "_leases", ()))
+        return held is not None and held.cancelled
 
     def _unguard(self) -> Optional[str]:
         held, self._lease = self._lease, None
