@@ -317,3 +317,39 @@ def test_async_write_lock_lost_whole_raises_lock_lost(run, core, clusters):
         assert _keys(cluster, "arw:whole*") == [[]] * 3
 
     run(body())
+
+
+def test_write_lock_is_valid_when_returned(sync_core, clusters):
+    """``acquire_write`` never returns a write lock whose lease already ran
+    out.  The writer holds the intent key and reader permit 0 and waits for a
+    reader on permit 1; a majority of nodes stalls (SIGSTOP) for 0.8 s of its
+    1 s TTL, so its next round (started while the intent key had more than
+    half its TTL left, hence not extended) completes after the intent key
+    expired.  Caught: the first-round writer returned that round's write
+    lock anyway, with validity 0.000 and ``valid`` False (the intent key had
+    expired on the nodes; a new reader then took permit 1)."""
+    cluster = clusters(3)
+    with LockManager(cluster.urls, ttl=1.0, node_timeout=1.0, retry_delay=(0.01, 0.03), _core=sync_core) as locks, \
+            LockManager(cluster.urls, ttl=0.6, _core=sync_core) as other:
+        rw, rw2 = locks.rwlock("rw:stale", max_readers=2), other.rwlock("rw:stale", max_readers=2)
+        reader = rw2.acquire_read(timeout=1.0)     # expires during the stall: nobody renews it
+        got = []
+        t = threading.Thread(target=lambda: got.append(rw.acquire_write(timeout=5.0)))
+        t.start()
+        time.sleep(0.3)
+        try:
+            cluster.pause(1)
+            cluster.pause(2)
+            time.sleep(0.8)
+        finally:
+            cluster.resume(1)
+            cluster.resume(2)
+        t.join(10)
+        assert got, "the writer did not get in"
+        wl = got[0]
+        try:
+            assert wl.valid and wl.validity > 0, [(lk.key, round(lk.validity, 3)) for lk in wl.locks]
+            assert rw2.try_read() is None
+        finally:
+            wl.release()
+            reader.release()

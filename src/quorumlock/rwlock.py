@@ -215,6 +215,11 @@ class WriteLock:
         return f"<WriteLock {self.key!r} {state} keys={len(self.locks)}>"
 
 
+def _least_validity(intent: Any, held: dict) -> float:
+    """The validity left of a waiting writer's collection: its least valid part."""
+    return min([intent.validity] + [lk.validity for lk in held.values()])
+
+
 async def _all_true(fut: Any) -> bool:
     return all(await fut)
 
@@ -309,7 +314,7 @@ class RWLock(_RWBase):
         ok = False
         try:
             while True:
-                if intent is not None and intent.validity < intent.ttl / 2:
+                if intent is not None and _least_validity(intent, held) < intent.ttl / 2:
                     try:
                         for lk in [intent] + list(held.values()):
                             lk.extend()
@@ -335,9 +340,11 @@ class RWLock(_RWBase):
                     for k, r in zip(missing, res):
                         if r is not None:
                             held[k] = r
-                if intent is not None and len(held) == len(self.keys):
+                if intent is not None and len(held) == len(self.keys) and _least_validity(intent, held) > 0:
                     ok = True
                     return WriteLock(mgr, self.name, intent, [held[k] for k in self.keys], aio=False)
+                # (All collected but some lease already ran out during a slow
+                # round: the next turn extends them, or starts over.)
                 if left is not None:
                     left -= 1
                     if left <= 0:
@@ -487,7 +494,7 @@ class AsyncRWLock(_RWBase):
         ok = False
         try:
             while True:
-                if intent is not None and intent.validity < intent.ttl / 2:
+                if intent is not None and _least_validity(intent, held) < intent.ttl / 2:
                     parts = [intent] + list(held.values())
                     res = await asyncio.gather(*[lk.extend() for lk in parts], return_exceptions=True)
                     if any(r is not True for r in res):   # lost part of it while waiting: start over
@@ -512,7 +519,7 @@ class AsyncRWLock(_RWBase):
                     for k, r in zip(missing, res):
                         if r is not None:
                             held[k] = r
-                if intent is not None and len(held) == len(self.keys):
+                if intent is not None and len(held) == len(self.keys) and _least_validity(intent, held) > 0:
                     ok = True
                     return WriteLock(mgr, self.name, intent, [held[k] for k in self.keys], aio=True)
                 if left is not None:
