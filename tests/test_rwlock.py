@@ -353,3 +353,94 @@ def test_write_lock_is_valid_when_returned(sync_core, clusters):
         finally:
             wl.release()
             reader.release()
+
+
+def _wait_for_intent(cluster, name, timeout=3.0):
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if all(f"{name}:write" in ks for ks in _keys(cluster, f"{name}:*")):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the writer never took the intent key")
+
+
+def _take_away(cluster, key):
+    for p in cluster.ports:
+        c = redis.Redis(port=p)
+        c.delete(key)
+        c.close()
+
+
+def test_waiting_writer_that_loses_a_permit_starts_over(sync_core, clusters):
+    """A waiting writer whose collected permit was taken away (deleted on the
+    nodes, then locked by a plain holder of the same key, which checks no
+    intent) must not get in while that holder holds it, and gets in once it
+    leaves.  Caught (mutation: the writer ignores a failed extension of its
+    collection and keeps the lost permit): it never asked for read:0 again
+    and timed out after the plain holder had left."""
+    cluster = clusters(3)
+    with LockManager(cluster.urls, ttl=0.4, retry_delay=(0.01, 0.03), _core=sync_core) as locks, \
+            LockManager(cluster.urls, ttl=5.0, _core=sync_core) as other:
+        rw, rw2 = locks.rwlock("rw:lose", max_readers=2), other.rwlock("rw:lose", max_readers=2)
+        reader = rw2.acquire_read(timeout=1.0)
+        free = "rw:lose:read:0" if reader.key.endswith(":1") else "rw:lose:read:1"
+        got = []
+        t = threading.Thread(target=lambda: got.append(rw.acquire_write(timeout=4.0)))
+        t.start()
+        try:
+            _wait_for_intent(cluster, "rw:lose")
+            time.sleep(0.05)                    # it has collected the free permit too
+            _take_away(cluster, free)
+            squatter = other.acquire(free, timeout=1.0)
+            time.sleep(0.4)                     # the writer's extension fails: it starts over
+            reader.release()
+            time.sleep(0.4)
+            assert not got, "the writer got in while another client held one of its permits"
+            squatter.release()
+            t.join(6)
+            assert got and got[0].valid
+            assert rw2.try_read() is None
+            got[0].release()
+        finally:
+            t.join(6)
+
+
+def test_async_writer_intent_and_start_over(run, core, clusters):
+    """asyncio: (1) while a writer holds the intent key, a reader backs off
+    even with a reader permit free; (2) a waiting writer that loses a
+    collected permit starts over (as in the blocking test above).  Caught
+    (mutations): with the asyncio reader's intent check a no-op, the reader
+    got the free permit under the writer's intent; with the asyncio
+    writer's start-over removed, it timed out after the permit came free."""
+    cluster = clusters(3)
+
+    async def body():
+        async with AsyncLockManager(cluster.urls, ttl=0.4, retry_delay=(0.01, 0.03), _core=core) as locks, \
+                AsyncLockManager(cluster.urls, ttl=5.0, _core=core) as other:
+            rw, rw2 = locks.rwlock("arw:lose", max_readers=2), other.rwlock("arw:lose", max_readers=2)
+            wl = await rw.acquire_write(timeout=1.0)
+            await locks.release_many([wl.permits[0]])         # a permit free, the intent held
+            assert await rw2.try_read() is None
+            await wl.release()
+
+            reader = await rw2.acquire_read(timeout=1.0)
+            free = "arw:lose:read:0" if reader.key.endswith(":1") else "arw:lose:read:1"
+            wt = asyncio.ensure_future(rw.acquire_write(timeout=4.0))
+            for _ in range(300):
+                if all("arw:lose:write" in ks for ks in _keys(cluster, "arw:lose:*")):
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            _take_away(cluster, free)
+            squatter = await other.acquire(free, timeout=1.0)
+            await asyncio.sleep(0.4)
+            await reader.release()
+            await asyncio.sleep(0.4)
+            assert not wt.done(), "the writer got in while another client held one of its permits"
+            await squatter.release()
+            w = await wt
+            assert w.valid and await rw2.try_read() is None
+            await w.release()
+        assert _keys(cluster, "arw:lose*") == [[]] * 3
+
+    run(body())
