@@ -135,3 +135,48 @@ def test_plain_lock_unchanged(sync_core, clusters):
         with pytest.raises(LockTimeout):
             locks.acquire("re:plain", retry_count=1)
         lk.release()
+
+
+def test_reentry_racing_the_last_release_from_another_thread(sync_core, clusters, monkeypatch):
+    """The owner re-enters just as another thread releases the owner's last
+    handle (the interleaving is forced: the owner finds its entry, then the
+    other thread's release drops the count to 0 and is on its way to the
+    nodes).  The re-entry must then acquire afresh (it waits for that
+    release), not revive the dying entry.  Caught: the first-round code
+    counted the entry back up from 0 to 1 and returned a handle of depth 1
+    while the key was released on 3/3 nodes."""
+    from quorumlock import reentrant
+
+    cluster = clusters(3)
+    with LockManager(cluster.urls, ttl=5.0, _core=sync_core) as locks:
+        h = locks.acquire("re:race", reentrant=True)
+        inside, go = threading.Event(), threading.Event()
+        real_release = locks._release
+
+        def slow_release(lock):
+            inside.set()
+            go.wait(5)
+            return real_release(lock)
+
+        real_lookup = reentrant._lookup
+        other = threading.Thread(target=h.release)
+
+        def racing_lookup(mgr, key, aio):
+            found = real_lookup(mgr, key, aio)
+            if not other.is_alive() and not inside.is_set():
+                other.start()                   # the last release, from another thread
+                assert inside.wait(5)
+                threading.Timer(0.05, go.set).start()
+            return found
+
+        monkeypatch.setattr(locks, "_release", slow_release)
+        monkeypatch.setattr(reentrant, "_lookup", racing_lookup)
+        h2 = locks.acquire("re:race", reentrant=True, timeout=2.0)
+        other.join(5)
+        monkeypatch.undo()
+        try:
+            assert h2.depth == 1
+            assert _held(cluster, "re:race") == [h2.token] * 3
+        finally:
+            h2.release()
+        assert _held(cluster, "re:race") == [None] * 3

@@ -101,15 +101,23 @@ def depth(mgr: Any, key: Any, aio: bool = False) -> int:
     return 0 if e is None else e.count
 
 
-def _reenter(e: _Entry) -> None:
-    lk = e.lock
-    if lk.released or not lk.valid:
-        raise LockLost(f"lease on {lk.key!r} lost while held reentrantly (depth {e.count})")
-    st = lk._state
-    reason = getattr(st, "reason", None)
-    if reason is not None:
-        raise LockLost(f"lease on {lk.key!r} lost: {reason}")
-    e.count += 1
+def _reenter(e: _Entry) -> bool:
+    """Count one more acquisition of a held entry; False when its last
+    handle was released meanwhile (by another thread: the key is on its way
+    out, so the caller acquires afresh).  The count changes under ``_mutex``
+    on both sides, so a release and a re-entry never interleave."""
+    with _mutex:
+        if e.count <= 0:
+            return False
+        lk = e.lock
+        if lk.released or not lk.valid:
+            raise LockLost(f"lease on {lk.key!r} lost while held reentrantly (depth {e.count})")
+        st = lk._state
+        reason = getattr(st, "reason", None)
+        if reason is not None:
+            raise LockLost(f"lease on {lk.key!r} lost: {reason}")
+        e.count += 1
+        return True
 
 
 class ReentrantLock:
@@ -162,10 +170,10 @@ class ReentrantLock:
             return False
         self._done = True
         e = self._entry
-        e.count -= 1
-        if e.count > 0:
-            return True
         with _mutex:
+            e.count -= 1
+            if e.count > 0:
+                return True
             t = _tables.get(self._mgr)
             if t is not None and t.get(self._slot) is e:
                 del t[self._slot]
@@ -211,8 +219,7 @@ def acquire(mgr: Any, key: Any, ttl: Optional[float] = None, *, timeout: Optiona
             retry_count: Optional[int] = None, wait: Optional[str] = None) -> ReentrantLock:
     """``LockManager.acquire(key, reentrant=True)`` (blocking)."""
     slot, owner, e = _lookup(mgr, key, False)
-    if e is not None:
-        _reenter(e)
+    if e is not None and _reenter(e):
         return ReentrantLock(mgr, slot, e, False)
     lock = mgr.acquire(key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
     return ReentrantLock(mgr, slot, _new_entry(mgr, slot, owner, lock), False)
@@ -222,8 +229,7 @@ async def aacquire(mgr: Any, key: Any, ttl: Optional[float] = None, *, timeout: 
                    retry_count: Optional[int] = None, wait: Optional[str] = None) -> ReentrantLock:
     """``await LockManager.acquire(key, reentrant=True)`` (asyncio)."""
     slot, owner, e = _lookup(mgr, key, True)
-    if e is not None:
-        _reenter(e)
+    if e is not None and _reenter(e):
         return ReentrantLock(mgr, slot, e, True)
     lock = await mgr.acquire(key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
     # Another acquisition by this task cannot have raced in: a task does one thing at a time.
