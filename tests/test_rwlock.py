@@ -444,3 +444,24 @@ def test_async_writer_intent_and_start_over(run, core, clusters):
         assert _keys(cluster, "arw:lose*") == [[]] * 3
 
     run(body())
+
+
+def test_async_with_on_a_blocking_rwlock_refuses_before_acquiring(sync_core, clusters):
+    """``async with`` on a blocking manager's ``rw.read()`` / ``rw.write()``
+    is a TypeError raised before any acquisition (as for the semaphore's
+    context).  Caught: the first-round contexts acquired first and then
+    failed to await the result: a reader permit and a whole write lock
+    (intent key + both permits: 3 keys on 3/3 nodes) were left behind until
+    their TTL, shutting every writer out meanwhile."""
+    cluster = clusters(3)
+    with LockManager(cluster.urls, ttl=5.0, _core=sync_core) as locks:
+        rw = locks.rwlock("rw:wrongface", max_readers=2)
+
+        async def body():
+            for ctx in (rw.read(timeout=1.0), rw.write(timeout=1.0)):
+                with pytest.raises(TypeError, match="async with|blocking"):
+                    async with ctx:
+                        pass
+
+        asyncio.run(body())
+        assert _keys(cluster, "rw:wrongface*") == [[]] * 3

@@ -615,6 +615,8 @@ class _ReadContext:
             raise LockLost(f"lease on {self._name(held)!r} lost: {reason}")
 
     async def __aenter__(self) -> Any:
+        if not isinstance(self._rw, AsyncRWLock):   # refused before acquiring anything
+            raise TypeError("this rwlock belongs to a blocking LockManager: use 'with', not 'async with'")
         held = await self._acquire()
         self._held = held
         try:
