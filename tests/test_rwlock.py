@@ -465,3 +465,38 @@ def test_async_with_on_a_blocking_rwlock_refuses_before_acquiring(sync_core, clu
 
         asyncio.run(body())
         assert _keys(cluster, "rw:wrongface*") == [[]] * 3
+
+
+def test_async_reader_cancelled_while_the_intent_probe_is_out(run, core, clusters):
+    """asyncio: a reader cancelled after its permit batch completed but while
+    its intent probe is still out (the probe is slowed down: a fault a
+    loopback server does not produce by itself) gives its permit back.
+    Caught (mutation: no release on that path): the permit stayed held on
+    3/3 nodes for the TTL."""
+    cluster = clusters(3)
+
+    async def body():
+        async with AsyncLockManager(cluster.urls, ttl=5.0, _core=core) as locks:
+            rw = locks.rwlock("arw:probe", max_readers=2)
+            real = locks.call_nodes
+
+            async def slow_probe(*a, **kw):
+                await asyncio.sleep(0.3)
+                return await real(*a, **kw)
+
+            locks.call_nodes = slow_probe
+            try:
+                t = asyncio.ensure_future(rw.try_read())
+                for _ in range(200):     # until the permit is on the nodes
+                    if all(ks for ks in _keys(cluster, "arw:probe:read:*")):
+                        break
+                    await asyncio.sleep(0.005)
+                t.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+            finally:
+                locks.call_nodes = real
+            await asyncio.sleep(0.1)
+            assert _keys(cluster, "arw:probe:*") == [[]] * 3
+
+    run(body())
