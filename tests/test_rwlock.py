@@ -500,3 +500,22 @@ def test_async_reader_cancelled_while_the_intent_probe_is_out(run, core, cluster
             assert _keys(cluster, "arw:probe:*") == [[]] * 3
 
     run(body())
+
+
+def test_async_writer_timeout_gives_everything_back(run, core, clusters):
+    """asyncio: a writer that times out waiting for a reader releases the
+    intent key and the permits it collected: only the reader's permit is
+    left.  Caught (mutation: no release when the wait ends): the intent key
+    and the free permit stayed on 3/3 nodes for the TTL."""
+    cluster = clusters(3)
+
+    async def body():
+        async with AsyncLockManager(cluster.urls, ttl=5.0, retry_delay=(0.01, 0.03), _core=core) as locks:
+            rw = locks.rwlock("arw:timeout", max_readers=2)
+            reader = await rw.acquire_read(timeout=1.0)
+            with pytest.raises(LockTimeout):
+                await rw.acquire_write(timeout=0.3)
+            assert _keys(cluster, "arw:timeout:*") == [[reader.key]] * 3
+            await reader.release()
+
+    run(body())
