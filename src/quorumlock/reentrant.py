@@ -10,7 +10,8 @@ with locks.lock("job:42", reentrant=True) as outer:      # acquires
 
 The owner is the calling **thread** with the blocking manager and the current
 **task** with the asyncio one (a task it starts is another owner and waits
-like anybody else).  Only the first acquisition talks to the nodes; later ones
+like anybody else; so is the task ``asyncio.wait_for`` creates on Python 3.11
+and older: pass ``timeout=`` instead).  Only the first acquisition talks to the nodes; later ones
 by the same owner increase a count, and each ``release()`` (or block exit)
 decreases it; the last one releases the key.  Every acquisition returns its
 own ``ReentrantLock`` handle, so releasing one handle twice counts once.
