@@ -344,6 +344,7 @@ class LockManager(ManagerBase):
         timeout: Optional[float] = None,
         retry_count: Optional[int] = None,
         wait: Optional[str] = None,
+        reentrant: bool = False,
     ) -> Any:
         """Acquire ``key``, retrying with jittered delays.
 
@@ -353,6 +354,8 @@ class LockManager(ManagerBase):
         ``wait="notify"`` (the default with ``notify=True``) retries as soon as
         a majority of nodes report the key released, with the jittered delay
         as the bound of every wait; ``wait="poll"`` only polls."""
+        if reentrant:  # the same task may re-acquire (quorumlock.reentrant)
+            return await _reentrant().aacquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
         if wait is not None or self._notify or self._metrics is not None:
             return await _lease_async.acquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
         eng = self._require()
@@ -402,6 +405,7 @@ class LockManager(ManagerBase):
         margin: Optional[float] = None,
         cancel: bool = True,
         renew_fraction: float = 1.0 / 3.0,
+        reentrant: bool = False,
     ) -> Any:
         """``async with locks.lock(key, ttl=30.0) as lock:`` acquires (as
         ``acquire``) and releases at the end of the block.
@@ -414,6 +418,10 @@ class LockManager(ManagerBase):
         block is cancelled ``margin`` seconds before validity ends (unless
         ``cancel=False``), ``lock.lost`` is set, ``on_lost(lock, reason)`` is
         called, and the block raises ``LockLost`` (``quorumlock.leases``)."""
+        if reentrant:  # counted per owner (quorumlock.reentrant)
+            return _reentrant().AsyncLockContext(self, key, ttl, timeout, retry_count, wait, auto_extend=auto_extend,
+                                       max_hold=max_hold, on_lost=on_lost, margin=margin, cancel=cancel,
+                                       renew_fraction=renew_fraction)
         if auto_extend or max_hold is not None or on_lost is not None or margin is not None:
             return _lease_async.AsyncLeaseContext(
                 self, key, ttl, timeout, retry_count, wait, auto_extend=bool(auto_extend), max_hold=max_hold,
@@ -571,6 +579,22 @@ class LockManager(ManagerBase):
         state = "connected" if self._engine is not None else "not connected"
         return f"<quorumlock.aio.LockManager {self.n} nodes quorum={self.quorum} {state} [{self._core.IMPLEMENTATION}]>"
 
+    # -- semaphores and read-write locks (quorumlock.semaphore, quorumlock.rwlock) --
+
+    def semaphore(self, name: Any, permits: int, ttl: Optional[float] = None) -> Any:
+        """At most ``permits`` holders of ``name`` at once: ``permits`` permit
+        keys, all tried in one pipelined round (docs/semaphores.md)."""
+        from .semaphore import AsyncSemaphore
+
+        return AsyncSemaphore(self, name, permits, ttl)
+
+    def rwlock(self, name: Any, max_readers: int = 16, ttl: Optional[float] = None) -> Any:
+        """Shared readers (at most ``max_readers``), exclusive writers, no
+        writer starvation (docs/semaphores.md)."""
+        from .rwlock import AsyncRWLock
+
+        return AsyncRWLock(self, name, max_readers, ttl)
+
 
 def _retrieve(fut: "asyncio.Future[Any]") -> None:
     if not fut.cancelled():
@@ -658,3 +682,9 @@ class _LockContext:
             # Shielded: a cancelled block still releases (the release is already
             # queued on every connection when the await starts).
             await asyncio.shield(self._mgr._release(lock))
+
+
+def _reentrant() -> Any:
+    from . import reentrant
+
+    return reentrant

@@ -369,10 +369,13 @@ class LockManager(ManagerBase):
         timeout: Optional[float] = None,
         retry_count: Optional[int] = None,
         wait: Optional[str] = None,
+        reentrant: bool = False,
     ) -> Any:
         """Acquire ``key``, retrying with jittered delays (see
         ``quorumlock.aio.LockManager.acquire``, also for ``wait``); raises
         ``LockTimeout``."""
+        if reentrant:  # the same thread may re-acquire (quorumlock.reentrant)
+            return _reentrant().acquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
         if wait is not None or self._notify or self._metrics is not None:
             return _lease_thread.acquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
         ttl_ms = self._ttl_ms(ttl)
@@ -418,6 +421,7 @@ class LockManager(ManagerBase):
         on_lost: Any = None,
         margin: Optional[float] = None,
         renew_fraction: float = 1.0 / 3.0,
+        reentrant: bool = False,
     ) -> Any:
         """``with locks.lock(key, ttl=30.0) as lock:`` acquires and releases.
 
@@ -425,6 +429,10 @@ class LockManager(ManagerBase):
         ``quorumlock.aio.LockManager.lock``, except that a thread cannot be
         cancelled: the block checks ``lock.lost`` / ``lock.check()``, and
         raises ``LockLost`` on exit if the lease was lost."""
+        if reentrant:  # counted per owner (quorumlock.reentrant)
+            return _reentrant().LockContext(self, key, ttl, timeout, retry_count, wait, auto_extend=auto_extend,
+                                       max_hold=max_hold, on_lost=on_lost, margin=margin,
+                                       renew_fraction=renew_fraction)
         if auto_extend or max_hold is not None or on_lost is not None or margin is not None:
             return _lease_thread.LeaseContext(
                 self, key, ttl, timeout, retry_count, wait, auto_extend=bool(auto_extend), max_hold=max_hold,
@@ -600,6 +608,22 @@ class LockManager(ManagerBase):
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
                 f"threads={len(self._engines)} [{self._core.IMPLEMENTATION}]>")
 
+    # -- semaphores and read-write locks (quorumlock.semaphore, quorumlock.rwlock) --
+
+    def semaphore(self, name: Any, permits: int, ttl: Optional[float] = None) -> Any:
+        """At most ``permits`` holders of ``name`` at once: ``permits`` permit
+        keys, all tried in one pipelined round (docs/semaphores.md)."""
+        from .semaphore import Semaphore
+
+        return Semaphore(self, name, permits, ttl)
+
+    def rwlock(self, name: Any, max_readers: int = 16, ttl: Optional[float] = None) -> Any:
+        """Shared readers (at most ``max_readers``), exclusive writers, no
+        writer starvation (docs/semaphores.md)."""
+        from .rwlock import RWLock
+
+        return RWLock(self, name, max_readers, ttl)
+
 
 _WARN_EVERY = 30.0   # seconds between two warnings about the same node
 
@@ -723,3 +747,9 @@ class _LockContext:
                     self._mgr._release(lock)
                 raise
             self._lock = None
+
+
+def _reentrant() -> Any:
+    from . import reentrant
+
+    return reentrant

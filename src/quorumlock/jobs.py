@@ -23,6 +23,11 @@ and the same for coroutine functions with ``quorumlock.aio.LockManager``.
   has ``notify=True``.
 * While the body runs the lock is auto-extended (every ``ttl/3``; off with
   ``auto_extend=False``), at most for ``max_hold`` seconds.
+* ``limit=k``: run at most ``k`` calls at once per key instead of one: the
+  key names a quorum semaphore of ``k`` permits (``quorumlock.semaphore``;
+  its keys are ``{key}:permit:0..k-1``, so ``limit=1`` does not share keys
+  with the plain form).  ``wait`` as above; a skip means all ``k`` permits
+  were held.
 
 Skips are reported three ways: the call returns ``skip_result`` (default
 None; ``raise_on_skip=True`` raises ``JobSkipped`` instead), one INFO line is
@@ -169,11 +174,16 @@ def exclusive(
     raise_on_skip: bool = False,
     on_skip: Optional[Callable[[Any], Any]] = None,
     on_lost: Optional[Callable[..., Any]] = None,
+    limit: Optional[int] = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator factory: see the module docstring.  ``locks`` is an asyncio
     manager for coroutine functions, a blocking one for plain functions."""
     wait_s = _check_wait(wait)
     is_aio = hasattr(locks, "_require")
+    if limit is not None:
+        from .semaphore import check_permits
+
+        limit = check_permits(limit, "limit")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         is_coro = inspect.iscoroutinefunction(fn)
@@ -202,6 +212,8 @@ def exclusive(
 
         if is_coro:
             async def acquire_async(k: Any) -> Any:
+                if limit is not None:
+                    return await _sem_acquire_async(locks.semaphore(k, limit, ttl), wait_s)
                 if wait_s is None:
                     return await aclaim(locks, k, ttl)
                 if wait_s == math.inf:
@@ -263,6 +275,8 @@ def exclusive(
             return awrapper
 
         def acquire_sync(k: Any) -> Any:
+            if limit is not None:
+                return _sem_acquire(locks.semaphore(k, limit, ttl), wait_s)
             if wait_s is None:
                 return claim(locks, k, ttl)
             if wait_s == math.inf:
@@ -311,3 +325,46 @@ def exclusive(
         return wrapper
 
     return decorate
+
+
+def _sem_acquire(sem: Any, wait_s: Optional[float]) -> Any:
+    """A permit of ``sem`` for ``exclusive(..., limit=k)``, or None (skip)."""
+    try:
+        if wait_s is None:
+            # A few quick attempts: simultaneous callers can split the votes
+            # of a free permit (as in ``claim``).
+            for attempt in range(3):
+                permit = sem.try_acquire()
+                if permit is not None:
+                    return permit
+                time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
+            return None
+        if wait_s == math.inf:
+            while True:
+                try:
+                    return sem.acquire(timeout=_WAIT_ROUND)
+                except LockTimeout:
+                    continue
+        return sem.acquire(timeout=wait_s)
+    except LockTimeout:
+        return None
+
+
+async def _sem_acquire_async(sem: Any, wait_s: Optional[float]) -> Any:
+    try:
+        if wait_s is None:
+            for attempt in range(3):
+                permit = await sem.try_acquire()
+                if permit is not None:
+                    return permit
+                await asyncio.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
+            return None
+        if wait_s == math.inf:
+            while True:
+                try:
+                    return await sem.acquire(timeout=_WAIT_ROUND)
+                except LockTimeout:
+                    continue
+        return await sem.acquire(timeout=wait_s)
+    except LockTimeout:
+        return None

@@ -604,3 +604,21 @@ _ql("contended-spin", "async", _contended(4, 64, 4, 0.0), concurrency=256,
 _ql("async-fencing-c64", "async", _percall(64, fencing=True), concurrency=64, quick=True,
     requires=_needs_fencing,
     description="as async-c64 with fencing=True (second round trip)")  # fmt: skip
+
+
+def _semaphore(concurrency: int, permits: int) -> Callable[[Context], Measurement]:
+    """``concurrency`` tasks, each cycling on its own semaphore of ``permits``
+    (one pipelined round over every permit key per attempt; the extras'
+    release queued behind it)."""
+
+    async def body(ctx: Context) -> Measurement:
+        async with _aio_manager(ctx) as lm:
+            sems = [lm.semaphore(f"{ctx.key_prefix}:{i}", permits) for i in range(concurrency)]
+            pairs = [(s.try_acquire, _release_aio) for s in sems]
+            return await cycle_tasks(ctx, pairs, partial(drain_async, lm))
+
+    return lambda ctx: run_async(ctx, body)
+
+
+_ql("async-semaphore-k4-c64", "async", _semaphore(64, 4), concurrency=64,
+    description="semaphore(permits=4).try_acquire + release, 64 tasks, one semaphore each")  # fmt: skip

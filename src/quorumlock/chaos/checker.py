@@ -33,7 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
 
-__all__ = ["Report", "check", "classify", "LABELS"]
+__all__ = ["Report", "check", "classify", "LABELS", "check_capacity", "check_rw", "peak_holders"]
 
 #: Observed labels, in the vocabulary of docs/faults.md.
 LABELS = ("SAFE", "VIOL", "ME-only", "ME", "LOST", "STALE", "REGRESS", "REJECTED", "ERROR", "SKIP")
@@ -345,3 +345,94 @@ def format_report(rep: Report, limit: int = 3) -> str:
     for lo in rep.leftover[:limit]:
         lines.append(f"  leftover {lo.get('key')!r} on node {lo.get('node')} pttl {lo.get('pttl')}: {lo['why']}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# semaphores and read-write locks: how many holders at once
+# --------------------------------------------------------------------------
+#
+# A holder of a semaphore or rwlock is recorded as an ordinary acquisition
+# (its ``key`` is the permit key it got, so :func:`check` still checks every
+# permit key as a mutex) with two extra fields: ``sem`` (the semaphore or
+# rwlock name) and, for rwlocks, ``mode`` ("read" or "write").  Holder
+# intervals follow the rules of :func:`check` (acquire completed -> believed
+# validity end, moved by extends and holder acts, cut at the release).
+
+
+def _grouped_intervals(events: Iterable[Dict[str, Any]]) -> Dict[Any, List[tuple]]:
+    """``sem`` -> [(interval, mode)] for every successful acquisition that names a ``sem``."""
+    evs = list(events)
+    acq = {e["id"]: e for e in evs if e.get("type") == "op" and e.get("op") == "acquire" and "id" in e}
+    out: Dict[Any, List[tuple]] = defaultdict(list)
+    for iv in check(evs).intervals:
+        a = acq.get(iv.lock) or {}
+        if a.get("sem") is not None:
+            out[a["sem"]].append((iv, a.get("mode")))
+    return out
+
+
+def peak_holders(intervals: Iterable[Interval]) -> tuple:
+    """The most intervals that hold at one instant, and one such set
+    (intervals are half-open ``[start, end)``: a holder that ends when the
+    next one starts does not overlap it)."""
+    ivs = [iv for iv in intervals if iv.end > iv.start]
+    points = sorted([(iv.start, 1, i) for i, iv in enumerate(ivs)] + [(iv.end, 0, i) for i, iv in enumerate(ivs)])
+    active: Dict[int, Interval] = {}
+    best, witness = 0, []
+    for _t, kind, i in points:
+        if kind == 0:
+            active.pop(i, None)
+            continue
+        active[i] = ivs[i]
+        if len(active) > best:
+            best, witness = len(active), list(active.values())
+    return best, witness
+
+
+def check_capacity(events: Iterable[Dict[str, Any]], limit: int) -> Dict[str, Any]:
+    """At most ``limit`` simultaneous holders per ``sem``: a pure function of
+    the history.  Returns ``{"ok", "peak": {sem: n}, "violations": [...]}``;
+    each violation names the holders that were simultaneous."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    peaks: Dict[Any, int] = {}
+    violations: List[Dict[str, Any]] = []
+    for sem, items in _grouped_intervals(events).items():
+        n, witness = peak_holders(iv for iv, _m in items)
+        peaks[sem] = n
+        if n > limit:
+            violations.append({"sem": sem, "holders": n, "limit": limit,
+                               "intervals": [iv.to_dict() for iv in witness]})
+    return {"ok": not violations, "peak": peaks, "violations": violations}
+
+
+def check_rw(events: Iterable[Dict[str, Any]], max_readers: Optional[int] = None) -> Dict[str, Any]:
+    """Reader/writer exclusion per ``sem``: no writer interval intersects any
+    other holder's (reader or writer); with ``max_readers``, at most that many
+    readers at once.  Also reports the peak of simultaneous readers (so a test
+    can show that readers did share)."""
+    out: Dict[str, Any] = {"ok": True, "writer_overlaps": [], "reader_peak": {}, "too_many_readers": []}
+    for sem, items in _grouped_intervals(events).items():
+        writers = [iv for iv, m in items if m == "write"]
+        readers = [iv for iv, m in items if m != "write"]
+        everyone = writers + readers
+        writer_ids = {id(w) for w in writers}
+        for w in writers:
+            for o in everyone:
+                if o is w or o.lock == w.lock:
+                    continue
+                if o.start < w.end and w.start < o.end:
+                    kind = "write" if id(o) in writer_ids else "read"
+                    if kind == "write" and (o.start, o.lock) < (w.start, w.lock):
+                        continue  # reported once, from the earlier writer
+                    out["writer_overlaps"].append({"sem": sem, "writer": w.to_dict(), "other": o.to_dict(),
+                                                   "other_mode": kind,
+                                                   "overlap_ms": round((min(w.end, o.end) - max(w.start, o.start))
+                                                                       / 1e6, 3)})
+        n, witness = peak_holders(readers)
+        out["reader_peak"][sem] = n
+        if max_readers is not None and n > max_readers:
+            out["too_many_readers"].append({"sem": sem, "readers": n, "limit": max_readers,
+                                            "intervals": [iv.to_dict() for iv in witness]})
+    out["ok"] = not (out["writer_overlaps"] or out["too_many_readers"])
+    return out

@@ -30,6 +30,7 @@ def _out(*args: Any) -> None:
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     from . import fence_offsets  # noqa: F401  (registers row 30's faults)
+    from . import semaphores as _semaphores  # noqa: F401  (registers the semaphore/rwlock scenarios)
     from .faulty import BUGS
     from .scenarios import FAULTS
 

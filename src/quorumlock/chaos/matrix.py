@@ -134,6 +134,27 @@ ROWS: List[Row] = [
 ]
 
 
+# -- semaphores and read-write locks (quorumlock.chaos.semaphores registers the scenarios) --
+from . import semaphores as _semaphores  # noqa: E402,F401
+
+ROWS += [
+    Row("sem-NC", "NC", "per-node counting semaphore, N=3, k=2, each client cut from another node",
+        _t("sem-pigeonhole-naive", ttl=2.0), "VIOL"),
+    Row("sem-pigeon", "-", "same schedule, quorum semaphore (k permit keys)", _t("sem-pigeonhole", ttl=2.0), "SAFE"),
+    Row("sem-crash", "1", "semaphore k=2, 16 holders, random node crashes", _t("sem-crash", clients=16, duration=3.0),
+        "SAFE"),
+    Row("sem-pause", "15", "semaphore k=2, node SIGSTOPs", _t("sem-node-pause", clients=16, duration=5.0), "SAFE",
+        quick=False),
+    Row("sem-cpause", "11", "semaphore k=2, holders stall past the lease", _t("sem-client-pause", clients=16,
+        duration=5.0), "SAFE", quick=False),
+    Row("rw-crash", "1", "rwlock, readers vs writers, random node crashes", _t("rw-crash", clients=12, duration=3.0),
+        "SAFE"),
+    Row("rw-pause", "15", "rwlock, node SIGSTOPs", _t("rw-node-pause", clients=12, duration=5.0), "SAFE", quick=False),
+    Row("rw-cpause", "11", "rwlock, holders stall past the lease", _t("rw-client-pause", clients=12, duration=5.0),
+        "SAFE", quick=False),
+]
+
+
 def select_rows(quick: bool = False, only: Optional[Sequence[str]] = None, seed: int = 0) -> List[Row]:
     """The rows to run: all, or the quick subset (random rows shortened to
     5 s with 4 clients on 2 keys).  ``only``: row ids, or docs/faults.md row
