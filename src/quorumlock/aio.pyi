@@ -9,6 +9,8 @@ from typing_extensions import ParamSpec
 
 from ._health import Health
 from ._manager import ManagerBase
+from .rwlock import AsyncRWLock
+from .semaphore import AsyncSemaphore
 
 __all__ = ["LockManager", "Lock", "IMPLEMENTATION"]
 
@@ -68,6 +70,7 @@ class LockManager(ManagerBase):
         timeout: float | None = None,
         retry_count: int | None = None,
         wait: _Wait | None = None,
+        reentrant: bool = False,
     ) -> Lock: ...
     def lock(
         self,
@@ -83,6 +86,7 @@ class LockManager(ManagerBase):
         margin: float | None = None,
         cancel: bool = True,
         renew_fraction: float = ...,
+        reentrant: bool = False,
     ) -> AbstractAsyncContextManager[Lock, None]: ...
     def acquire_many(self, keys: Iterable[_Key], ttl: float | None = None) -> Awaitable[list[Lock | None]]: ...
     def release_many(self, locks: Iterable[Lock]) -> Awaitable[list[bool]]: ...
@@ -122,3 +126,5 @@ class LockManager(ManagerBase):
     ) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R | None]]]: ...
     def metrics(self) -> dict[str, Any]: ...
     async def health(self, timeout: float | None = None) -> Health: ...
+    def semaphore(self, name: _Key, permits: int, ttl: float | None = None) -> AsyncSemaphore: ...
+    def rwlock(self, name: _Key, max_readers: int = 16, ttl: float | None = None) -> AsyncRWLock: ...

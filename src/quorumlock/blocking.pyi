@@ -9,6 +9,8 @@ from typing_extensions import ParamSpec
 
 from ._health import Health
 from ._manager import ManagerBase
+from .rwlock import RWLock
+from .semaphore import Semaphore
 
 __all__ = ["LockManager", "Lock"]
 
@@ -66,6 +68,7 @@ class LockManager(ManagerBase):
         timeout: float | None = None,
         retry_count: int | None = None,
         wait: _Wait | None = None,
+        reentrant: bool = False,
     ) -> Lock: ...
     def lock(
         self,
@@ -80,6 +83,7 @@ class LockManager(ManagerBase):
         on_lost: Callable[[Lock, str], object] | None = None,
         margin: float | None = None,
         renew_fraction: float = ...,
+        reentrant: bool = False,
     ) -> AbstractContextManager[Lock, None]: ...
     def acquire_many(self, keys: Iterable[_Key], ttl: float | None = None) -> list[Lock | None]: ...
     def release_many(self, locks: Iterable[Lock]) -> list[bool]: ...
@@ -118,3 +122,5 @@ class LockManager(ManagerBase):
     ) -> Callable[[Callable[_P, _R]], Callable[_P, _R | None]]: ...
     def metrics(self) -> dict[str, Any]: ...
     def health(self, timeout: float | None = None) -> Health: ...
+    def semaphore(self, name: _Key, permits: int, ttl: float | None = None) -> Semaphore: ...
+    def rwlock(self, name: _Key, max_readers: int = 16, ttl: float | None = None) -> RWLock: ...
