@@ -85,6 +85,8 @@ def _layout(offset: float):
 
 _OFFSETS = [
     0.0,
+    0.9,  # just under D: A's fence comes from the fast clock and is committed
+    pytest.param(-0.9, marks=pytest.mark.slow),
     60.0,
     -60.0,
     pytest.param(5.0, marks=pytest.mark.slow),
@@ -107,7 +109,12 @@ def test_row30_no_stale_write_under_a_constant_clock_offset(sync_core, shimmed, 
     (it failed only on the metrics' new ``clock`` field).  Now: at every
     non-zero offset A's fenced acquire is refused with an error naming a node
     and its measured offset, B acquires, nothing stale is accepted; at 0 A and
-    B both get fences, B's larger, and A's late write is rejected."""
+    B both get fences, B's larger, and A's late write is rejected.  At
+    +-0.9 s (just under D, added by the review of the clock check) A is
+    granted a fence from the fast node's clock (no liveness cost within D)
+    and B's is still larger, because the restart delay (1.11 s) exceeds the
+    offset.  The first-round code passed these two as well: they check that
+    an offset within D is tolerated, not the clock check itself."""
     cluster, ctls, storage = shimmed
     offsets, f, r, t = _layout(offset)
     _CASE[0] += 1
@@ -147,21 +154,28 @@ def test_row30_no_stale_write_under_a_constant_clock_offset(sync_core, shimmed, 
                 late = store.write(skey, "A", a_lock.fence).status
                 assert late == "stale", f"stale write accepted: B's fence {b_fence}, A's {a_lock.fence}"
                 assert b_fence > a_lock.fence, (b_fence, a_lock.fence)
-        if offset == 0:
-            assert a_error is None and a_lock is not None, a_error  # no liveness cost
+        if abs(offset) < TTL:
+            # no liveness cost when clocks agree within D; at +-0.9 s A's
+            # fence is the fast clock's, committed on r, and the restart
+            # delay (longer than D) still puts B's above it
+            assert a_error is None and a_lock is not None, a_error
         else:
             assert a_lock is None, "a fence from a clock the restart delay does not cover was granted"
             _assert_names_node_and_offset(a_error, cluster, offsets)
         # a node whose clock is further from a majority's than D is logged
         warned = [rec.getMessage() for rec in caplog.records
                   if "more than the 1.000 s a delayed restart covers" in rec.getMessage()]
-        if offset == 0:
+        if abs(offset) < TTL:
             assert not warned, warned
         else:
             assert any(cluster.urls[f] in w and "ahead of a majority" in w for w in warned), warned
         # the measured offsets are visible in metrics: A measured all three
-        # nodes, B (asyncio) the two it reached
+        # nodes (t's sample may still be unread when A was granted on its
+        # first attempt: t's replies do not decide it, and the blocking
+        # engine returns at the decision), B (asyncio) the two it reached
         for i, nd in enumerate(a_metrics["nodes"]):
+            if i == t and a_lock is not None and nd.get("clock") is None:
+                continue
             assert nd.get("clock") is not None, nd
             assert abs(nd["clock"]["offset"] - offsets[i]) < 0.5, (i, nd["clock"], offsets)
         for i in (r, t):

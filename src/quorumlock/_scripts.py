@@ -69,23 +69,33 @@ DELAY_PREFIX = RESERVED_PREFIX + b"delay:"
 # node's new fence counter, max(counter + 1, node TIME in us), when fencing,
 # else 1.  Using the node's clock as a floor means a node that lost its counter
 # in a restart still issues values above everything it issued before.
+# A fence above 2^53 - 1 is refused with an error, before the SET (nothing is
+# written): Lua numbers are doubles, so past 2^53 "counter + 1" rounds back to
+# the counter and two holders would get the same fence, which a fenced store
+# accepts from both (docs/fencing.md, "Other assumptions").
 ACQUIRE_EX = b"""if tonumber(ARGV[3]) > 0 then
   local m = redis.call('get', KEYS[3])
   if m and m ~= ARGV[1] then return 0 end
+end
+local f = 1
+if ARGV[4] == '1' then
+  local t = redis.call('time')
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  f = tonumber(redis.call('get', KEYS[2]) or '0') + 1
+  if now_us > f then f = now_us end
+  if f > 9007199254740991 then
+    if redis.call('exists', KEYS[1]) == 1 then return 0 end
+    return redis.error_reply('fence counter at its limit: the next fence would pass 2^53 - 1, the largest integer a Lua number holds exactly')
+  end
 end
 if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 if tonumber(ARGV[3]) > 0 then
   redis.call('set', KEYS[3], ARGV[1], 'PX', tonumber(ARGV[2]) + tonumber(ARGV[3]))
 end
 if ARGV[4] == '1' then
-  local t = redis.call('time')
-  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local f = tonumber(redis.call('get', KEYS[2]) or '0') + 1
-  if now_us > f then f = now_us end
   redis.call('set', KEYS[2], string.format('%d', f))
-  return f
 end
-return 1"""
+return f"""
 
 # Commit a fence: raise the counter to it, only where our token still holds
 # the key, and only as far as this node's own clock covers.  The fence is
