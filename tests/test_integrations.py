@@ -183,3 +183,75 @@ def test_celery_exclusive_task_in_process(clusters):
     held.release()
     assert retried(7) == 7
     locks.close()
+
+
+def _peak(spans):
+    from quorumlock.chaos.checker import Interval, peak_holders
+
+    return peak_holders(Interval(s[0], f"run{i}", str(s[3]), s[1], s[2], None) for i, s in enumerate(spans))[0]
+
+
+def test_celery_lock_limit_two_runs_at_once(clusters):
+    """ExclusiveTask with ``lock_limit=2`` called from 6 threads at once (the
+    task run directly, as a worker pool's threads would): all 6 run, at most 2
+    at once and 2 reached (peak of the host-monotonic run intervals,
+    ``peak_holders``); without a limit (``lock_limit=None``, other arguments
+    per thread so no lock is shared) the peak is above 2, the negative
+    control.  With ``lock_limit`` ignored (a plain lock) the peak was 1.
+    With ``lock_wait=False`` the runs beyond the 2 permits are skipped."""
+    import threading
+
+    celery = pytest.importorskip("celery", reason="celery is not installed (pip install quorumlock[integrations])")
+    from quorumlock.integrations.celery import ExclusiveTask, configure, manager_for
+
+    cluster = clusters(3)
+    app = celery.Celery("ql_limit", broker="memory://")
+    configure(app, cluster.urls, ttl=1.0)
+    spans, mutex = [], threading.Lock()
+
+    def record(name, seconds):
+        t0 = time.monotonic_ns()
+        time.sleep(seconds)
+        with mutex:
+            spans.append((name, t0, time.monotonic_ns(), threading.get_ident()))
+        return name
+
+    @app.task(base=ExclusiveTask, lock_limit=2, lock_wait=20, lock_key="lim")
+    def limited(name):
+        return record(name, 0.3)
+
+    @app.task(base=ExclusiveTask, lock_limit=2, lock_key="lim-skip", lock_skip_result="skipped")
+    def limited_skip(name):
+        return record(name, 0.6)
+
+    @app.task(base=ExclusiveTask)
+    def unlimited(name, i):
+        return record(name, 0.3)
+
+    def burst(fn, *args):
+        results = []
+        threads = [threading.Thread(target=lambda i=i: results.append(fn(*args, i) if fn is unlimited
+                                                                      else fn(*args))) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return results
+
+    assert burst(limited, "lim") == ["lim"] * 6
+    burst(unlimited, "plain")
+    skip = burst(limited_skip, "skip")
+    manager_for(app).close()
+    runs = {k: [s for s in spans if s[0] == k] for k in ("lim", "plain")}
+    peak_lim, peak_plain = _peak(runs["lim"]), _peak(runs["plain"])
+    print(f"celery lock_limit=2: peak {peak_lim} of 6 limited runs, peak {peak_plain} of 6 unlimited; "
+          f"skip: {sorted(map(str, skip))}")
+    assert peak_lim == 2, runs["lim"]
+    assert peak_plain > 2, runs["plain"]
+    assert skip.count("skip") == 2 and skip.count("skipped") == 4, skip
+    @app.task(base=ExclusiveTask, lock_limit=0)
+    def bad():
+        pass
+
+    with pytest.raises(ValueError, match="lock_limit"):
+        bad()
