@@ -295,3 +295,46 @@ def test_dramatiq_exclusive_limit_options(sync_core, clusters):
         with pytest.raises(exc, match="exclusive_limit"):
             mw.before_process_message(broker, d.message_with_options(args=(2,), exclusive_limit=bad))
     mw.managers.close()
+
+
+def test_dramatiq_exclusive_limit_lost_permit_interrupts_the_actor(sync_core, clusters):
+    """``exclusive_limit=2``: another token takes both permit keys on every
+    node 0.3 s into a 1.5 s actor: the middleware raises LeaseLost in the
+    worker thread about a renewal later, as for a lock (0.3-0.4 s here).
+    With the option ignored the actor held the plain key and ran to its end."""
+    import threading
+
+    from dramatiq import Worker
+
+    from quorumlock.integrations.dramatiq import LeaseLost
+
+    cluster = clusters(3)
+    broker, mw = _stub(sync_core, cluster)
+    seen = []
+
+    @dramatiq.actor(broker=broker, exclusive_key="lostlim:{0}", exclusive_limit=2, max_retries=0)
+    def work(n):
+        t0 = time.monotonic()
+        try:
+            for _ in range(150):
+                time.sleep(0.01)
+            seen.append(("done", time.monotonic() - t0))
+        except LeaseLost:
+            seen.append(("lost", time.monotonic() - t0))
+            raise
+
+    worker = Worker(broker, worker_timeout=50)
+    worker.start()
+    timer = threading.Timer(0.3, lambda: [take_over(cluster.ports, f"lostlim:1:permit:{i}") for i in range(2)])
+    try:
+        work.send(1)
+        timer.start()
+        broker.join(work.queue_name, timeout=10_000, fail_fast=False)
+        worker.join()
+    finally:
+        timer.cancel()
+        worker.stop()
+        mw.managers.close()
+    print(f"dramatiq exclusive_limit=2 lost permit: {seen}")
+    assert len(seen) == 1 and seen[0][0] == "lost" and seen[0][1] < 1.2, seen
+    assert mw.stats["lost"] == 1

@@ -380,3 +380,30 @@ def test_rq_limit_bad_argument():
     for bad, exc in ((0, ValueError), (True, TypeError), (2.0, TypeError)):
         with pytest.raises(exc, match="limit"):
             _exclusive_job(["redis://127.0.0.1:1"], limit=bad)
+
+
+def test_rq_limit_lost_permit_is_raised_in_the_job(sync_core, clusters):
+    """``limit=2``: another token takes both permit keys on every node 0.3 s
+    into a 1.5 s job: LockLost is raised inside the job about a renewal later
+    (0.3-0.4 s after the start here), as on the single-lock path.  With the
+    limit ignored the job held the plain key, the take-over missed it and the
+    job ran its full 1.5 s."""
+    import threading
+
+    from quorumlock import LockLost
+
+    cluster = clusters(3)
+    job = _timed_job(sync_core, cluster, limit=2)
+    timer = threading.Timer(0.3, lambda: [take_over(cluster.ports, f"lost:1:permit:{i}") for i in range(2)])
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(LockLost):
+            job(1)
+    finally:
+        timer.cancel()
+    took = time.monotonic() - t0
+    print(f"rq limit=2 lost permit: LockLost {took:.3f} s after the start")
+    assert took < 1.2, took
+    assert job.stats["lost"] == 1
+    job.managers.close()
