@@ -13,7 +13,7 @@ import pytest
 
 from quorumlock.aio import LockManager as AsyncLockManager
 
-from _engine_fixtures import clusters, core, run, _shared_clusters  # noqa: F401
+from _engine_fixtures import clusters, core, run, sync_core, _shared_clusters  # noqa: F401
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -255,3 +255,66 @@ def test_celery_lock_limit_two_runs_at_once(clusters):
 
     with pytest.raises(ValueError, match="lock_limit"):
         bad()
+
+
+def _overlapping_runs(cluster, sync_core, limit, seconds=3.2):
+    """Two BackgroundSchedulers (two managers) with the same job, a tick every
+    0.4 s, each run 1.3 s (so about 3 runs of the job overlap): the run
+    intervals, and the executors."""
+    import threading
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from quorumlock import LockManager
+    from quorumlock.integrations.apscheduler import ThreadPoolExecutor, interval_trigger
+
+    spans, mutex = [], threading.Lock()
+
+    def job():
+        t0 = time.monotonic_ns()
+        time.sleep(1.3)
+        with mutex:
+            spans.append(("job", t0, time.monotonic_ns(), threading.get_ident()))
+
+    managers = [LockManager(cluster.urls, ttl=1.0, _core=sync_core) for _ in range(2)]
+    scheds = []
+    try:
+        for locks in managers:
+            s = BackgroundScheduler(executors={"default": ThreadPoolExecutor(locks, limit=limit)}, timezone="UTC",
+                                    job_defaults={"misfire_grace_time": 1, "max_instances": 10})
+            s.add_job(job, interval_trigger(seconds=0.4), id="limited")
+            s.start()
+            scheds.append(s)
+        time.sleep(seconds)
+    finally:
+        for s in scheds:
+            s.shutdown(wait=True)
+        for m in managers:
+            m.close()
+    return spans, [s._executors["default"] for s in scheds]
+
+
+def test_apscheduler_limit_two_runs_of_a_job_at_once(sync_core, clusters):
+    """Two schedulers, a job that runs 1.3 s every 0.4 s with
+    ``ThreadPoolExecutor(locks, limit=2)``: the runs (each tick once, across
+    both) are never more than 2 at once and do reach 2 (peak of the
+    host-monotonic run intervals, ``peak_holders``); the ticks that found both
+    permits held were skipped (``limited``).  Without ``limit`` the same
+    schedule reaches more than 2 (the negative control: 4 here).  With the
+    option ignored the peak was 4, not 2."""
+    cluster = clusters(3)
+    spans, ex = _overlapping_runs(cluster, sync_core, limit=2)
+    plain, _ = _overlapping_runs(cluster, sync_core, limit=None)
+    peak, peak_plain = _peak(spans), _peak(plain)
+    limited = sum(e.limited for e in ex)
+    print(f"apscheduler limit=2: peak {peak} of {len(spans)} runs ({limited} ticks limited); "
+          f"without: peak {peak_plain} of {len(plain)}")
+    assert peak == 2, spans
+    assert limited >= 1 and sum(e.ran for e in ex) == len(spans)
+    assert peak_plain > 2, plain
+    from quorumlock import LockManager
+    from quorumlock.integrations.apscheduler import ThreadPoolExecutor
+
+    with LockManager(cluster.urls, _core=sync_core) as locks:
+        with pytest.raises(ValueError, match="limit"):
+            ThreadPoolExecutor(locks, limit=0)
