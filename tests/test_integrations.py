@@ -318,3 +318,43 @@ def test_apscheduler_limit_two_runs_of_a_job_at_once(sync_core, clusters):
     with LockManager(cluster.urls, _core=sync_core) as locks:
         with pytest.raises(ValueError, match="limit"):
             ThreadPoolExecutor(locks, limit=0)
+
+
+def test_apscheduler_asyncio_executor_limit(run, core, clusters):
+    """``AsyncIOExecutor(locks, limit=2)``: two AsyncIOSchedulers, a coroutine
+    job of 1.3 s every 0.4 s: at most 2 runs at once and 2 reached (the
+    negative control is the thread-pool test's: 4 without a limit).  With the
+    option ignored the peak was 4."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from quorumlock.integrations.apscheduler import AsyncIOExecutor, interval_trigger
+
+    cluster = clusters(3)
+    spans = []
+
+    async def body():
+        async with AsyncLockManager(cluster.urls, ttl=1.0, _core=core) as l1, \
+                AsyncLockManager(cluster.urls, ttl=1.0, _core=core) as l2:
+            async def job():
+                t0 = time.monotonic_ns()
+                await asyncio.sleep(1.3)
+                spans.append(("job", t0, time.monotonic_ns(), 0))
+
+            scheds = []
+            for locks in (l1, l2):
+                s = AsyncIOScheduler(executors={"default": AsyncIOExecutor(locks, limit=2)}, timezone="UTC",
+                                     job_defaults={"misfire_grace_time": 1, "max_instances": 10})
+                s.add_job(job, interval_trigger(seconds=0.4), id="alimited")
+                s.start()
+                scheds.append(s)
+            await asyncio.sleep(3.2)
+            for s in scheds:
+                s.shutdown(wait=False)
+            await asyncio.sleep(1.5)         # the runs in progress end and release their permits
+            return [s._executors["default"] for s in scheds]
+
+    ex = run(body())
+    peak = _peak(spans)
+    print(f"apscheduler asyncio limit=2: peak {peak} of {len(spans)} runs, {sum(e.limited for e in ex)} limited")
+    assert peak == 2, spans
+    assert sum(e.limited for e in ex) >= 1
