@@ -13,7 +13,7 @@ import pytest
 
 from quorumlock.aio import LockManager as AsyncLockManager
 
-from _engine_fixtures import clusters, core, run, _shared_clusters  # noqa: F401
+from _engine_fixtures import clusters, core, run, sync_core, _shared_clusters  # noqa: F401
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -183,3 +183,178 @@ def test_celery_exclusive_task_in_process(clusters):
     held.release()
     assert retried(7) == 7
     locks.close()
+
+
+def _peak(spans):
+    from quorumlock.chaos.checker import Interval, peak_holders
+
+    return peak_holders(Interval(s[0], f"run{i}", str(s[3]), s[1], s[2], None) for i, s in enumerate(spans))[0]
+
+
+def test_celery_lock_limit_two_runs_at_once(clusters):
+    """ExclusiveTask with ``lock_limit=2`` called from 6 threads at once (the
+    task run directly, as a worker pool's threads would): all 6 run, at most 2
+    at once and 2 reached (peak of the host-monotonic run intervals,
+    ``peak_holders``); without a limit (``lock_limit=None``, other arguments
+    per thread so no lock is shared) the peak is above 2, the negative
+    control.  With ``lock_limit`` ignored (a plain lock) the peak was 1.
+    With ``lock_wait=False`` the runs beyond the 2 permits are skipped."""
+    import threading
+
+    celery = pytest.importorskip("celery", reason="celery is not installed (pip install quorumlock[integrations])")
+    from quorumlock.integrations.celery import ExclusiveTask, configure, manager_for
+
+    cluster = clusters(3)
+    app = celery.Celery("ql_limit", broker="memory://")
+    configure(app, cluster.urls, ttl=1.0)
+    spans, mutex = [], threading.Lock()
+
+    def record(name, seconds):
+        t0 = time.monotonic_ns()
+        time.sleep(seconds)
+        with mutex:
+            spans.append((name, t0, time.monotonic_ns(), threading.get_ident()))
+        return name
+
+    @app.task(base=ExclusiveTask, lock_limit=2, lock_wait=20, lock_key="lim")
+    def limited(name):
+        return record(name, 0.3)
+
+    @app.task(base=ExclusiveTask, lock_limit=2, lock_key="lim-skip", lock_skip_result="skipped")
+    def limited_skip(name):
+        return record(name, 0.6)
+
+    @app.task(base=ExclusiveTask)
+    def unlimited(name, i):
+        return record(name, 0.3)
+
+    def burst(fn, *args):
+        results = []
+        threads = [threading.Thread(target=lambda i=i: results.append(fn(*args, i) if fn is unlimited
+                                                                      else fn(*args))) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return results
+
+    assert burst(limited, "lim") == ["lim"] * 6
+    burst(unlimited, "plain")
+    skip = burst(limited_skip, "skip")
+    manager_for(app).close()
+    runs = {k: [s for s in spans if s[0] == k] for k in ("lim", "plain")}
+    peak_lim, peak_plain = _peak(runs["lim"]), _peak(runs["plain"])
+    print(f"celery lock_limit=2: peak {peak_lim} of 6 limited runs, peak {peak_plain} of 6 unlimited; "
+          f"skip: {sorted(map(str, skip))}")
+    assert peak_lim == 2, runs["lim"]
+    assert peak_plain > 2, runs["plain"]
+    assert skip.count("skip") == 2 and skip.count("skipped") == 4, skip
+    @app.task(base=ExclusiveTask, lock_limit=0)
+    def bad():
+        pass
+
+    with pytest.raises(ValueError, match="lock_limit"):
+        bad()
+
+
+def _overlapping_runs(cluster, sync_core, limit, seconds=3.2):
+    """Two BackgroundSchedulers (two managers) with the same job, a tick every
+    0.4 s, each run 1.3 s (so about 3 runs of the job overlap): the run
+    intervals, and the executors."""
+    import threading
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from quorumlock import LockManager
+    from quorumlock.integrations.apscheduler import ThreadPoolExecutor, interval_trigger
+
+    spans, mutex = [], threading.Lock()
+
+    def job():
+        t0 = time.monotonic_ns()
+        time.sleep(1.3)
+        with mutex:
+            spans.append(("job", t0, time.monotonic_ns(), threading.get_ident()))
+
+    managers = [LockManager(cluster.urls, ttl=1.0, _core=sync_core) for _ in range(2)]
+    scheds = []
+    try:
+        for locks in managers:
+            s = BackgroundScheduler(executors={"default": ThreadPoolExecutor(locks, limit=limit)}, timezone="UTC",
+                                    job_defaults={"misfire_grace_time": 1, "max_instances": 10})
+            s.add_job(job, interval_trigger(seconds=0.4), id="limited")
+            s.start()
+            scheds.append(s)
+        time.sleep(seconds)
+    finally:
+        for s in scheds:
+            s.shutdown(wait=True)
+        for m in managers:
+            m.close()
+    return spans, [s._executors["default"] for s in scheds]
+
+
+def test_apscheduler_limit_two_runs_of_a_job_at_once(sync_core, clusters):
+    """Two schedulers, a job that runs 1.3 s every 0.4 s with
+    ``ThreadPoolExecutor(locks, limit=2)``: the runs (each tick once, across
+    both) are never more than 2 at once and do reach 2 (peak of the
+    host-monotonic run intervals, ``peak_holders``); the ticks that found both
+    permits held were skipped (``limited``).  Without ``limit`` the same
+    schedule reaches more than 2 (the negative control: 4 here).  With the
+    option ignored the peak was 4, not 2."""
+    cluster = clusters(3)
+    spans, ex = _overlapping_runs(cluster, sync_core, limit=2)
+    plain, _ = _overlapping_runs(cluster, sync_core, limit=None)
+    peak, peak_plain = _peak(spans), _peak(plain)
+    limited = sum(e.limited for e in ex)
+    print(f"apscheduler limit=2: peak {peak} of {len(spans)} runs ({limited} ticks limited); "
+          f"without: peak {peak_plain} of {len(plain)}")
+    assert peak == 2, spans
+    assert limited >= 1 and sum(e.ran for e in ex) == len(spans)
+    assert peak_plain > 2, plain
+    from quorumlock import LockManager
+    from quorumlock.integrations.apscheduler import ThreadPoolExecutor
+
+    with LockManager(cluster.urls, _core=sync_core) as locks:
+        with pytest.raises(ValueError, match="limit"):
+            ThreadPoolExecutor(locks, limit=0)
+
+
+def test_apscheduler_asyncio_executor_limit(run, core, clusters):
+    """``AsyncIOExecutor(locks, limit=2)``: two AsyncIOSchedulers, a coroutine
+    job of 1.3 s every 0.4 s: at most 2 runs at once and 2 reached (the
+    negative control is the thread-pool test's: 4 without a limit).  With the
+    option ignored the peak was 4."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from quorumlock.integrations.apscheduler import AsyncIOExecutor, interval_trigger
+
+    cluster = clusters(3)
+    spans = []
+
+    async def body():
+        async with AsyncLockManager(cluster.urls, ttl=1.0, _core=core) as l1, \
+                AsyncLockManager(cluster.urls, ttl=1.0, _core=core) as l2:
+            async def job():
+                t0 = time.monotonic_ns()
+                await asyncio.sleep(1.3)
+                spans.append(("job", t0, time.monotonic_ns(), 0))
+
+            scheds = []
+            for locks in (l1, l2):
+                s = AsyncIOScheduler(executors={"default": AsyncIOExecutor(locks, limit=2)}, timezone="UTC",
+                                     job_defaults={"misfire_grace_time": 1, "max_instances": 10})
+                s.add_job(job, interval_trigger(seconds=0.4), id="alimited")
+                s.start()
+                scheds.append(s)
+            await asyncio.sleep(3.2)
+            for s in scheds:
+                s.shutdown(wait=False)
+            await asyncio.sleep(1.5)         # the runs in progress end and release their permits
+            return [s._executors["default"] for s in scheds]
+
+    ex = run(body())
+    peak = _peak(spans)
+    print(f"apscheduler asyncio limit=2: peak {peak} of {len(spans)} runs, {sum(e.limited for e in ex)} limited")
+    assert peak == 2, spans
+    assert sum(e.limited for e in ex) >= 1

@@ -244,3 +244,71 @@ def test_arq_busy_duplicate_skips_or_retries(run, core, clusters):
         qlarq.cron(lambda ctx: None)
     with pytest.raises(TypeError, match="nodes"):
         qlarq.startup("redis://127.0.0.1:1")
+
+
+# -- limit=k: at most k concurrent runs per key (a real arq Worker, 10 concurrent jobs)
+
+def _peak(spans):
+    from quorumlock.chaos.checker import Interval, peak_holders
+
+    return peak_holders(Interval(s[0], f"run{i}", str(s[3]), s[1], s[2], None) for i, s in enumerate(spans))[0]
+
+
+def test_arq_limit_two_runs_at_most_two_at_once_and_plain_jobs_exceed_it(run, core, clusters, make_cluster):
+    """An arq Worker (burst, ``max_jobs=10``) gets 6 jobs of one key with
+    ``exclusive(..., limit=2, wait=20)`` and 6 plain jobs: the limited runs
+    are never more than 2 at once and reach 2 (peak of the host-monotonic run
+    intervals, ``peak_holders``); the plain ones reach more than 2 (the
+    negative control).  With ``limit`` ignored (a plain lock) the peak was 1."""
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from arq.worker import Worker, func
+
+    from quorumlock.integrations import arq as qlarq
+
+    cluster = clusters(3)
+    broker = make_cluster(n=1, mode="unsafe")
+    spans = []
+
+    async def record(name):
+        t0 = time.monotonic_ns()
+        await asyncio.sleep(0.3)
+        spans.append((name, t0, time.monotonic_ns(), 0))
+
+    @qlarq.exclusive("lim:{name}", ttl=1.0, wait=20, limit=2)
+    async def limited(ctx, name):
+        await record(name)
+
+    async def plain(ctx, name):
+        await record(name)
+
+    settings = RedisSettings(host="127.0.0.1", port=broker.ports[0])
+
+    async def body():
+        pool = await create_pool(settings)
+        try:
+            for _ in range(6):
+                await pool.enqueue_job("limited", "lim")
+                await pool.enqueue_job("plain", "plain")
+        finally:
+            await getattr(pool, "aclose", pool.close)()
+        worker = Worker(functions=[func(limited, name="limited"), func(plain, name="plain")],
+                        redis_settings=settings, burst=True, max_jobs=10, poll_delay=0.05,
+                        on_startup=qlarq.startup(cluster.urls, _core=core), on_shutdown=qlarq.shutdown,
+                        handle_signals=False)
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+        return worker
+
+    worker = run(body(), timeout=60)
+    runs = {k: [s for s in spans if s[0] == k] for k in ("lim", "plain")}
+    assert len(runs["lim"]) == 6 and len(runs["plain"]) == 6, (runs, worker.jobs_failed)
+    peak_lim, peak_plain = _peak(runs["lim"]), _peak(runs["plain"])
+    print(f"arq limit=2: peak {peak_lim} of 6 limited runs, peak {peak_plain} of 6 plain runs")
+    assert peak_lim == 2, runs["lim"]
+    assert peak_plain > 2, runs["plain"]
+    for bad, exc in ((0, ValueError), ("2", TypeError)):
+        with pytest.raises(exc, match="limit"):
+            qlarq.exclusive(limit=bad)

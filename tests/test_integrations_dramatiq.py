@@ -206,3 +206,135 @@ def test_dramatiq_options_and_busy(sync_core, clusters):
         QuorumLock(["redis://127.0.0.1:1"], retry_delay=0.5)
     with pytest.raises(TypeError, match="nodes"):
         QuorumLock("redis://127.0.0.1:1")
+
+
+# -- exclusive_limit=k: at most k messages per key at once (a real Worker, 6 threads)
+
+def _peak(spans):
+    from quorumlock.chaos.checker import Interval, peak_holders
+
+    return peak_holders(Interval(s[0], f"run{i}", str(s[3]), s[1], s[2], None) for i, s in enumerate(spans))[0]
+
+
+def test_dramatiq_exclusive_limit_two_at_once_and_plain_actors_exceed_it(sync_core, clusters):
+    """A dramatiq Worker with 6 threads gets 6 messages of an actor with
+    ``exclusive_limit=2`` (duplicates wait in their thread, ``exclusive_wait``)
+    and 6 of the same actor without a lock: the limited runs never number more
+    than 2 at once and do reach 2 (peak of the host-monotonic run intervals,
+    ``peak_holders``); the plain ones reach more than 2 (the negative control).
+    With the option ignored (the middleware taking a plain lock) the peak was 1."""
+    import threading
+
+    from dramatiq import Worker
+
+    cluster = clusters(3)
+    broker, mw = _stub(sync_core, cluster)
+    spans, mutex = [], threading.Lock()
+
+    def record(name):
+        t0 = time.monotonic_ns()
+        time.sleep(0.3)
+        with mutex:
+            spans.append((name, t0, time.monotonic_ns(), threading.get_ident()))
+
+    @dramatiq.actor(broker=broker, exclusive_key="lim:{0}", exclusive_limit=2, exclusive_wait=20, max_retries=0)
+    def limited(name):
+        record(name)
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def plain(name):
+        record(name)
+
+    worker = Worker(broker, worker_threads=6, worker_timeout=50)
+    worker.start()
+    try:
+        for _ in range(6):
+            limited.send("lim")
+        broker.join(limited.queue_name, timeout=30_000, fail_fast=True)
+        worker.join()
+        for _ in range(6):
+            plain.send("plain")
+        broker.join(plain.queue_name, timeout=30_000, fail_fast=True)
+        worker.join()
+    finally:
+        worker.stop()
+        mw.managers.close()
+    runs = {k: [s for s in spans if s[0] == k] for k in ("lim", "plain")}
+    assert len(runs["lim"]) == 6 and len(runs["plain"]) == 6, runs
+    peak_lim, peak_plain = _peak(runs["lim"]), _peak(runs["plain"])
+    print(f"dramatiq exclusive_limit=2: peak {peak_lim} of 6 limited runs, peak {peak_plain} of 6 plain runs")
+    assert peak_lim == 2, runs["lim"]
+    assert peak_plain > 2, runs["plain"]
+    assert mw.stats["run"] == 6
+
+
+def test_dramatiq_exclusive_limit_options(sync_core, clusters):
+    """``exclusive_limit`` alone makes an actor limited (default key); all k
+    permits held -> busy; a bad limit is a ValueError/TypeError naming it."""
+    from quorumlock.integrations.dramatiq import Busy, default_key
+
+    cluster = clusters(3)
+    broker, mw = _stub(sync_core, cluster)
+
+    @dramatiq.actor(broker=broker, exclusive_limit=2)
+    def d(x):
+        pass
+
+    m = d.message(1)
+    assert mw.key_for(m, d) == default_key("d", (1,), {})
+    m2, m3 = d.message(1), d.message(1)
+    mw.before_process_message(broker, m)
+    mw.before_process_message(broker, m2)             # two permits: both run
+    with pytest.raises(Busy):
+        mw.before_process_message(broker, m3)
+    mw.after_process_message(broker, m)
+    mw.before_process_message(broker, m3)             # a permit is free again
+    for x in (m2, m3):
+        mw.after_process_message(broker, x)
+    for bad, exc in ((0, ValueError), ("2", TypeError)):
+        with pytest.raises(exc, match="exclusive_limit"):
+            mw.before_process_message(broker, d.message_with_options(args=(2,), exclusive_limit=bad))
+    mw.managers.close()
+
+
+def test_dramatiq_exclusive_limit_lost_permit_interrupts_the_actor(sync_core, clusters):
+    """``exclusive_limit=2``: another token takes both permit keys on every
+    node 0.3 s into a 1.5 s actor: the middleware raises LeaseLost in the
+    worker thread about a renewal later, as for a lock (0.3-0.4 s here).
+    With the option ignored the actor held the plain key and ran to its end."""
+    import threading
+
+    from dramatiq import Worker
+
+    from quorumlock.integrations.dramatiq import LeaseLost
+
+    cluster = clusters(3)
+    broker, mw = _stub(sync_core, cluster)
+    seen = []
+
+    @dramatiq.actor(broker=broker, exclusive_key="lostlim:{0}", exclusive_limit=2, max_retries=0)
+    def work(n):
+        t0 = time.monotonic()
+        try:
+            for _ in range(150):
+                time.sleep(0.01)
+            seen.append(("done", time.monotonic() - t0))
+        except LeaseLost:
+            seen.append(("lost", time.monotonic() - t0))
+            raise
+
+    worker = Worker(broker, worker_timeout=50)
+    worker.start()
+    timer = threading.Timer(0.3, lambda: [take_over(cluster.ports, f"lostlim:1:permit:{i}") for i in range(2)])
+    try:
+        work.send(1)
+        timer.start()
+        broker.join(work.queue_name, timeout=10_000, fail_fast=False)
+        worker.join()
+    finally:
+        timer.cancel()
+        worker.stop()
+        mw.managers.close()
+    print(f"dramatiq exclusive_limit=2 lost permit: {seen}")
+    assert len(seen) == 1 and seen[0][0] == "lost" and seen[0][1] < 1.2, seen
+    assert mw.stats["lost"] == 1

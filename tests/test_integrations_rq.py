@@ -321,3 +321,89 @@ def test_rq_builtin_scheduler_without_a_lock_runs_jobs_twice(env):
     print(f"rq built-in scheduler without a lock: {twice} of 60 jobs ran more than once")
     assert set(runs) == set(ids)
     assert twice >= 1, runs
+
+
+# -- limit=k: at most k concurrent runs per key, real worker processes ---------
+
+def _limit_locks():
+    # Called in each work horse (the worker imports this module to run the job).
+    return LockManager(os.environ["QL_NODES"].split(","), ttl=1.0, notify=True)
+
+
+def _limited_report(day, seconds=0.2):
+    examples_module("rq_jobs")._record(day, seconds)
+    return day
+
+
+from quorumlock.integrations.rq import exclusive_job as _exclusive_job  # noqa: E402
+
+#: At most 2 runs per day at once; a third waits for a permit.
+limited_report = _exclusive_job(_limit_locks, "limited:{day}", ttl=1.0, wait=30, limit=2)(_limited_report)
+
+
+def _peak(spans):
+    from quorumlock.chaos.checker import Interval, peak_holders
+
+    return peak_holders(Interval(s[0], f"run{i}", str(s[3]), s[1], s[2], None) for i, s in enumerate(spans))[0]
+
+
+def test_rq_limit_two_runs_at_most_two_at_once_and_plain_jobs_exceed_it(env, monkeypatch):
+    """Four burst workers (separate processes) get 8 jobs of one key with
+    ``limit=2``: all 8 run, never more than 2 at once (peak of the
+    host-monotonic run intervals, ``peak_holders``), and 2 at once is reached;
+    8 plain jobs on the same workers reach a peak above 2 (the negative
+    control: the check can fail).  With the limit option ignored
+    (``exclusive`` called without ``limit``) the peak was 1, not 2."""
+    mod, nodes, url, conn, spans, _ = env
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here] + [p for p in os.environ.get("PYTHONPATH", "").split(
+        os.pathsep) if p]))
+    q = rq.Queue("default", connection=conn)
+    for _ in range(8):
+        q.enqueue(mod.plain_report, "plain", 0.4)
+    for _ in range(8):
+        q.enqueue(f"{__name__}.limited_report", "lim", 0.4)
+    workers = [mod.start("worker", url, nodes.urls, spans, extra=["--burst"]) for _ in range(4)]
+    for w in workers:
+        w.wait(90)
+    errs = stop_all(workers)
+    got = finished(mod.read_spans(spans))
+    runs = {k: [s for s in got if s[0] == k] for k in ("plain", "lim")}
+    assert len(runs["plain"]) == 8 and len(runs["lim"]) == 8, (runs, errs)
+    peak_lim, peak_plain = _peak(runs["lim"]), _peak(runs["plain"])
+    print(f"rq limit=2: peak {peak_lim} of 8 limited runs, peak {peak_plain} of 8 plain runs")
+    assert peak_lim == 2, runs["lim"]
+    assert peak_plain > 2, runs["plain"]
+
+
+def test_rq_limit_bad_argument():
+    for bad, exc in ((0, ValueError), (True, TypeError), (2.0, TypeError)):
+        with pytest.raises(exc, match="limit"):
+            _exclusive_job(["redis://127.0.0.1:1"], limit=bad)
+
+
+def test_rq_limit_lost_permit_is_raised_in_the_job(sync_core, clusters):
+    """``limit=2``: another token takes both permit keys on every node 0.3 s
+    into a 1.5 s job: LockLost is raised inside the job about a renewal later
+    (0.3-0.4 s after the start here), as on the single-lock path.  With the
+    limit ignored the job held the plain key, the take-over missed it and the
+    job ran its full 1.5 s."""
+    import threading
+
+    from quorumlock import LockLost
+
+    cluster = clusters(3)
+    job = _timed_job(sync_core, cluster, limit=2)
+    timer = threading.Timer(0.3, lambda: [take_over(cluster.ports, f"lost:1:permit:{i}") for i in range(2)])
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(LockLost):
+            job(1)
+    finally:
+        timer.cancel()
+    took = time.monotonic() - t0
+    print(f"rq limit=2 lost permit: LockLost {took:.3f} s after the start")
+    assert took < 1.2, took
+    assert job.stats["lost"] == 1
+    job.managers.close()

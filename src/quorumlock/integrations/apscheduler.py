@@ -38,6 +38,15 @@ process that fires it stays alive from the lock until the job starts; a
 runner killed in the middle of a job does not have that tick re-run by the
 others (its lock holds the tick until it expires).
 
+**At most k runs of a job at once.** APScheduler's ``max_instances`` caps
+the overlapping runs of a job (a long job whose next tick comes before it
+ends) in one process.  ``limit=k`` on the executor caps them across all the
+processes: the process that claimed a tick also takes a permit of the quorum
+semaphore ``<prefix>running:<job id>`` (``k`` permits, ``quorumlock.semaphore``)
+for the run, auto-extended and released when it ends; a tick that finds all
+``k`` permits held is skipped (counted in ``limited``), as a tick beyond
+``max_instances`` is.  Give the job a ``max_instances`` of at least ``k``.
+
 ``scheduled_run_time()`` gives the job the tick it is running for.
 ``AsyncIOExecutor`` is the same for ``AsyncIOScheduler`` with a
 ``quorumlock.aio.LockManager``.
@@ -60,7 +69,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor as _ThreadPoolExecutor
 from apscheduler.triggers.interval import IntervalTrigger
 from apscheduler.util import iscoroutinefunction_partial
 
-from ..jobs import aclaim, claim
+from ..jobs import _sem_acquire, _sem_acquire_async, aclaim, claim
 
 __all__ = ["ThreadPoolExecutor", "AsyncIOExecutor", "interval_trigger", "scheduled_run_time", "tick_key", "EPOCH"]
 
@@ -96,7 +105,12 @@ def tick_key(prefix: str, job: Any, run_time: datetime) -> str:
 class _TickLocks:
     """What both executors share."""
 
-    def _setup(self, locks: Any, prefix: str, ttl: Optional[float], skew: float, max_hold: Optional[float]) -> None:
+    def _setup(self, locks: Any, prefix: str, ttl: Optional[float], skew: float, max_hold: Optional[float],
+               limit: Optional[int] = None) -> None:
+        if limit is not None:
+            from ..semaphore import check_permits
+
+            limit = check_permits(limit, "limit")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
         if skew < 0:
@@ -106,8 +120,25 @@ class _TickLocks:
         self.job_ttl = float(ttl) if ttl is not None else float(locks.ttl)
         self.skew = float(skew)
         self.max_hold = max_hold
+        self.limit = limit
         self.ran = 0
         self.skipped = 0
+        self.limited = 0
+
+    def _running(self, job: Any) -> Any:
+        """The semaphore of ``limit`` permits for the runs of ``job``."""
+        return self.locks.semaphore(f"{self.prefix}running:{job.id}", self.limit, self.job_ttl)
+
+    def _no_permit(self, job: Any, rt: datetime) -> None:
+        self.skipped += 1
+        self.limited += 1
+        log.info("quorumlock: skipped tick %s of job %r: %d runs of it are in progress", rt, job.id, self.limit)
+
+    def _drop_lease(self, lock: Any) -> None:
+        leases = getattr(self.locks, "_leases", None)
+        st = lock._state
+        if leases is not None and st is not None:
+            leases.discard(st)
 
     def _tick_ttl(self, job: Any, run_time: datetime) -> float:
         """Seconds the tick's lock must live from now: at least the job TTL,
@@ -121,10 +152,7 @@ class _TickLocks:
 
     def _finish(self, lock: Any) -> None:
         # Stop renewing, keep the key: it expires at the end of the window.
-        leases = getattr(self.locks, "_leases", None)
-        st = lock._state
-        if leases is not None and st is not None:
-            leases.discard(st)
+        self._drop_lease(lock)
 
 
 class ThreadPoolExecutor(_TickLocks, _ThreadPoolExecutor):
@@ -134,14 +162,15 @@ class ThreadPoolExecutor(_TickLocks, _ThreadPoolExecutor):
     ``ttl``: lease of a running job (auto-extended; default the manager's
     ttl); ``skew``: extra seconds a tick stays locked after its misfire
     window; ``prefix``: of the tick keys; ``max_hold``: longest a job may keep
-    its tick's lock by auto-extension."""
+    its tick's lock by auto-extension; ``limit``: at most that many runs of
+    a job at once across all processes (see the module docstring)."""
 
     def __init__(self, locks: Any, max_workers: int = 10, *, prefix: str = "apscheduler:",
                  ttl: Optional[float] = None, skew: float = 5.0, max_hold: Optional[float] = None,
-                 pool_kwargs: Optional[dict] = None) -> None:
+                 pool_kwargs: Optional[dict] = None, limit: Optional[int] = None) -> None:
         if hasattr(locks, "_require"):
             raise TypeError("ThreadPoolExecutor needs a blocking quorumlock.LockManager")
-        self._setup(locks, prefix, ttl, skew, max_hold)
+        self._setup(locks, prefix, ttl, skew, max_hold, limit)
         super().__init__(max_workers, pool_kwargs)
 
     def _do_submit_job(self, job: Any, run_times: List[datetime]) -> None:
@@ -164,6 +193,13 @@ class ThreadPoolExecutor(_TickLocks, _ThreadPoolExecutor):
                 self.skipped += 1
                 log.debug("quorumlock: tick %s of job %r runs elsewhere", rt, job.id)
                 continue
+            permit = None
+            if self.limit is not None:
+                permit = _sem_acquire(self._running(job), None)
+                if permit is None:
+                    self._no_permit(job, rt)
+                    continue
+                self.locks.guard(permit, auto_extend=True, max_hold=self.max_hold)
             self.locks.guard(lock, auto_extend=True, max_hold=self.max_hold)
             token = _run_time.set(rt)
             try:
@@ -172,6 +208,9 @@ class ThreadPoolExecutor(_TickLocks, _ThreadPoolExecutor):
             finally:
                 _run_time.reset(token)
                 self._finish(lock)
+                if permit is not None:
+                    self._drop_lease(permit)
+                    self.locks.release(permit)
         return events
 
 
@@ -182,10 +221,10 @@ class AsyncIOExecutor(_TickLocks, _AsyncIOExecutor):
     executor, as in APScheduler."""
 
     def __init__(self, locks: Any, *, prefix: str = "apscheduler:", ttl: Optional[float] = None,
-                 skew: float = 5.0, max_hold: Optional[float] = None) -> None:
+                 skew: float = 5.0, max_hold: Optional[float] = None, limit: Optional[int] = None) -> None:
         if not hasattr(locks, "_require"):
             raise TypeError("AsyncIOExecutor needs a quorumlock.aio.LockManager")
-        self._setup(locks, prefix, ttl, skew, max_hold)
+        self._setup(locks, prefix, ttl, skew, max_hold, limit)
         super().__init__()
 
     def _do_submit_job(self, job: Any, run_times: List[datetime]) -> None:
@@ -211,6 +250,13 @@ class AsyncIOExecutor(_TickLocks, _AsyncIOExecutor):
                 self.skipped += 1
                 log.debug("quorumlock: tick %s of job %r runs elsewhere", rt, job.id)
                 continue
+            permit = None
+            if self.limit is not None:
+                permit = await _sem_acquire_async(self._running(job), None)
+                if permit is None:
+                    self._no_permit(job, rt)
+                    continue
+                self.locks.guard(permit, auto_extend=True, max_hold=self.max_hold)
             self.locks.guard(lock, auto_extend=True, max_hold=self.max_hold)
             token = _run_time.set(rt)
             try:
@@ -224,4 +270,7 @@ class AsyncIOExecutor(_TickLocks, _AsyncIOExecutor):
             finally:
                 _run_time.reset(token)
                 self._finish(lock)
+                if permit is not None:
+                    self._drop_lease(permit)
+                    await asyncio.shield(self.locks.release(permit))
         return events

@@ -35,7 +35,9 @@ line on ``quorumlock.arq``; ``"retry"`` raises ``arq.worker.Retry(defer=...)``,
 arq's own way to run it again later (it counts against the job's
 ``max_tries``); ``wait=<seconds>`` waits for the running one first.  A lost
 lease cancels the job's task at the guard moment, and the job fails with
-``LockLost``.
+``LockLost``.  ``limit=k`` allows up to ``k`` concurrent runs per key instead
+of one (a quorum semaphore of ``k`` permits, ``quorumlock.semaphore``; a
+duplicate is busy when all ``k`` are held).
 
 **Cron ticks.**  Every worker runs the cron schedule; ``cron(coroutine,
 **arq_cron_options)`` makes an arq ``CronJob`` whose coroutine first claims
@@ -114,9 +116,14 @@ def default_key(name: str, args: Any, kwargs: Any) -> str:
 
 def exclusive(key: Any = None, ttl: float = 30.0, *, on_busy: str = "skip", defer: float = 1.0,
               wait: Any = False, skip_result: Any = None, max_hold: Optional[float] = None,
-              ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+              limit: Optional[int] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator for arq job coroutines (``async def job(ctx, ...)``): see
-    the module docstring."""
+    the module docstring.  ``limit=k``: at most ``k`` runs at once per key
+    (a quorum semaphore of ``k`` permits) instead of one."""
+    if limit is not None:
+        from ..semaphore import check_permits
+
+        limit = check_permits(limit, "limit")
     if on_busy not in _ON_BUSY:
         raise ValueError(f"on_busy must be one of {_ON_BUSY}, got {on_busy!r}")
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
@@ -145,7 +152,7 @@ def exclusive(key: Any = None, ttl: float = 30.0, *, on_busy: str = "skip", defe
             w = wrapped.get(id(locks))
             if w is None:
                 w = _exclusive(locks, key_spec, ttl, wait=wait, max_hold=max_hold, skip_result=skip_result,
-                               on_skip=on_skip)(fn)
+                               on_skip=on_skip, limit=limit)(fn)
                 wrapped.clear()
                 wrapped[id(locks)] = w
             stats["run"] += 1

@@ -23,9 +23,15 @@ runs concurrently: the key is the task name plus a digest of the arguments
 callable).  The lock is auto-extended while the task runs (``lock_ttl`` /
 ``lock_max_hold``).
 
+``lock_limit=k`` allows up to ``k`` concurrent runs per key across the
+worker pool instead of one (a per-task concurrency cap: the key names a quorum
+semaphore of ``k`` permits, ``quorumlock.semaphore``); a run that finds all
+``k`` permits held is busy (skipped, waits or is retried as above), and a
+permit's lost lease is handled as a lock's.
+
 Task options (class attributes, or ``@app.task(..., lock_ttl=...)``):
 ``lock_ttl`` (default: the manager's ttl), ``lock_wait``, ``lock_retry``,
-``lock_key``, ``lock_skip_result``, ``lock_max_hold``.
+``lock_key``, ``lock_skip_result``, ``lock_max_hold``, ``lock_limit``.
 
 Each worker process makes its own blocking ``LockManager`` on first use
 (never shared across a fork), from ``configure(app, nodes, **options)`` or
@@ -44,7 +50,7 @@ from typing import Any, Dict, Optional, Tuple
 import celery
 
 from ..errors import LockTimeout
-from ..jobs import claim
+from ..jobs import _check_wait, _sem_acquire, claim
 
 __all__ = ["ExclusiveTask", "configure", "manager_for", "default_key"]
 
@@ -96,6 +102,7 @@ class ExclusiveTask(celery.Task):
     lock_key: Any = None
     lock_skip_result: Any = None
     lock_max_hold: Optional[float] = None
+    lock_limit: Optional[int] = None
 
     @property
     def locks(self) -> Any:
@@ -112,6 +119,11 @@ class ExclusiveTask(celery.Task):
     def _acquire(self, key: str) -> Any:
         locks = self.locks
         wait = self.lock_wait
+        if self.lock_limit is not None:
+            from ..semaphore import check_permits
+
+            limit = check_permits(self.lock_limit, "lock_limit")
+            return _sem_acquire(locks.semaphore(key, limit, self.lock_ttl), _check_wait(wait))
         if wait is False or wait is None:
             return claim(locks, key, self.lock_ttl)
         timeout = 3600.0 if wait is True else float(wait)

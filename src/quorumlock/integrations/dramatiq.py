@@ -35,7 +35,11 @@ Actor options (also per message, ``send_with_options(..., exclusive_key=...)``):
   acknowledges the message without running it (``SkipMessage``; one INFO line
   on ``quorumlock.dramatiq``);
 * ``exclusive_wait``: seconds (or True) the worker thread waits for a running
-  duplicate before ``on_busy`` applies.
+  duplicate before ``on_busy`` applies;
+* ``exclusive_limit=k``: up to ``k`` messages per key run at once across all
+  workers instead of one (a distributed concurrency limiter: the key names a
+  quorum semaphore of ``k`` permits, ``quorumlock.semaphore``); a message that
+  finds all ``k`` permits held is busy, as above.
 
 A lost lease (renewals failed to reach a majority before the guard moment) is
 raised in the worker thread as ``LeaseLost`` (a ``dramatiq.middleware.Interrupt``,
@@ -58,7 +62,7 @@ import dramatiq
 from dramatiq.middleware import Interrupt, Middleware, MiddlewareError, SkipMessage
 
 from ..errors import LockTimeout
-from ..jobs import _check_wait, claim
+from ..jobs import _check_wait, _sem_acquire, claim
 from ._shared import ProcessManagers, args_digest, raise_in_thread
 
 __all__ = ["QuorumLock", "Busy", "LeaseLost", "default_key"]
@@ -87,7 +91,8 @@ def default_key(actor_name: str, args: Any, kwargs: Any) -> str:
 
 
 class QuorumLock(Middleware):
-    """Run exclusive actors' messages one at a time per key: see the module
+    """Run exclusive actors' messages one at a time per key (or ``k`` at a
+    time, ``exclusive_limit``): see the module
     docstring.  ``nodes``: node URLs (``manager_options`` are the
     ``LockManager`` keywords) or a callable returning a blocking manager."""
 
@@ -113,7 +118,7 @@ class QuorumLock(Middleware):
     @property
     def actor_options(self) -> set:
         return {"exclusive", "exclusive_key", "exclusive_ttl", "exclusive_on_busy", "exclusive_wait",
-                "exclusive_retry_delay"}
+                "exclusive_retry_delay", "exclusive_limit"}
 
     @staticmethod
     def _option(message: Any, actor: Any, name: str, default: Any = None) -> Any:
@@ -125,7 +130,8 @@ class QuorumLock(Middleware):
         """The lock key of ``message``, None if its actor is not exclusive."""
         spec = self._option(message, actor, "exclusive_key")
         if spec is None:
-            if not self._option(message, actor, "exclusive", False):
+            if (not self._option(message, actor, "exclusive", False)
+                    and self._option(message, actor, "exclusive_limit") is None):
                 return None
             return default_key(message.actor_name, message.args, message.kwargs)
         if callable(spec):
@@ -134,9 +140,11 @@ class QuorumLock(Middleware):
             raise TypeError(f"exclusive_key must be a str template or a callable, got {type(spec).__name__}")
         return spec.format(*message.args, **message.kwargs)
 
-    def _acquire(self, key: str, ttl: float, wait: Any) -> Any:
+    def _acquire(self, key: str, ttl: float, wait: Any, limit: Optional[int] = None) -> Any:
         locks = self.managers.get()
         wait_s = _check_wait(wait)
+        if limit is not None:
+            return _sem_acquire(locks.semaphore(key, limit, ttl), wait_s)
         if wait_s is None:
             return claim(locks, key, ttl)
         while True:
@@ -152,7 +160,12 @@ class QuorumLock(Middleware):
         if key is None:
             return
         ttl = float(self._option(message, actor, "exclusive_ttl", self.ttl))
-        lock = self._acquire(key, ttl, self._option(message, actor, "exclusive_wait", False))
+        limit = self._option(message, actor, "exclusive_limit")
+        if limit is not None:
+            from ..semaphore import check_permits
+
+            limit = check_permits(limit, "exclusive_limit")
+        lock = self._acquire(key, ttl, self._option(message, actor, "exclusive_wait", False), limit)
         if lock is None:
             self.stats["busy"] += 1
             on_busy = self._option(message, actor, "exclusive_on_busy", self.on_busy)

@@ -15,7 +15,10 @@ queue.enqueue(build_report, "2024-05-01")             # as usual, as often as yo
 **Exclusive jobs.**  While one worker (any host) runs ``build_report(day)``,
 another ``build_report(day)`` does not start.  The lock is taken in the work
 horse when the job starts and auto-extended while it runs (every ``ttl/3``);
-a worker SIGKILLed mid-job frees the key within ``ttl``.  The key is a
+a worker SIGKILLed mid-job frees the key within ``ttl``.  ``limit=k`` allows
+up to ``k`` concurrent runs per key instead of one (a quorum semaphore of
+``k`` permits, ``quorumlock.semaphore``; a duplicate is busy when all ``k``
+are held; lost leases as below, per permit).  The key is a
 ``str.format`` template over the job's arguments, a callable, or by default
 ``rq:<module.function>:<digest of the arguments>``.
 
@@ -106,6 +109,7 @@ def exclusive_job(
     max_hold: Optional[float] = None,
     interrupt: bool = True,
     manager_options: Optional[Dict[str, Any]] = None,
+    limit: Optional[int] = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator for RQ job functions: see the module docstring.
 
@@ -113,7 +117,13 @@ def exclusive_job(
     ``key``: template/callable (default ``default_key``); ``ttl``: the lease
     (auto-extended, the bound on how long a killed worker keeps the key);
     ``on_busy``: ``"skip"`` or ``"fail"``; ``wait``: seconds (or True) to wait
-    for a running duplicate first; ``max_hold``: longest auto-extension."""
+    for a running duplicate first; ``max_hold``: longest auto-extension;
+    ``limit=k``: at most ``k`` runs at once per key (a quorum semaphore of
+    ``k`` permits) instead of one."""
+    if limit is not None:
+        from ..semaphore import check_permits
+
+        limit = check_permits(limit, "limit")
     if on_busy not in _ON_BUSY:
         raise ValueError(f"on_busy must be one of {_ON_BUSY}, got {on_busy!r}")
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
@@ -174,7 +184,8 @@ def exclusive_job(
             w = wrapped.get(id(locks))
             if w is None:
                 w = exclusive(locks, key_spec, ttl, wait=wait, max_hold=max_hold, skip_result=skip_result,
-                              raise_on_skip=on_busy == "fail", on_skip=on_skip, on_lost=on_lost)(body)
+                              raise_on_skip=on_busy == "fail", on_skip=on_skip, on_lost=on_lost,
+                              limit=limit)(body)
                 wrapped.clear()
                 wrapped[id(locks)] = w
             return w
