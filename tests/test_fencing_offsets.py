@@ -294,3 +294,24 @@ def test_checker_row30_safe_now_and_viol_with_the_first_round_rule(tmp_path):
     assert results["30-V+wo"].result.label == "SAFE", results["30-V+wo"].result.notes
     assert results["30-V+wo"].result.checks.get("A_refused") is True
     assert all(rr.ok for rr in results.values()), [(k, rr.why) for k, rr in results.items()]
+
+
+def test_a_late_clock_sample_does_not_exclude_every_node(sync_core, make_cluster):
+    """A blocking thread reads a node's TIME reply only at its next call: a
+    lock held across a 1 s sleep gives samples whose bound is +/- 0.5 s.
+    Excluding a fenced yes vote is for liveness only, so such doubt must go to
+    counting the vote.  With the bound subtracted instead (the first version
+    of the offset monitor), every node looked 1 s "ahead of a majority" and
+    every fenced acquire of the key failed for a second: an rwlock writer
+    timed out in CI (``test_write_context_and_fence``), 5 of 5 attempts here
+    excluded on all 3 nodes."""
+    cluster = make_cluster(n=3)
+    with LockManager(cluster.urls, ttl=0.4, fencing=True, _core=sync_core) as locks:
+        for _ in range(3):
+            lk = locks.acquire("late:k", timeout=2.0)
+            time.sleep(1.0)         # the TIME probe's reply waits, unread, meanwhile
+            lk.release()
+            op = locks._attempt("late:k", locks.options.ttl_ms)
+            assert op.result is not None, op.outcomes()
+            assert not any(o.status == "excluded" for o in op.outcomes()), op.outcomes()
+            op.result.release()

@@ -1368,7 +1368,7 @@ class Engine:
         self.clock_warned = [0] * n
         self.clock_tr = [None] * n        # the transport each sample was taken on (reconnect: re-probe)
         self.clock_ref_ok = False         # a quorum of nodes measured: clock_hi_ref_ns is meaningful
-        self.clock_hi_ref_ns = 0          # the quorum-th largest offset, minus twice the widest bound
+        self.clock_hi_ref_ns = 0          # the quorum-th largest offset, plus twice the widest bound
         self.clock_probe_at = 0
         self.refuse_log_at = 0
         self.last_slack_us = 0
@@ -1694,7 +1694,11 @@ class Engine:
         hi_ref = offs[m - self.quorum]
         lo_ref = offs[self.quorum - 1]
         err = max(self.clock_err_ns[i] for i in range(n) if self.clock_at[i] != 0)
-        self.clock_hi_ref_ns = hi_ref - 2 * err
+        # Doubt goes to counting the vote: excluding is only for liveness (the
+        # nodes refuse a fence their clock cannot cover), so a wide sample --
+        # a blocking thread that read the TIME reply late -- must not make
+        # every node look ahead.
+        self.clock_hi_ref_ns = hi_ref + 2 * err
         self.clock_ref_ok = True
         d = self.last_slack_us * 1000
         for i in range(n):

@@ -74,7 +74,7 @@ cdef class Engine:
         int64_t clock_behind_ns[MAX_NODES]  # how far behind a majority's clocks, surely (else <= 0)
         unsigned char clock_warned[MAX_NODES]
         public bint clock_ref_ok          # a quorum of nodes measured: clock_hi_ref_ns is meaningful
-        int64_t clock_hi_ref_ns           # the quorum-th largest offset, minus twice the widest bound
+        int64_t clock_hi_ref_ns           # the quorum-th largest offset, plus twice the widest bound
         list clock_tr                     # the transport each sample was taken on (reconnect: re-probe)
         uint64_t clock_probe_at
         uint64_t refuse_log_at
@@ -535,7 +535,11 @@ cdef class Engine:
         for i in range(self.n):
             if self.clock_at[i] != 0 and self.clock_err_ns[i] > err:
                 err = self.clock_err_ns[i]
-        self.clock_hi_ref_ns = hi_ref - 2 * err
+        # Doubt goes to counting the vote: excluding is only for liveness (the
+        # nodes refuse a fence their clock cannot cover), so a wide sample --
+        # a blocking thread that read the TIME reply late -- must not make
+        # every node look ahead.
+        self.clock_hi_ref_ns = hi_ref + 2 * err
         self.clock_ref_ok = True
         d = self.last_slack_us * 1000
         for i in range(self.n):
