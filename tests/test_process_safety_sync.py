@@ -263,6 +263,92 @@ def test_desynchronised_connection_is_reset(sync_core, clusters):
 # -- fork() after connect: asyncio ------------------------------------------
 
 
+def test_forked_child_cannot_release_the_parents_lock(sync_core, clusters):
+    """Fork while holding a lock.  The child inherits the Lock object, not
+    the lease: ``release()``, ``release_many()``, ``extend()`` and a
+    ``with locks.lock()`` block the child runs out of all raise RuntimeError
+    in the child and leave the parent's key on every node; the parent then
+    releases it itself.
+
+    Before the fix: the child's ``release()`` returned True and deleted the
+    parent's key on 3 of 3 nodes (the ``with`` block's exit did the same),
+    while the parent's ``lock.valid`` stayed True: the key was free for
+    anyone else (both builds)."""
+    cluster = clusters(3)
+    with LockManager(cluster.urls, ttl=10.0, node_timeout=0.5, _core=sync_core) as locks:
+        lk = locks.try_acquire("pf:held")
+        assert lk is not None and lk.pid == os.getpid()
+
+        def child() -> list:
+            out = []
+            for call in (lk.release, lambda: locks.release_many([lk]), lambda: lk.extend(5.0)):
+                try:
+                    call()
+                    out.append("no error")
+                except RuntimeError as exc:
+                    out.append("acquired by process" in str(exc))
+            mine = locks.try_acquire("pf:child")   # the child's own locks still work
+            out.append(mine is not None and mine.pid == os.getpid() and mine.release())
+            return out
+
+        res = _collect(*_fork(child))
+        assert res == {"ok": [True, True, True, True]}, res
+        assert _count_keys(cluster, "pf:held") == 3
+        assert lk.valid and lk.release() is True
+
+        cm = locks.lock("pf:with")
+        cm.__enter__()
+
+        def child_with() -> str:
+            try:
+                cm.__exit__(None, None, None)
+            except RuntimeError:
+                return "refused"
+            return "released"
+
+        res = _collect(*_fork(child_with))
+        assert res == {"ok": "refused"}, res
+        assert _count_keys(cluster, "pf:with") == 3
+        cm.__exit__(None, None, None)
+        assert _count_keys(cluster, "pf:with") == 0
+
+
+def test_aio_forked_child_cannot_release_the_parents_lock(core, clusters):
+    """The same for an asyncio manager: in a forked child (its own loop), the
+    parent's Lock is refused by ``release()``/``extend()``; the key stays on
+    every node.  Before the fix: the child's release deleted it on 3 of 3
+    nodes (both builds)."""
+    cluster = clusters(3)
+    loop = asyncio.new_event_loop()
+    locks = aio.LockManager(cluster.urls, ttl=10.0, _core=core)
+    try:
+        loop.run_until_complete(locks.connect())
+        lk = loop.run_until_complete(locks.try_acquire("pfa:held"))
+        assert lk is not None
+
+        def child() -> list:
+            async def main() -> list:
+                await locks.connect()
+                out = []
+                for call in (lk.release, lambda: lk.extend(5.0), lambda: locks.release_many([lk])):
+                    try:
+                        await call()
+                        out.append("no error")
+                    except RuntimeError as exc:
+                        out.append("acquired by process" in str(exc))
+                await locks.close()
+                return out
+            return asyncio.run(main())
+
+        res = _collect(*_fork(child))
+        assert res == {"ok": [True, True, True]}, res
+        assert _count_keys(cluster, "pfa:held") == 3
+        assert loop.run_until_complete(lk.release()) is True
+    finally:
+        loop.run_until_complete(locks.close())
+        loop.close()
+
+
 def test_aio_forked_child_connects_afresh(core, clusters):
     """Fork after connect, asyncio.  A child of a process whose asyncio manager is
     connected runs its own loop (``asyncio.run``): ``connect()`` there opens

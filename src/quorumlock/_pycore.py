@@ -1146,7 +1146,7 @@ class Lock:
     plain calls in the blocking API)."""
 
     __slots__ = ("_key", "_token", "fence", "_nodes", "_owner", "_state", "_key_b",
-                 "_deadline", "_ttl_ms", "_released")
+                 "_deadline", "_ttl_ms", "_released", "_pid")
 
     def __init__(self):
         self._key = None
@@ -1159,6 +1159,13 @@ class Lock:
         self._deadline = 0
         self._ttl_ms = 0
         self._released = False
+        self._pid = _lock_pid
+
+    @property
+    def pid(self):
+        """The process that acquired the lock (a forked child inherits the
+        object, not the lease: its manager refuses to release or extend it)."""
+        return self._pid
 
     @property
     def key(self):
@@ -1275,7 +1282,21 @@ def _new_lock(owner, key, key_b, token, ttl_ms, deadline, nodes):
     lock.fence = None
     lock._state = None
     lock._released = False
+    lock._pid = _lock_pid
     return lock
+
+
+# The pid stamped on every new Lock, refreshed at fork (no syscall per lock).
+_lock_pid = os.getpid()
+
+
+def _refresh_lock_pid():
+    global _lock_pid
+    _lock_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refresh_lock_pid)
 
 
 # -- the engine (engine.pxi) --------------------------------------------------------
