@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import select
@@ -405,6 +406,67 @@ def test_aio_forked_child_connects_afresh(core, clusters):
 
 class _Interrupt(Exception):
     pass
+
+
+def test_python_build_interrupt_between_parse_and_dispatch(clusters):
+    """Pure-Python build only.  CPython runs a signal handler right after a C
+    call returns, so a handler's exception can land after the reply parser
+    handed a reply over and before it reached its request's slot (injected
+    here at exactly that point: the parser's ``gets`` raises
+    KeyboardInterrupt after returning a reply, once, on nodes 0 and 1; a
+    real ``setitimer`` storm produced "connection out of step" resets the
+    same way).  The reply is lost; no later reply may be credited to the
+    wrong request.
+
+    Before the fix: the next 2-chunk ``acquire_many`` got chunk 2's replies
+    for chunk 1 on both nodes and granted 500 of 500 keys another client
+    held on every node (two holders).  Now the interrupted connections are
+    suspect until a probe answers: 0 granted, and the free keys are granted
+    once the nodes are back."""
+    from quorumlock import _pycore
+    cluster = clusters(3)
+    held = [f"ip:held:{i}" for i in range(500)]
+    free = [f"ip:free:{i}" for i in range(500)]
+    for p in cluster.ports:
+        c = redis.Redis(port=p)
+        c.mset({k: b"someone-else" for k in held})
+        c.close()
+    log = logging.getLogger("quorumlock")
+    level = log.level
+    log.setLevel(logging.CRITICAL)   # the two expected "out of step" resets
+    try:
+        with LockManager(cluster.urls, ttl=10.0, node_timeout=0.5, _core=_pycore) as locks:
+            eng = locks._checkout()
+            locks.try_acquire("ip:warm").release()
+            for idx in (0, 1):
+                node = eng.nodes[idx]
+                orig, armed = node._gets, [True]
+
+                def gets(orig=orig, armed=armed):
+                    r = orig()
+                    if r is not False and armed[0]:
+                        armed[0] = False
+                        raise KeyboardInterrupt
+                    return r
+                node._gets = gets
+                with pytest.raises(KeyboardInterrupt):
+                    locks.try_acquire(f"ip:w{idx}")
+            got = locks.acquire_many(held + free)
+            assert sum(1 for g in got[:500] if g is not None) == 0
+            locks.release_many([g for g in got if g is not None])
+            end = time.monotonic() + 10.0
+            while time.monotonic() < end:
+                got = locks.acquire_many(free)
+                n = sum(1 for g in got if g is not None)
+                locks.release_many([g for g in got if g is not None])
+                if n == 500:
+                    break
+                time.sleep(0.1)
+            assert n == 500
+    finally:
+        log.setLevel(level)
+        _clear(cluster, *held, "ip:w0", "ip:w1")
+    assert _count_keys(cluster, "ip:free:*") == 0
 
 
 def test_ctrl_c_during_a_long_node_wait(sync_core, clusters):

@@ -2127,8 +2127,7 @@ class SyncSocket:
                 if r == 0:
                     self._lost(None)
                     return
-                node._feed(node.inbuf, 0, r)
-                node._received(r)
+                self._deliver(r)
                 reads += 1
                 if not self.sock.pending() or reads >= _MAX_READS:
                     return
@@ -2144,13 +2143,32 @@ class SyncSocket:
             if r == 0:
                 self._lost(None)
                 return
-            node._feed(node.inbuf, 0, r)
-            node._received(r)
+            self._deliver(r)
             reads += 1
             # Bounded: a node streaming without end must not keep this loop
             # away from the deadlines (the wait loop comes back for more).
             if r < INBUF_SIZE or reads >= _MAX_READS:
                 return
+
+    def _deliver(self, r):
+        """Feed ``r`` bytes to the parser and dispatch the complete replies.
+
+        Pure Python only: CPython runs a signal handler right after a C call
+        returns, so a handler's exception can land after the parser handed a
+        reply over and before it reached its slot.  That reply is then gone
+        and every later one would be credited to the request before its own
+        (a later batch was granted keys held elsewhere).  Whatever escapes
+        here, the connection is made suspect: no new requests until an
+        ``ECHO`` probe comes back in its own slot, else it is reset.  (The
+        compiled core never runs handlers inside this path.)"""
+        node = self.node
+        try:
+            node._feed(node.inbuf, 0, r)
+            node._received(r)
+        except BaseException:
+            if not self.closed and node.transport is self:
+                node.engine._on_overdue(node._idx)
+            raise
 
     def _lost(self, exc):
         if self.closed:
