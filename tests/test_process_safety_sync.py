@@ -267,7 +267,8 @@ def test_desynchronised_connection_is_reset(sync_core, clusters):
 def test_forked_child_cannot_release_the_parents_lock(sync_core, clusters):
     """Fork while holding a lock.  The child inherits the Lock object, not
     the lease: ``release()``, ``release_many()``, ``extend()`` and a
-    ``with locks.lock()`` block the child runs out of all raise RuntimeError
+    ``with locks.lock()`` block the child runs out of (and ``guard()``, which
+    would renew it from the child) all raise RuntimeError
     in the child and leave the parent's key on every node; the parent then
     releases it itself.
 
@@ -282,7 +283,8 @@ def test_forked_child_cannot_release_the_parents_lock(sync_core, clusters):
 
         def child() -> list:
             out = []
-            for call in (lk.release, lambda: locks.release_many([lk]), lambda: lk.extend(5.0)):
+            for call in (lk.release, lambda: locks.release_many([lk]), lambda: lk.extend(5.0),
+                         lambda: locks.guard(lk)):
                 try:
                     call()
                     out.append("no error")
@@ -293,7 +295,7 @@ def test_forked_child_cannot_release_the_parents_lock(sync_core, clusters):
             return out
 
         res = _collect(*_fork(child))
-        assert res == {"ok": [True, True, True, True]}, res
+        assert res == {"ok": [True, True, True, True, True]}, res
         assert _count_keys(cluster, "pf:held") == 3
         assert lk.valid and lk.release() is True
 

@@ -517,6 +517,7 @@ class LockManager(ManagerBase):
         """Watch a held ``lock`` (and renew it with ``auto_extend``) until it is
         released; see ``lock()``.  ``cancel=True`` cancels the current task
         when the lease is lost.  Returns the lock."""
+        _check_same_process(lock, "guard")
         _lease_async.guard(self, lock, auto_extend=auto_extend, max_hold=max_hold, on_lost=on_lost,
                            margin=margin, cancel=cancel, renew_fraction=renew_fraction)
         return lock

@@ -517,6 +517,7 @@ class LockManager(ManagerBase):
     ) -> Any:
         """Watch a held ``lock`` (and renew it with ``auto_extend``) until it is
         released; see ``lock()``.  Returns the lock."""
+        _check_same_process(lock, "guard")
         _lease_thread.guard(self, lock, auto_extend=auto_extend, max_hold=max_hold, on_lost=on_lost,
                             margin=margin, renew_fraction=renew_fraction)
         return lock
@@ -653,8 +654,8 @@ def _check_same_process(lock: Any, what: str) -> None:
     acquired: the child inherited the object, not the lease.  The parent
     still holds it (a ``with`` block or a ``finally`` the child runs through
     would otherwise drop the parent's lock on the nodes)."""
-    pid = lock.pid
-    if pid != os.getpid():
+    pid = getattr(lock, "pid", None)   # not a Lock: the caller's type check reports it
+    if pid is not None and pid != os.getpid():
         raise RuntimeError(
             f"cannot {what} {lock.key!r} in process {os.getpid()}: it was acquired by process {pid} "
             "(this process is a fork of it); only the process that acquired a lock releases or extends it")
