@@ -268,9 +268,9 @@ def test_oversized_reply_is_cut_off_asyncio(core, run, caplog):
 # -- batches of 10^6 keys (blocking) ------------------------------------------
 
 
-def _batch(sync_core, cluster, m: int) -> tuple:
+def _batch(sync_core, cluster, m: int, **opts: Any) -> tuple:
     keys = [f"b{i}" for i in range(m)]
-    with LockManager(cluster.urls, ttl=120.0, _core=sync_core) as locks:
+    with LockManager(cluster.urls, ttl=120.0, _core=sync_core, **opts) as locks:
         got = locks.acquire_many(keys)
         n_granted = sum(1 for g in got if g is not None)
         released = locks.release_many([g for g in got if g is not None])
@@ -290,6 +290,27 @@ def test_acquire_many_big_batch_all_granted_and_released(sync_core, clusters):
     First-round code: 87,500 (cython) / 83,000 (python) of 100,000 granted:
     the batch deadline (2 us per key) ran out on this 2-core machine."""
     assert _batch(sync_core, clusters(3), 100000) == (100000, 100000, 0)
+
+
+@pytest.mark.parametrize("cls", [LockManager, aio.LockManager])
+def test_batch_chunk_must_fit_the_reply_cap(cls):
+    """A batch's reply (``:1`` per key) must fit under ``max_reply_bytes``;
+    a combination where it cannot is refused up front, naming both options.
+
+    Before the fix: ``max_reply_bytes=65536, batch_chunk=20000`` was accepted
+    and ``acquire_many`` of 20,000 keys granted 0 of them (both builds):
+    every node's 80 KB reply was over the cap, so every connection was
+    dropped, with the SETs already done on the nodes."""
+    with pytest.raises(ValueError, match="batch_chunk=20000.*max_reply_bytes=65536"):
+        cls(["redis://127.0.0.1:1"], max_reply_bytes=65536, batch_chunk=20000)
+    cls(["redis://127.0.0.1:1"], max_reply_bytes=65536, batch_chunk=16376)   # the largest that fits
+    cls(["redis://127.0.0.1:1"], batch_chunk=1_000_000)                      # fits the default cap
+
+
+def test_largest_chunk_at_the_smallest_reply_cap(sync_core, clusters):
+    """At the smallest reply cap (64 KiB), the largest accepted chunk works:
+    every key of a one-chunk batch granted and released, none left."""
+    assert _batch(sync_core, clusters(3), 16376, max_reply_bytes=65536, batch_chunk=16376) == (16376, 16376, 0)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import select
@@ -263,6 +264,94 @@ def test_desynchronised_connection_is_reset(sync_core, clusters):
 # -- fork() after connect: asyncio ------------------------------------------
 
 
+def test_forked_child_cannot_release_the_parents_lock(sync_core, clusters):
+    """Fork while holding a lock.  The child inherits the Lock object, not
+    the lease: ``release()``, ``release_many()``, ``extend()`` and a
+    ``with locks.lock()`` block the child runs out of (and ``guard()``, which
+    would renew it from the child) all raise RuntimeError
+    in the child and leave the parent's key on every node; the parent then
+    releases it itself.
+
+    Before the fix: the child's ``release()`` returned True and deleted the
+    parent's key on 3 of 3 nodes (the ``with`` block's exit did the same),
+    while the parent's ``lock.valid`` stayed True: the key was free for
+    anyone else (both builds)."""
+    cluster = clusters(3)
+    with LockManager(cluster.urls, ttl=10.0, node_timeout=0.5, _core=sync_core) as locks:
+        lk = locks.try_acquire("pf:held")
+        assert lk is not None and lk.pid == os.getpid()
+
+        def child() -> list:
+            out = []
+            for call in (lk.release, lambda: locks.release_many([lk]), lambda: lk.extend(5.0),
+                         lambda: locks.guard(lk)):
+                try:
+                    call()
+                    out.append("no error")
+                except RuntimeError as exc:
+                    out.append("acquired by process" in str(exc))
+            mine = locks.try_acquire("pf:child")   # the child's own locks still work
+            out.append(mine is not None and mine.pid == os.getpid() and mine.release())
+            return out
+
+        res = _collect(*_fork(child))
+        assert res == {"ok": [True, True, True, True, True]}, res
+        assert _count_keys(cluster, "pf:held") == 3
+        assert lk.valid and lk.release() is True
+
+        cm = locks.lock("pf:with")
+        cm.__enter__()
+
+        def child_with() -> str:
+            try:
+                cm.__exit__(None, None, None)
+            except RuntimeError:
+                return "refused"
+            return "released"
+
+        res = _collect(*_fork(child_with))
+        assert res == {"ok": "refused"}, res
+        assert _count_keys(cluster, "pf:with") == 3
+        cm.__exit__(None, None, None)
+        assert _count_keys(cluster, "pf:with") == 0
+
+
+def test_aio_forked_child_cannot_release_the_parents_lock(core, clusters):
+    """The same for an asyncio manager: in a forked child (its own loop), the
+    parent's Lock is refused by ``release()``/``extend()``; the key stays on
+    every node.  Before the fix: the child's release deleted it on 3 of 3
+    nodes (both builds)."""
+    cluster = clusters(3)
+    loop = asyncio.new_event_loop()
+    locks = aio.LockManager(cluster.urls, ttl=10.0, _core=core)
+    try:
+        loop.run_until_complete(locks.connect())
+        lk = loop.run_until_complete(locks.try_acquire("pfa:held"))
+        assert lk is not None
+
+        def child() -> list:
+            async def main() -> list:
+                await locks.connect()
+                out = []
+                for call in (lk.release, lambda: lk.extend(5.0), lambda: locks.release_many([lk])):
+                    try:
+                        await call()
+                        out.append("no error")
+                    except RuntimeError as exc:
+                        out.append("acquired by process" in str(exc))
+                await locks.close()
+                return out
+            return asyncio.run(main())
+
+        res = _collect(*_fork(child))
+        assert res == {"ok": [True, True, True]}, res
+        assert _count_keys(cluster, "pfa:held") == 3
+        assert loop.run_until_complete(lk.release()) is True
+    finally:
+        loop.run_until_complete(locks.close())
+        loop.close()
+
+
 def test_aio_forked_child_connects_afresh(core, clusters):
     """Fork after connect, asyncio.  A child of a process whose asyncio manager is
     connected runs its own loop (``asyncio.run``): ``connect()`` there opens
@@ -319,6 +408,67 @@ def test_aio_forked_child_connects_afresh(core, clusters):
 
 class _Interrupt(Exception):
     pass
+
+
+def test_python_build_interrupt_between_parse_and_dispatch(clusters):
+    """Pure-Python build only.  CPython runs a signal handler right after a C
+    call returns, so a handler's exception can land after the reply parser
+    handed a reply over and before it reached its request's slot (injected
+    here at exactly that point: the parser's ``gets`` raises
+    KeyboardInterrupt after returning a reply, once, on nodes 0 and 1; a
+    real ``setitimer`` storm produced "connection out of step" resets the
+    same way).  The reply is lost; no later reply may be credited to the
+    wrong request.
+
+    Before the fix: the next 2-chunk ``acquire_many`` got chunk 2's replies
+    for chunk 1 on both nodes and granted 500 of 500 keys another client
+    held on every node (two holders).  Now the interrupted connections are
+    suspect until a probe answers: 0 granted, and the free keys are granted
+    once the nodes are back."""
+    from quorumlock import _pycore
+    cluster = clusters(3)
+    held = [f"ip:held:{i}" for i in range(500)]
+    free = [f"ip:free:{i}" for i in range(500)]
+    for p in cluster.ports:
+        c = redis.Redis(port=p)
+        c.mset({k: b"someone-else" for k in held})
+        c.close()
+    log = logging.getLogger("quorumlock")
+    level = log.level
+    log.setLevel(logging.CRITICAL)   # the two expected "out of step" resets
+    try:
+        with LockManager(cluster.urls, ttl=10.0, node_timeout=0.5, _core=_pycore) as locks:
+            eng = locks._checkout()
+            locks.try_acquire("ip:warm").release()
+            for idx in (0, 1):
+                node = eng.nodes[idx]
+                orig, armed = node._gets, [True]
+
+                def gets(orig=orig, armed=armed):
+                    r = orig()
+                    if r is not False and armed[0]:
+                        armed[0] = False
+                        raise KeyboardInterrupt
+                    return r
+                node._gets = gets
+                with pytest.raises(KeyboardInterrupt):
+                    locks.try_acquire(f"ip:w{idx}")
+            got = locks.acquire_many(held + free)
+            assert sum(1 for g in got[:500] if g is not None) == 0
+            locks.release_many([g for g in got if g is not None])
+            end = time.monotonic() + 10.0
+            while time.monotonic() < end:
+                got = locks.acquire_many(free)
+                n = sum(1 for g in got if g is not None)
+                locks.release_many([g for g in got if g is not None])
+                if n == 500:
+                    break
+                time.sleep(0.1)
+            assert n == 500
+    finally:
+        log.setLevel(level)
+        _clear(cluster, *held, "ip:w0", "ip:w1")
+    assert _count_keys(cluster, "ip:free:*") == 0
 
 
 def test_ctrl_c_during_a_long_node_wait(sync_core, clusters):

@@ -285,6 +285,12 @@ def check_seconds(name: str, value: Any, *, minimum: float = 0.0, maximum: float
     return v
 
 
+def batch_reply_bytes(chunk: int) -> int:
+    """The largest reply one batch script call of ``chunk`` keys can get
+    (array header, then ``:0``/``:1`` per key), with room to spare."""
+    return 4 * chunk + 32
+
+
 def check_keys_arg(keys: Any) -> None:
     """``acquire_many("abc")`` would lock 'a', 'b' and 'c': refuse one str or
     bytes given where an iterable of keys is expected (``TypeError`` naming
@@ -409,6 +415,13 @@ def make_options(
     max_reply_bytes = check_int("max_reply_bytes", max_reply_bytes, minimum=65536)
     if max_reply_bytes > 1 << 40:
         raise ValueError(f"max_reply_bytes must be <= {1 << 40}, got {max_reply_bytes!r}")
+    # A batch's reply is one array of small integers per chunk (":1\r\n" per
+    # key): it must fit under the reply cap, or every batch drops every
+    # connection and grants nothing.
+    if batch_reply_bytes(batch_chunk) > max_reply_bytes:
+        raise ValueError(
+            f"batch_chunk={batch_chunk} needs batch replies of up to {batch_reply_bytes(batch_chunk)} bytes, "
+            f"over max_reply_bytes={max_reply_bytes}: lower batch_chunk or raise max_reply_bytes")
     return Options(
         ttl=ttl_ms / 1000.0,
         ttl_ms=ttl_ms,

@@ -18,6 +18,7 @@ include "_cython/clock.pxi"
 
 import asyncio
 import logging
+import os
 import ssl
 from collections import deque
 

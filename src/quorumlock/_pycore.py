@@ -1146,7 +1146,7 @@ class Lock:
     plain calls in the blocking API)."""
 
     __slots__ = ("_key", "_token", "fence", "_nodes", "_owner", "_state", "_key_b",
-                 "_deadline", "_ttl_ms", "_released")
+                 "_deadline", "_ttl_ms", "_released", "_pid")
 
     def __init__(self):
         self._key = None
@@ -1159,6 +1159,13 @@ class Lock:
         self._deadline = 0
         self._ttl_ms = 0
         self._released = False
+        self._pid = _lock_pid
+
+    @property
+    def pid(self):
+        """The process that acquired the lock (a forked child inherits the
+        object, not the lease: its manager refuses to release or extend it)."""
+        return self._pid
 
     @property
     def key(self):
@@ -1275,7 +1282,21 @@ def _new_lock(owner, key, key_b, token, ttl_ms, deadline, nodes):
     lock.fence = None
     lock._state = None
     lock._released = False
+    lock._pid = _lock_pid
     return lock
+
+
+# The pid stamped on every new Lock, refreshed at fork (no syscall per lock).
+_lock_pid = os.getpid()
+
+
+def _refresh_lock_pid():
+    global _lock_pid
+    _lock_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refresh_lock_pid)
 
 
 # -- the engine (engine.pxi) --------------------------------------------------------
@@ -2110,8 +2131,7 @@ class SyncSocket:
                 if r == 0:
                     self._lost(None)
                     return
-                node._feed(node.inbuf, 0, r)
-                node._received(r)
+                self._deliver(r)
                 reads += 1
                 if not self.sock.pending() or reads >= _MAX_READS:
                     return
@@ -2127,13 +2147,32 @@ class SyncSocket:
             if r == 0:
                 self._lost(None)
                 return
-            node._feed(node.inbuf, 0, r)
-            node._received(r)
+            self._deliver(r)
             reads += 1
             # Bounded: a node streaming without end must not keep this loop
             # away from the deadlines (the wait loop comes back for more).
             if r < INBUF_SIZE or reads >= _MAX_READS:
                 return
+
+    def _deliver(self, r):
+        """Feed ``r`` bytes to the parser and dispatch the complete replies.
+
+        Pure Python only: CPython runs a signal handler right after a C call
+        returns, so a handler's exception can land after the parser handed a
+        reply over and before it reached its slot.  That reply is then gone
+        and every later one would be credited to the request before its own
+        (a later batch was granted keys held elsewhere).  Whatever escapes
+        here, the connection is made suspect: no new requests until an
+        ``ECHO`` probe comes back in its own slot, else it is reset.  (The
+        compiled core never runs handlers inside this path.)"""
+        node = self.node
+        try:
+            node._feed(node.inbuf, 0, r)
+            node._received(r)
+        except BaseException:
+            if not self.closed and node.transport is self:
+                node.engine._on_overdue(node._idx)
+            raise
 
     def _lost(self, exc):
         if self.closed:

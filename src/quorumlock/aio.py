@@ -37,7 +37,7 @@ from . import metrics as _metrics_mod
 from ._backend import IMPLEMENTATION, core
 from ._manager import ManagerBase
 from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
-from .blocking import _check_commands
+from .blocking import _check_commands, _check_same_process
 from .errors import ConfigurationError, DuplicateNode, LockNotOwned, LockTimeout
 from .leases import _async as _lease_async
 from .leases import close_manager as _close_leases
@@ -449,6 +449,7 @@ class LockManager(ManagerBase):
         for lk in locks:
             if not isinstance(lk, lock_cls):
                 raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
+            _check_same_process(lk, "release")
         eng = self._require()
         if self._opts.lock_delay_ms or self._notify:
             # The batch script neither lifts lock-delays nor publishes.
@@ -524,6 +525,7 @@ class LockManager(ManagerBase):
         """Watch a held ``lock`` (and renew it with ``auto_extend``) until it is
         released; see ``lock()``.  ``cancel=True`` cancels the current task
         when the lease is lost.  Returns the lock."""
+        _check_same_process(lock, "guard")
         _lease_async.guard(self, lock, auto_extend=auto_extend, max_hold=max_hold, on_lost=on_lost,
                            margin=margin, cancel=cancel, renew_fraction=renew_fraction)
         return lock
@@ -554,9 +556,11 @@ class LockManager(ManagerBase):
     # -- callbacks used by Lock --------------------------------------------
 
     def _release(self, lock: Any) -> Awaitable[bool]:
+        _check_same_process(lock, "release")
         return self._require().release(lock)
 
     async def _extend(self, lock: Any, ttl: Optional[float]) -> bool:
+        _check_same_process(lock, "extend")
         ttl_ms = self._ttl_ms(ttl) if ttl is not None else int(round(lock.ttl * 1000))
         ok = await self._require().extend(lock, ttl_ms)
         if not ok:

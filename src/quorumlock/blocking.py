@@ -461,6 +461,7 @@ class LockManager(ManagerBase):
         for lk in locks:
             if not isinstance(lk, lock_cls):
                 raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
+            _check_same_process(lk, "release")
         eng = self._checkout()
         if self._opts.lock_delay_ms or self._notify:
             # The batch script neither lifts lock-delays nor publishes.
@@ -524,6 +525,7 @@ class LockManager(ManagerBase):
     ) -> Any:
         """Watch a held ``lock`` (and renew it with ``auto_extend``) until it is
         released; see ``lock()``.  Returns the lock."""
+        _check_same_process(lock, "guard")
         _lease_thread.guard(self, lock, auto_extend=auto_extend, max_hold=max_hold, on_lost=on_lost,
                             margin=margin, renew_fraction=renew_fraction)
         return lock
@@ -556,6 +558,7 @@ class LockManager(ManagerBase):
     # -- callbacks used by Lock --------------------------------------------
 
     def _release(self, lock: Any) -> bool:
+        _check_same_process(lock, "release")
         if self._closed:
             return self._release_after_close(lock)
         eng = self._checkout()
@@ -583,6 +586,7 @@ class LockManager(ManagerBase):
             _close_quietly(eng)
 
     def _extend(self, lock: Any, ttl: Optional[float]) -> bool:
+        _check_same_process(lock, "extend")
         ttl_ms = self._ttl_ms(ttl) if ttl is not None else int(round(lock.ttl * 1000))
         ok = self._checkout().extend_sync(lock, ttl_ms)
         if not ok:
@@ -667,6 +671,18 @@ def _thread_ended(mgr_ref: Any, ident: int, pid: int) -> None:
         return
     if eng is not None:
         _close_quietly(eng)
+
+
+def _check_same_process(lock: Any, what: str) -> None:
+    """Refuse to release or extend, in a forked child, a lock the parent
+    acquired: the child inherited the object, not the lease.  The parent
+    still holds it (a ``with`` block or a ``finally`` the child runs through
+    would otherwise drop the parent's lock on the nodes)."""
+    pid = getattr(lock, "pid", None)   # not a Lock: the caller's type check reports it
+    if pid is not None and pid != os.getpid():
+        raise RuntimeError(
+            f"cannot {what} {lock.key!r} in process {os.getpid()}: it was acquired by process {pid} "
+            "(this process is a fork of it); only the process that acquired a lock releases or extends it")
 
 
 def _release_surely(mgr: Any, lock: Any) -> None:

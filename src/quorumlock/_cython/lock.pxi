@@ -28,6 +28,7 @@ cdef class Lock:
         uint64_t deadline
         long long ttl_ms
         public bint released
+        readonly int pid         # the process that acquired it (see _lock_pid)
 
     @property
     def _state(self):
@@ -118,6 +119,21 @@ cdef class Lock:
         raise TypeError("a Lock cannot be pickled: it is bound to the manager that acquired it")
 
 
+# The pid stamped on every new Lock: a forked child inherits its parent's
+# Lock objects, and the managers refuse to release or extend those there (the
+# parent still holds them).  Cached, refreshed at fork: no syscall per lock.
+cdef int _lock_pid = os.getpid()
+
+
+def _refresh_lock_pid():
+    global _lock_pid
+    _lock_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refresh_lock_pid)
+
+
 cdef inline Lock new_lock():
     """A Lock, untracked by the cyclic GC until owner state is attached.
 
@@ -125,4 +141,5 @@ cdef inline Lock new_lock():
     drive gen-0 collections (the same reason the operations are no_gc)."""
     cdef Lock lock = Lock.__new__(Lock)
     PyObject_GC_UnTrack(lock)
+    lock.pid = _lock_pid
     return lock
