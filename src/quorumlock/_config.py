@@ -343,6 +343,7 @@ class Options:
     lock_delay_ms: int = 0
     max_pending: int = 65536
     max_reply_bytes: int = 64 * 1024 * 1024
+    native_commands: bool = True
 
 
 def make_options(
@@ -362,6 +363,7 @@ def make_options(
     lock_delay: Any = None,
     max_pending: Any = 65536,
     max_reply_bytes: Any = 64 * 1024 * 1024,
+    native_commands: Any = True,
 ) -> Options:
     """Check every option once, naming the bad one."""
     if isinstance(drift_factor, bool) or not isinstance(drift_factor, (int, float)) or not math.isfinite(drift_factor):
@@ -409,6 +411,8 @@ def make_options(
     max_reply_bytes = check_int("max_reply_bytes", max_reply_bytes, minimum=65536)
     if max_reply_bytes > 1 << 40:
         raise ValueError(f"max_reply_bytes must be <= {1 << 40}, got {max_reply_bytes!r}")
+    if not isinstance(native_commands, bool):
+        raise TypeError(f"native_commands must be True or False, got {native_commands!r}")
     return Options(
         ttl=ttl_ms / 1000.0,
         ttl_ms=ttl_ms,
@@ -426,6 +430,7 @@ def make_options(
         lock_delay_ms=delay_ms,
         max_pending=max_pending,
         max_reply_bytes=max_reply_bytes,
+        native_commands=native_commands,
     )
 
 
