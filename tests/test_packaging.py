@@ -4,7 +4,7 @@ Quick tests (default run):
   * wheels.yml and .github/workflows/wheels.yml are the same bytes;
   * MANIFEST.in puts csrc/*.h, the .pyx, .pxi and .pxd files into the sdist
     (checked by running the template through setuptools' own file list);
-  * [tool.cibuildwheel] selects CPython 3.9-3.13 and smoke-tests the compiled core;
+  * [tool.cibuildwheel] selects CPython 3.11-3.14 and smoke-tests the compiled core;
   * ``cibuildwheel --print-build-identifiers`` lists the expected targets (skipped
     when cibuildwheel is not installed).
 
@@ -33,7 +33,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "src" / "quorumlock"
 
-PYTHONS = ("cp39", "cp310", "cp311", "cp312", "cp313")
+PYTHONS = ("cp311", "cp312", "cp313", "cp314")
 
 try:  # Python >= 3.11
     import tomllib

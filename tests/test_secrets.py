@@ -123,12 +123,14 @@ def test_error_reply_echoing_the_token_aio(run, core, make_cluster, caplog):
 
     First-round code (both builds): the live token (decoded with replacement
     characters) was in the per-node outcome and in the ``LockTimeout``
-    message of the failed acquire (SET disabled, second cluster)."""
+    message of the failed acquire (SET disabled, second cluster).
+    ``native_commands=False``: the extend must run the script even on a
+    server with ``SET ... IFEQ`` (Valkey 9), which would not need EVALSHA."""
     c = make_cluster(n=1, mode="volatile", max_ttl=5.0, extra_args=["--rename-command", "EVALSHA", '""'])
     d = make_cluster(n=1, mode="volatile", max_ttl=5.0, extra_args=["--rename-command", "SET", '""'])
 
     async def body():
-        async with LockManager(c.urls, ttl=5.0, _core=core) as locks:
+        async with LockManager(c.urls, ttl=5.0, native_commands=False, _core=core) as locks:
             lock = await locks.try_acquire("sec:a")
             assert lock is not None
             op = locks.engine.extend_op(lock, 5000)
@@ -156,7 +158,7 @@ def test_error_reply_echoing_the_token_blocking(sync_core, make_cluster):
     """The blocking API, same node.  First-round code: the token was in the
     per-node outcome of the failed extend."""
     c = make_cluster(n=1, mode="volatile", max_ttl=5.0, extra_args=["--rename-command", "EVALSHA", '""'])
-    with SyncLockManager(c.urls, ttl=5.0, _core=sync_core) as locks:
+    with SyncLockManager(c.urls, ttl=5.0, native_commands=False, _core=sync_core) as locks:
         lock = locks.try_acquire("sec:c")
         eng = locks._checkout()
         op = eng.extend_op(lock, 5000)

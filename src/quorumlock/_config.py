@@ -349,6 +349,7 @@ class Options:
     lock_delay_ms: int = 0
     max_pending: int = 65536
     max_reply_bytes: int = 64 * 1024 * 1024
+    native_commands: bool = True
 
 
 def make_options(
@@ -368,6 +369,7 @@ def make_options(
     lock_delay: Any = None,
     max_pending: Any = 65536,
     max_reply_bytes: Any = 64 * 1024 * 1024,
+    native_commands: Any = True,
 ) -> Options:
     """Check every option once, naming the bad one."""
     if isinstance(drift_factor, bool) or not isinstance(drift_factor, (int, float)) or not math.isfinite(drift_factor):
@@ -422,6 +424,8 @@ def make_options(
         raise ValueError(
             f"batch_chunk={batch_chunk} needs batch replies of up to {batch_reply_bytes(batch_chunk)} bytes, "
             f"over max_reply_bytes={max_reply_bytes}: lower batch_chunk or raise max_reply_bytes")
+    if not isinstance(native_commands, bool):
+        raise TypeError(f"native_commands must be True or False, got {native_commands!r}")
     return Options(
         ttl=ttl_ms / 1000.0,
         ttl_ms=ttl_ms,
@@ -439,6 +443,7 @@ def make_options(
         lock_delay_ms=delay_ms,
         max_pending=max_pending,
         max_reply_bytes=max_reply_bytes,
+        native_commands=native_commands,
     )
 
 

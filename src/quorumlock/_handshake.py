@@ -8,16 +8,26 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hiredis import ReplyError
 
-from . import _scripts
+from . import _health, _scripts
 from ._config import NodeSpec, parse_info
 from .errors import ConfigurationError, scrub_text
 
 log = logging.getLogger("quorumlock")
 
 
-def commands(spec: NodeSpec) -> List[Tuple[str, tuple]]:
+#: Handshake entries whose error reply only means "not supported" (an old
+#: server without ``COMMAND DOCS``, an ACL that denies ``COMMAND``).
+_OPTIONAL = ("CMDINFO", "CMDDOCS")
+
+#: ``native_support`` release kinds: scripts only, ``DELIFEQ``, ``DELEX ... IFEQ``.
+RELEASE_SCRIPT, RELEASE_DELIFEQ, RELEASE_DELEX = 0, 1, 2
+
+
+def commands(spec: NodeSpec, native: bool = True) -> List[Tuple[str, tuple]]:
     """The pipelined commands of a handshake: AUTH, SELECT, INFO server, ROLE,
-    and SCRIPT LOAD of every script (a node that restarted forgot them)."""
+    SCRIPT LOAD of every script (a node that restarted forgot them) and, with
+    ``native``, the probes of the native conditional commands (``COMMAND INFO
+    DELIFEQ DELEX``, ``COMMAND DOCS SET``: the same as ``health()`` reports)."""
     out: List[Tuple[str, tuple]] = []
     if spec.password is not None:
         out.append(("AUTH", ("AUTH", spec.username, spec.password) if spec.username else ("AUTH", spec.password)))
@@ -27,7 +37,20 @@ def commands(spec: NodeSpec) -> List[Tuple[str, tuple]]:
     out.append(("ROLE", ("ROLE",)))
     for body, _sha in _scripts.ALL:
         out.append(("SCRIPT", ("SCRIPT", "LOAD", body)))
+    if native:
+        out.extend(zip(_OPTIONAL, _health.PROBES_NATIVE))
     return out
+
+
+def native_support(replies: List[Tuple[str, Any]]) -> Tuple[int, bool]:
+    """``(release kind, SET IFEQ)`` of a node, from its handshake replies:
+    which compare-and-delete it has (``RELEASE_DELIFEQ`` preferred over
+    ``RELEASE_DELEX``; ``RELEASE_SCRIPT`` for neither) and whether ``SET``
+    takes ``IFEQ``.  No probe replies (``native_commands=False``): scripts."""
+    got = dict(replies)
+    cmds = _health.native_commands(got.get("CMDINFO"), got.get("CMDDOCS"))
+    kind = RELEASE_DELIFEQ if cmds.get("DELIFEQ") else RELEASE_DELEX if cmds.get("DELEX") else RELEASE_SCRIPT
+    return kind, bool(cmds.get("SET IFEQ"))
 
 
 def check(spec: NodeSpec, replies: List[Tuple[str, Any]]) -> Dict[str, str]:
@@ -38,6 +61,8 @@ def check(spec: NodeSpec, replies: List[Tuple[str, Any]]) -> Dict[str, str]:
     info: Dict[str, str] = {}
     role: Any = None
     for name, r in replies:
+        if isinstance(r, ReplyError) and name in _OPTIONAL:
+            continue  # the node lacks the probe: it gets the scripts
         if isinstance(r, ReplyError):
             # A server (or a proxy in front of it) may echo the AUTH
             # arguments: never let the password into the message.

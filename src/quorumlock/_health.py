@@ -33,12 +33,15 @@ DEFAULT_TIMEOUT = 1.0
 #: The commands reported in ``NodeHealth.commands`` (name -> supported).
 PROBED_COMMANDS = ("DELIFEQ", "DELEX", "SET IFEQ")
 
-_PROBES: Tuple[Tuple[Any, ...], ...] = (
-    ("TIME",),
-    ("INFO",),
+#: The probes of the native conditional commands (also run by every connect's
+#: handshake, quorumlock._handshake): ``COMMAND INFO`` of the compare-and-delete
+#: commands, and ``COMMAND DOCS SET`` (whose arguments list ``IFEQ`` or not).
+PROBES_NATIVE: Tuple[Tuple[Any, ...], ...] = (
     ("COMMAND", "INFO", "DELIFEQ", "DELEX"),
     ("COMMAND", "DOCS", "SET"),
 )
+
+_PROBES: Tuple[Tuple[Any, ...], ...] = (("TIME",), ("INFO",)) + PROBES_NATIVE
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,12 @@ class NodeHealth:
     #: Each of ``PROBED_COMMANDS`` -> whether the server has it (empty when
     #: unknown).
     commands: Dict[str, bool] = field(default_factory=dict)
+    #: The command this manager's plain locks use on the node now:
+    #: ``{"release": "DELIFEQ" | "DELEX" | "script", "extend": "SET IFEQ" |
+    #: "script"}`` (native commands detected at connect; the scripts with
+    #: ``native_commands=False``, fencing, lock-delay or notify).  Empty when
+    #: the node is not connected.
+    paths: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,9 @@ def _has_token(reply: Any, token: bytes) -> bool:
     return False
 
 
-def _commands(info_reply: Any, docs_reply: Any) -> Dict[str, bool]:
+def native_commands(info_reply: Any, docs_reply: Any) -> Dict[str, bool]:
+    """Which of ``PROBED_COMMANDS`` a node has, from the replies of
+    ``PROBES_NATIVE`` (a missing or error reply: that entry is left out)."""
     out: Dict[str, bool] = {}
     if isinstance(info_reply, list) and len(info_reply) == 2:
         # COMMAND INFO: one entry per name asked, None for an unknown command.
@@ -184,6 +195,7 @@ def build(
     node not probed) and ``(wall_sent, wall_received, rtt)`` of its TIME."""
     out: List[NodeHealth] = []
     guard = mgr._guard
+    paths = native_paths(mgr)
     for i, spec in enumerate(mgr._specs):
         rs = replies[i]
         err = errors[i]
@@ -233,9 +245,35 @@ def build(
             server=server,
             version=version,
             maxmemory_policy=info.get("maxmemory_policy"),
-            commands=_commands(cinfo_r, docs_r),
+            commands=native_commands(cinfo_r, docs_r),
+            paths=paths[i] if paths is not None and mgr_ready(mgr, i) else {},
         ))
     return Health(tuple(out), mgr.quorum)
+
+
+def _engine_of(mgr: Any) -> Any:
+    """The engine whose connections this call uses (the blocking API: the
+    calling thread's)."""
+    eng = getattr(mgr, "_engine", None)
+    if eng is None:
+        import threading
+
+        eng = (getattr(mgr, "_engines", None) or {}).get(threading.get_ident())
+    return eng
+
+
+def native_paths(mgr: Any) -> Optional[List[Dict[str, str]]]:
+    """Per node, the release and extend command of plain locks (the
+    engine's ``native_paths()``), or None without an engine."""
+    eng = _engine_of(mgr)
+    if eng is None or not hasattr(eng, "native_paths"):
+        return None
+    return list(eng.native_paths())
+
+
+def mgr_ready(mgr: Any, i: int) -> bool:
+    eng = _engine_of(mgr)
+    return eng is not None and bool(eng.nodes[i].ready)
 
 
 def _counted(eng: Any, i: int, now_ns: int) -> bool:

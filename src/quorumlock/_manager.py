@@ -42,6 +42,7 @@ class ManagerBase:
         metrics: bool = False,
         max_pending: int = 65536,
         max_reply_bytes: int = 64 * 1024 * 1024,
+        native_commands: bool = True,
         _core: Any = None,
     ) -> None:
         self._core = core if _core is None else _core
@@ -61,6 +62,7 @@ class ManagerBase:
             lock_delay=lock_delay,
             max_pending=max_pending,
             max_reply_bytes=max_reply_bytes,
+            native_commands=native_commands,
         )
         self._specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
         self._guard = _handshake.GuardState(len(self._specs))

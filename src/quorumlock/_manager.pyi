@@ -45,6 +45,7 @@ class ManagerBase:
         metrics: bool = False,
         max_pending: int = 65536,
         max_reply_bytes: int = 67108864,
+        native_commands: bool = True,
     ) -> None: ...
     @classmethod
     def from_env(
@@ -70,6 +71,7 @@ class ManagerBase:
         metrics: bool = ...,
         max_pending: int = ...,
         max_reply_bytes: int = ...,
+        native_commands: bool = ...,
     ) -> Self: ...
     @property
     def n(self) -> int: ...

@@ -897,6 +897,12 @@ class ExtendOp(Op):
     def on_reply(self, node, reply, aux):
         if type(reply) is int:
             return self.mark(node._idx, ST_OK if reply == 1 else ST_HELD, None)
+        # The native form (SET ... IFEQ ... PX): +OK where it was ours, nil
+        # where the key is gone or holds another token.
+        if reply is None:
+            return self.mark(node._idx, ST_HELD, None)
+        if type(reply) is bytes and reply == b"OK":
+            return self.mark(node._idx, ST_OK, None)
         if _is_noscript(reply):
             return self.resend_eval(node, aux, _now_ns() + self.engine.node_timeout_ns)
         if isinstance(reply, ReplyError):
@@ -1321,7 +1327,7 @@ class Engine:
                  # fenced acquisition under clock offsets (docs/fencing.md)
                  "fence_clock_check", "clock_off_ns", "clock_err_ns", "clock_at", "clock_ahead_ns",
                  "clock_behind_ns", "clock_warned", "clock_tr", "clock_ref_ok", "clock_hi_ref_ns", "clock_probe_at", "refuse_log_at",
-                 "last_slack_us")
+                 "last_slack_us", "nat_delifeq", "nat_delex", "nat_setifeq")
 
     def __init__(self, loop, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -1366,6 +1372,11 @@ class Engine:
         self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
         self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
         self.release_notify = False
+        # Native conditional commands, per node (bit i: node i has it; set by
+        # the API layer from each connect's handshake, set_native).
+        self.nat_delifeq = 0             # DELIFEQ key token (Valkey >= 9.0)
+        self.nat_delex = 0               # DELEX key IFEQ token (Redis >= 8.4)
+        self.nat_setifeq = 0             # SET key token IFEQ token PX ttl
         self.rel_queue = []              # releases asked for this iteration, not yet encoded
         self.coalesce_releases = True    # False: one script call per release
         self.release_script = RELEASE_SCRIPT
@@ -1467,8 +1478,49 @@ class Engine:
         """Validate ``key`` as an operation would; return its bytes."""
         return self.key_bytes(key)
 
-    def fanout(self, cmd, op, aux, deadline, guarded):
-        """Queue ``cmd`` on every node; nodes that cannot take it fail at once."""
+    def set_native(self, idx, release_kind, set_ifeq):
+        """Node ``idx``'s native conditional commands, from its handshake:
+        ``release_kind`` 0 (scripts), 1 (``DELIFEQ``) or 2 (``DELEX ... IFEQ``);
+        ``set_ifeq``: ``SET ... IFEQ`` (extend).  Used only where the
+        operation's rules allow (native_allowed)."""
+        idx = self._node_index(idx)
+        release_kind = _c_int(release_kind, -(1 << 31), (1 << 31) - 1)
+        if release_kind not in (0, 1, 2):
+            raise ValueError(f"release_kind must be 0, 1 or 2, got {release_kind!r}")
+        bit = 1 << idx
+        self.nat_delifeq = (self.nat_delifeq & ~bit) | (bit if release_kind == 1 else 0)
+        self.nat_delex = (self.nat_delex & ~bit) | (bit if release_kind == 2 else 0)
+        self.nat_setifeq = (self.nat_setifeq & ~bit) | (bit if set_ifeq else 0)
+
+    def native_allowed(self):
+        # Plain locks only: fencing, lock-delay and notify need their scripts.
+        return not self.fencing and self.lock_delay_ms == 0 and not self.release_notify
+
+    def native_paths(self):
+        """Per node, the command each plain operation uses now:
+        ``{"release": "DELIFEQ" | "DELEX" | "script", "extend": "SET IFEQ" | "script"}``."""
+        ok = self.native_allowed()
+        out = []
+        for i in range(self.n):
+            rel = "script"
+            if ok and self.nat_delifeq & (1 << i):
+                rel = "DELIFEQ"
+            elif ok and self.nat_delex & (1 << i):
+                rel = "DELEX"
+            out.append({"release": rel, "extend": "SET IFEQ" if ok and self.nat_setifeq & (1 << i) else "script"})
+        return out
+
+    @staticmethod
+    def native_release_cmds(key_b, token):
+        """``(DELIFEQ key token, DELEX key IFEQ token)``, encoded."""
+        return (b"*3\r\n$7\r\nDELIFEQ\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key_b), key_b, len(token), token),
+                b"*4\r\n$5\r\nDELEX\r\n$%d\r\n%b\r\n$4\r\nIFEQ\r\n$%d\r\n%b\r\n"
+                % (len(key_b), key_b, len(token), token))
+
+    def fanout(self, cmd, op, aux, deadline, guarded, alt1=None, mask1=0, alt2=None, mask2=0, only=-1):
+        """Queue ``cmd`` on every node; nodes that cannot take it fail at once.
+        Nodes in ``mask1`` get ``alt1`` instead, in ``mask2`` ``alt2`` (the
+        native forms); nodes outside ``only`` are left alone."""
         if self.rel_queue:
             # Earlier releases go on the wire first: order is what it was asked.
             self.materialize_releases()
@@ -1476,6 +1528,8 @@ class Engine:
         failed = None
         cap = self.max_pending
         for node in self.nodes:
+            if not only & (1 << node._idx):
+                continue
             detail = None
             if not node.ready:
                 st = ST_DOWN
@@ -1491,8 +1545,9 @@ class Engine:
                 st = ST_ERROR
                 detail = node.overloaded()
             else:
-                node.send(cmd, op, aux, deadline)
-                op.sent |= 1 << node._idx
+                bit = 1 << node._idx
+                node.send(alt1 if mask1 & bit else alt2 if mask2 & bit else cmd, op, aux, deadline)
+                op.sent |= bit
                 continue
             if failed is None:
                 failed = []
@@ -1528,13 +1583,18 @@ class Engine:
         cmd, op = self._release_cmd(key_b, token)
         deadline = op.t0 + self.node_timeout_ns
         any_sent = False
+        m1 = m2 = 0
+        if (self.nat_delifeq | self.nat_delex) and self.native_allowed():
+            m1, m2 = self.nat_delifeq, self.nat_delex
+            n1, n2 = self.native_release_cmds(key_b, token)
         for i, node in enumerate(self.nodes):
             if skip is not None and skip[i] == ST_HELD:
                 continue
             if node.ready and not node.paused and len(node.slots) < self.max_pending:
                 # (An overloaded node gets no release: it is not reading, and
                 # the key expires by its TTL.)
-                node.send(cmd, op, 0, deadline)
+                bit = 1 << i
+                node.send(n1 if m1 & bit else n2 if m2 & bit else cmd, op, 0, deadline)
                 any_sent = True
             elif sent & (1 << i) and expiry > op.t0:
                 self.held_back[i].append((expiry, key_b, token))
@@ -1558,6 +1618,9 @@ class Engine:
             if expiry <= now:
                 continue
             cmd, op = self._release_cmd(key_b, token)
+            if (self.nat_delifeq | self.nat_delex) & (1 << idx) and self.native_allowed():
+                n1, n2 = self.native_release_cmds(key_b, token)
+                cmd = n1 if self.nat_delifeq & (1 << idx) else n2
             node.send(cmd, op, 0, now + self.node_timeout_ns)
             sent += 1
         if sent:
@@ -1829,8 +1892,23 @@ class Engine:
             op = q[0]
             kb, tok = op.key_b, op.token
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(kb), kb, len(tok), tok)
-            self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, False)
+            if (self.nat_delifeq | self.nat_delex) and self.native_allowed():
+                n1, n2 = self.native_release_cmds(kb, tok)
+                self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, False, n1, self.nat_delifeq, n2, self.nat_delex)
+            else:
+                self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, False)
             return
+        nat = (self.nat_delifeq | self.nat_delex) if self.native_allowed() else 0
+        if nat:
+            # Nodes with a native compare-and-delete get one per release
+            # (pipelined, each answered to its own ReleaseOp); the others one
+            # RELEASE_MANY script call per chunk below.
+            for op in q:
+                n1, n2 = self.native_release_cmds(op.key_b, op.token)
+                self.fanout(n1, op, 0, op.t0 + self.node_timeout_ns + m * 1000, False,
+                            n1, self.nat_delifeq, n2, self.nat_delex, nat)
+            if nat == (1 << self.n) - 1:
+                return
         chunk = self.batch_chunk
         for start in range(0, m, chunk):
             ops = q[start:start + chunk]
@@ -1838,7 +1916,8 @@ class Engine:
             mop.ops = ops
             cmd = encode_command(b"EVALSHA", RELEASE_MANY_SHA, len(ops), *[o.key_b for o in ops],
                                  *[o.token for o in ops])
-            self.fanout(cmd, mop, 0, mop.t0 + self.node_timeout_ns + len(ops) * 2000, False)
+            self.fanout(cmd, mop, 0, mop.t0 + self.node_timeout_ns + len(ops) * 2000, False,
+                        None, 0, None, 0, ~nat)
 
     def _release(self, lock):
         _check_lock(lock)
@@ -1866,6 +1945,10 @@ class Engine:
         else:
             op.ex = False
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(kb), kb, len(tok), tok)
+            if (self.nat_delifeq | self.nat_delex) and self.native_allowed():
+                n1, n2 = self.native_release_cmds(kb, tok)
+                self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, False, n1, self.nat_delifeq, n2, self.nat_delex)
+                return op
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, False)
         return op
 
@@ -1889,6 +1972,15 @@ class Engine:
         else:
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (self.pre_extend, len(kb), kb, len(tok), tok,
                                                           _bulk_int(ttl_ms))
+            if self.nat_setifeq and self.native_allowed():
+                # SET key token IFEQ token PX ttl: rewrites our own token with
+                # a new expiry only where it is still ours (nil: gone or
+                # another's).  PX is always given: without it SET would drop
+                # the expiry.
+                nat = b"*7\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nIFEQ\r\n$%d\r\n%b\r\n$2\r\nPX\r\n%b" % (
+                    len(kb), kb, len(tok), tok, len(tok), tok, _bulk_int(ttl_ms))
+                self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard, nat, self.nat_setifeq)
+                return op
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 

@@ -109,6 +109,13 @@ class LockManager(ManagerBase):
     max_reply_bytes:
         Largest reply accepted (default 64 MiB); a larger one drops the
         connection (docs/engine.md, "Memory bounds").
+    native_commands:
+        Release with the node's own compare-and-delete (``DELIFEQ`` on
+        Valkey >= 9.0, ``DELEX ... IFEQ`` on Redis >= 8.4) and extend with
+        ``SET ... IFEQ ... PX`` (Valkey >= 8.1, Redis >= 8.4) on the nodes
+        that have them, detected at each connect (default True).  Plain locks
+        only: fencing, lock-delay and notify keep the scripts, as do batches
+        and the nodes without the commands.  False: scripts everywhere.
     """
 
     def _init_api(self) -> None:
@@ -263,7 +270,7 @@ class LockManager(ManagerBase):
         spec = self._specs[i]
         eng = self._engine
         t = spec.connect_timeout
-        futs = [(name, eng.call(i, args, t)) for name, args in _handshake.commands(spec)]
+        futs = [(name, eng.call(i, args, t)) for name, args in _handshake.commands(spec, self._opts.native_commands)]
         for _name, fut in futs:
             # If the handshake fails midway, the later futures fail with
             # nobody awaiting them: retrieve their exceptions so the loop
@@ -272,6 +279,7 @@ class LockManager(ManagerBase):
         replies = [(name, await fut) for name, fut in futs]
         info = _handshake.check(spec, replies)
         node = eng.nodes[i]
+        eng.set_native(i, *_handshake.native_support(replies))
         node.info = info
         node.run_id = info.get("run_id")
         node.counted_after = self._guard.on_connect(

@@ -225,7 +225,7 @@ class LockManager(ManagerBase):
                 continue
             eng.attach(i, s, spec.ssl is not None)
             t = max(0.05, deadline - time.monotonic())
-            ops.append((i, [(name, eng.call_op(i, args, t)) for name, args in _handshake.commands(spec)]))
+            ops.append((i, [(name, eng.call_op(i, args, t)) for name, args in _handshake.commands(spec, self._opts.native_commands)]))
         errors = []
         for i, named in ops:
             spec = self._specs[i]
@@ -246,6 +246,7 @@ class LockManager(ManagerBase):
                 eng.nodes[i].abort()
                 continue
             node = eng.nodes[i]
+            eng.set_native(i, *_handshake.native_support(replies))
             node.info = info
             node.run_id = info.get("run_id")
             if not initial:

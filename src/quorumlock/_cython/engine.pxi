@@ -54,6 +54,13 @@ cdef class Engine:
         WriteBuffer scratch_batch
         bytes pre_release
         bytes pre_extend
+        # Native conditional commands, per node (bit i: node i has it; set by
+        # the API layer from each connect's handshake, set_native).
+        uint32_t nat_delifeq            # DELIFEQ key token (Valkey >= 9.0)
+        uint32_t nat_delex              # DELEX key IFEQ token (Redis >= 8.4)
+        uint32_t nat_setifeq            # SET key token IFEQ token PX ttl (Valkey >= 8.1, Redis >= 8.4)
+        WriteBuffer scratch_nat1
+        WriteBuffer scratch_nat2
         bytes pre_release_ex
         bytes pre_extend_ex
         bytes pre_acquire_ex
@@ -110,6 +117,11 @@ cdef class Engine:
         self.scratch2 = WriteBuffer(4096)
         self.scratch_rel = WriteBuffer(4096)
         self.scratch_batch = WriteBuffer(65536)
+        self.scratch_nat1 = WriteBuffer(4096)
+        self.scratch_nat2 = WriteBuffer(4096)
+        self.nat_delifeq = 0
+        self.nat_delex = 0
+        self.nat_setifeq = 0
         self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
         self.pre_extend = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_SHA + b"\r\n$1\r\n1\r\n"
         self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
@@ -234,8 +246,61 @@ cdef class Engine:
         """Validate ``key`` as an operation would; return its bytes."""
         return self.key_bytes(key)
 
-    cdef int fanout(self, WriteBuffer cmd, Op op, int32_t aux, uint64_t deadline, bint guarded) except -1:
-        """Queue ``cmd`` on every node; nodes that cannot take it fail at once."""
+    def set_native(self, int idx, int release_kind, bint set_ifeq):
+        """Node ``idx``'s native conditional commands, from its handshake:
+        ``release_kind`` 0 (scripts), 1 (``DELIFEQ``) or 2 (``DELEX ... IFEQ``);
+        ``set_ifeq``: ``SET ... IFEQ`` (extend).  Used only where the
+        operation's rules allow (native_allowed)."""
+        self.check_index(idx)
+        if release_kind not in (0, 1, 2):
+            raise ValueError(f"release_kind must be 0, 1 or 2, got {release_kind!r}")
+        cdef uint32_t bit = 1u << idx
+        self.nat_delifeq = (self.nat_delifeq & ~bit) | (bit if release_kind == 1 else 0)
+        self.nat_delex = (self.nat_delex & ~bit) | (bit if release_kind == 2 else 0)
+        self.nat_setifeq = (self.nat_setifeq & ~bit) | (bit if set_ifeq else 0)
+
+    cdef inline bint native_allowed(self):
+        # Plain locks only: fencing, lock-delay and notify need their scripts.
+        return not self.fencing and self.lock_delay_ms == 0 and not self.release_notify
+
+    def native_paths(self):
+        """Per node, the command each plain operation uses now:
+        ``{"release": "DELIFEQ" | "DELEX" | "script", "extend": "SET IFEQ" | "script"}``."""
+        cdef int i
+        cdef bint ok = self.native_allowed()
+        out = []
+        for i in range(self.n):
+            rel = "script"
+            if ok and self.nat_delifeq & (1u << i):
+                rel = "DELIFEQ"
+            elif ok and self.nat_delex & (1u << i):
+                rel = "DELEX"
+            out.append({"release": rel,
+                        "extend": "SET IFEQ" if ok and self.nat_setifeq & (1u << i) else "script"})
+        return out
+
+    cdef int encode_native_release(self, bytes key_b, bytes token) except -1:
+        """``DELIFEQ key token`` into scratch_nat1, ``DELEX key IFEQ token``
+        into scratch_nat2."""
+        cdef WriteBuffer b = self.scratch_nat1
+        b.clear()
+        b.write_bytes(b"*3\r\n$7\r\nDELIFEQ\r\n")
+        b.write_bulk_bytes(key_b)
+        b.write_bulk_bytes(token)
+        b = self.scratch_nat2
+        b.clear()
+        b.write_bytes(b"*4\r\n$5\r\nDELEX\r\n")
+        b.write_bulk_bytes(key_b)
+        b.write_bytes(b"$4\r\nIFEQ\r\n")
+        b.write_bulk_bytes(token)
+        return 0
+
+    cdef int fanout(self, WriteBuffer cmd, Op op, int32_t aux, uint64_t deadline, bint guarded,
+                    WriteBuffer alt1=None, uint32_t mask1=0, WriteBuffer alt2=None, uint32_t mask2=0,
+                    uint32_t only=0xFFFFFFFFu) except -1:
+        """Queue ``cmd`` on every node; nodes that cannot take it fail at once.
+        Nodes in ``mask1`` get ``alt1`` instead, in ``mask2`` ``alt2`` (the
+        native forms); nodes outside ``only`` are left alone."""
         cdef NodeConn node
         cdef int i
         cdef uint32_t down = 0, excluded = 0, full = 0
@@ -245,6 +310,8 @@ cdef class Engine:
             # Earlier releases go on the wire first: order is what it was asked.
             self.materialize_releases()
         for i in range(self.n):
+            if not only & (1u << i):
+                continue
             node = <NodeConn>self.nodes[i]
             if not node.ready:
                 down |= (1u << i)
@@ -262,7 +329,12 @@ cdef class Engine:
                     why = [None] * self.n
                 why[i] = node.overloaded()
             else:
-                node.send(cmd, op, aux, deadline)
+                if mask1 & (1u << i):
+                    node.send(alt1, op, aux, deadline)
+                elif mask2 & (1u << i):
+                    node.send(alt2, op, aux, deadline)
+                else:
+                    node.send(cmd, op, aux, deadline)
                 op.sent |= (1u << i)
         self.schedule_flush()
         if down | excluded | full:
@@ -308,6 +380,11 @@ cdef class Engine:
         cdef bint any_sent = False
         op = self._release_cmd(b, key_b, token)
         cdef uint64_t deadline = op.t0 + self.node_timeout_ns
+        cdef uint32_t m1 = 0, m2 = 0
+        if self.native_allowed() and (self.nat_delifeq | self.nat_delex):
+            m1 = self.nat_delifeq
+            m2 = self.nat_delex
+            self.encode_native_release(key_b, token)
         for i in range(self.n):
             if skip is not NULL and skip[i] == ST_HELD:
                 continue
@@ -315,7 +392,12 @@ cdef class Engine:
             if node.ready and not node.paused and node.count < self.max_pending:
                 # (An overloaded node gets no release: it is not reading, and
                 # the key expires by its TTL.)
-                node.send(b, op, 0, deadline)
+                if m1 & (1u << i):
+                    node.send(self.scratch_nat1, op, 0, deadline)
+                elif m2 & (1u << i):
+                    node.send(self.scratch_nat2, op, 0, deadline)
+                else:
+                    node.send(b, op, 0, deadline)
                 any_sent = True
             elif sent & (1u << i) and expiry > op.t0:
                 (<object>self.held_back[i]).append((expiry, key_b, token))
@@ -341,7 +423,12 @@ cdef class Engine:
             if <uint64_t>expiry <= now:
                 continue
             op = self._release_cmd(self.scratch_rel, key_b, token)
-            node.send(self.scratch_rel, op, 0, now + self.node_timeout_ns)
+            if self.native_allowed() and (self.nat_delifeq | self.nat_delex) & (1u << idx):
+                self.encode_native_release(key_b, token)
+                node.send(self.scratch_nat1 if self.nat_delifeq & (1u << idx) else self.scratch_nat2,
+                          op, 0, now + self.node_timeout_ns)
+            else:
+                node.send(self.scratch_rel, op, 0, now + self.node_timeout_ns)
             sent += 1
         if sent:
             self.schedule_flush()
@@ -669,8 +756,28 @@ cdef class Engine:
             b.write_bytes(self.pre_release)
             b.write_bulk_bytes(op.key_b)
             b.write_bulk_bytes(op.token)
-            self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, False)
+            if self.native_allowed() and (self.nat_delifeq | self.nat_delex):
+                self.encode_native_release(op.key_b, op.token)
+                self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, False,
+                            self.scratch_nat1, self.nat_delifeq, self.scratch_nat2, self.nat_delex)
+            else:
+                self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, False)
             return 0
+        cdef uint32_t nat = 0
+        cdef uint64_t dl
+        if self.native_allowed():
+            nat = self.nat_delifeq | self.nat_delex
+        if nat:
+            # Nodes with a native compare-and-delete get one per release
+            # (pipelined, each answered to its own ReleaseOp); the others one
+            # RELEASE_MANY script call per chunk below.
+            for k in range(m):
+                op = <ReleaseOp>q[k]
+                self.encode_native_release(op.key_b, op.token)
+                self.fanout(self.scratch_nat1, op, 0, op.t0 + self.node_timeout_ns + <uint64_t>m * 1000ULL,
+                            False, self.scratch_nat1, self.nat_delifeq, self.scratch_nat2, self.nat_delex, nat)
+            if nat == (0xFFFFFFFFu >> (32 - self.n)):
+                return 0
         for start in range(0, m, self.batch_chunk):
             end = min(start + self.batch_chunk, m)
             mop = MultiReleaseOp.__new__(MultiReleaseOp)
@@ -684,7 +791,8 @@ cdef class Engine:
                 b.write_bulk_bytes((<ReleaseOp>q[k]).key_b)
             for k in range(start, end):
                 b.write_bulk_bytes((<ReleaseOp>q[k]).token)
-            self.fanout(b, mop, 0, mop.t0 + self.node_timeout_ns + <uint64_t>(end - start) * 2000ULL, False)
+            self.fanout(b, mop, 0, mop.t0 + self.node_timeout_ns + <uint64_t>(end - start) * 2000ULL, False,
+                        None, 0, None, 0, ~nat)
         return 0
 
     cdef Op _release(self, Lock lock):
@@ -713,6 +821,11 @@ cdef class Engine:
             b.write_bytes(self.pre_release)
             b.write_bulk_bytes(lock.key_b)
         b.write_bulk_bytes(lock.token)
+        if self.native_allowed() and (self.nat_delifeq | self.nat_delex):
+            self.encode_native_release(lock.key_b, lock.token)
+            self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, False,
+                        self.scratch_nat1, self.nat_delifeq, self.scratch_nat2, self.nat_delex)
+            return op
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, False)
         return op
 
@@ -740,6 +853,22 @@ cdef class Engine:
             b.write_bulk_bytes(lock.key_b)
             b.write_bulk_bytes(lock.token)
             b.write_bulk_int(ttl_ms)
+        cdef WriteBuffer nb
+        if self.nat_setifeq and self.native_allowed():
+            # SET key token IFEQ token PX ttl: rewrites our own token with a
+            # new expiry only where it is still ours (nil: gone or another's).
+            # PX is always given: without it SET would drop the expiry.
+            nb = self.scratch_nat1
+            nb.clear()
+            nb.write_bytes(b"*7\r\n$3\r\nSET\r\n")
+            nb.write_bulk_bytes(lock.key_b)
+            nb.write_bulk_bytes(lock.token)
+            nb.write_bytes(b"$4\r\nIFEQ\r\n")
+            nb.write_bulk_bytes(lock.token)
+            nb.write_bytes(b"$2\r\nPX\r\n")
+            nb.write_bulk_int(ttl_ms)
+            self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard, nb, self.nat_setifeq)
+            return op
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 

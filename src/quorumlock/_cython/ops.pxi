@@ -438,6 +438,12 @@ cdef class ExtendOp(Op):
     cdef int on_reply(self, NodeConn node, object reply, int32_t aux) except -1:
         if type(reply) is int:
             return self.mark(node.idx, ST_OK if reply == 1 else ST_HELD, None)
+        # The native form (SET ... IFEQ ... PX): +OK where it was ours, nil
+        # where the key is gone or holds another token.
+        if reply is None:
+            return self.mark(node.idx, ST_HELD, None)
+        if type(reply) is bytes and reply == b"OK":
+            return self.mark(node.idx, ST_OK, None)
         if is_noscript(reply):
             return self.resend_eval(node, aux, now_ns() + self.engine.node_timeout_ns)
         if is_reply_error(reply):
