@@ -158,6 +158,24 @@ def _c_double(v):
     return float(v)
 
 
+#: Caller tokens (Engine.attempt_token): bytes, 1 to MAX_TOKEN_LEN long.
+MAX_TOKEN_LEN = 512
+
+
+def _caller_token(token):
+    """``token`` checked as a caller-chosen lock token: bytes of 1 to
+    MAX_TOKEN_LEN bytes (TypeError / ValueError naming ``token``, without its
+    value: a token is a secret)."""
+    if type(token) is not bytes:
+        if isinstance(token, (bytes, bytearray, memoryview)):
+            token = bytes(token)
+        else:
+            raise TypeError(f"token must be bytes, got {type(token).__name__}")
+    if len(token) == 0 or len(token) > MAX_TOKEN_LEN:
+        raise ValueError(f"token must be 1 to {MAX_TOKEN_LEN} bytes long, got {len(token)} bytes")
+    return token
+
+
 def _check_lock(lock):
     if type(lock) is not Lock and not isinstance(lock, Lock):
         if lock is None:
@@ -577,7 +595,12 @@ class AcquireOp(Op):
         # before reading: a pause between sending and reading must count
         # against validity (FAULTS.md row 12).
         now = _now_ns()
-        end = self.t0 + self.ttl_ms * 1000000 - self.drift_ns
+        expiry = self.t0 + self.ttl_ms * 1000000
+        end = expiry - self.drift_ns
+        if self.ttl_ms == 0:
+            # A caller-token acquire without PX (Engine.attempt_token): the
+            # key never expires, so neither does the lease.
+            expiry = end = _NEVER
         if self.n_ok >= self.quorum and now < end:
             lock = _new_lock(self.engine.owner, self.key, self.key_b, self.token,
                              self.ttl_ms, end, self.n_ok)
@@ -586,8 +609,7 @@ class AcquireOp(Op):
                 # The caller was cancelled while we waited: it will never see
                 # this lock, so it must not stay on the nodes.
                 lock._released = True
-                self.engine.send_release(self.key_b, self.token, None, None, self.sent,
-                                         self.t0 + self.ttl_ms * 1000000)
+                self.engine.send_release(self.key_b, self.token, None, None, self.sent, expiry)
                 return
             self.finish(lock)
             return
@@ -595,8 +617,7 @@ class AcquireOp(Op):
         # that timed out or have not answered yet (their SET is ahead of the
         # release on the same ordered connection), and nodes whose connection
         # dropped after the SET was written (released when they are back).
-        self.engine.send_release(self.key_b, self.token, None, self.status, self.sent,
-                                 self.t0 + self.ttl_ms * 1000000)
+        self.engine.send_release(self.key_b, self.token, None, self.status, self.sent, expiry)
         self.finish(None)
 
 
@@ -1107,9 +1128,12 @@ class Lock:
 
     @property
     def validity(self):
-        """Seconds of validity left (0.0 once expired or released)."""
+        """Seconds of validity left (0.0 once expired or released; ``inf``
+        for a lock acquired without expiry, ``attempt_token`` without PX)."""
         if self._released:
             return 0.0
+        if self._deadline == _NEVER:
+            return float("inf")
         now = _now_ns()
         if now >= self._deadline:
             return 0.0
@@ -1505,6 +1529,38 @@ class Engine:
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 
+    def _attempt_token(self, key, token, ttl_ms):
+        """``SET key token NX [PX ttl_ms]`` on every node with the caller's
+        ``token``; ``ttl_ms`` 0: no PX (the key and the lease never expire).
+        Decided by AcquireOp exactly as ``_attempt``."""
+        if type(ttl_ms) is not int or ttl_ms < _LL_MIN or ttl_ms > _LL_MAX:
+            ttl_ms = _c_int(ttl_ms)
+        kb = self.key_bytes(key)
+        tok = _caller_token(token)
+        if ttl_ms < 0:
+            raise ValueError(f"px must be >= 0 ms (0: no expiry), got {ttl_ms}")
+        if ttl_ms > 0 and ttl_ms * 1000000 <= self.drift_ns_for(ttl_ms) + 1000000:
+            raise ValueError(f"px={ttl_ms} ms is too short: the drift allowance alone is "
+                             f"{self.drift_ns_for(ttl_ms) / 1e6:.1f} ms (ttl*drift_factor + 2 ms), "
+                             f"so no acquisition could be valid")
+        if self.fencing or self.lock_delay_ms > 0:
+            raise ValueError("caller-token acquires issue no fence and no lock-delay: "
+                             "use a manager without fencing/lock_delay")
+        op = AcquireOp(self, self.new_waiter())
+        op.key = key
+        op.key_b = kb
+        op.token = tok
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms) if ttl_ms > 0 else 0
+        if ttl_ms > 0:
+            cmd = b"*6\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nNX\r\n$2\r\nPX\r\n%b" % (
+                len(kb), kb, len(tok), tok, _bulk_int(ttl_ms))
+        else:
+            cmd = b"*4\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nNX\r\n" % (
+                len(kb), kb, len(tok), tok)
+        self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+        return op
+
     def _attempt_ex(self, key, kb, ttl_ms):
         op = FencedAcquireOp(self, self.new_waiter())
         op.key = key
@@ -1743,6 +1799,11 @@ class Engine:
         _check_lock(lock)
         if type(ttl_ms) is not int or ttl_ms < _LL_MIN or ttl_ms > _LL_MAX:
             ttl_ms = _c_int(ttl_ms)
+        if ttl_ms <= 0:
+            # PEXPIRE 0 would delete the key.  Only a lock without expiry
+            # (attempt_token without PX) has no TTL to renew with by default.
+            raise ValueError(f"ttl must be > 0 to extend {lock.key!r} (a lock acquired without expiry "
+                             f"needs an explicit ttl), got {ttl_ms} ms")
         if lock._released:
             return self._done(False)
         op = ExtendOp(self, self.new_waiter())
@@ -1861,6 +1922,15 @@ class Engine:
     def try_acquire(self, key, ttl_ms):
         """One quorum attempt: a future of ``Lock`` or None."""
         return self._attempt(key, ttl_ms).waiter
+
+    def attempt_token(self, key, token, ttl_ms):
+        """One quorum attempt to acquire ``key`` with the caller's ``token``
+        (bytes): ``SET key token NX PX ttl_ms``, or without ``PX`` when
+        ``ttl_ms`` is 0 (the lease then has no end: ``validity`` is ``inf``).
+        Decided as ``attempt`` (a majority, with validity left when there is
+        a TTL), released on every node where it may have landed when it
+        fails.  Returns the operation, as ``attempt``."""
+        return self._attempt_token(key, token, ttl_ms)
 
     def release(self, lock):
         """Compare-and-delete on every node: a future of True if our token was

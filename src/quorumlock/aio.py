@@ -36,7 +36,7 @@ from . import metrics as _metrics_mod
 from ._backend import IMPLEMENTATION, core
 from ._manager import ManagerBase
 from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
-from .blocking import _check_commands
+from .blocking import _check_commands, check_px
 from .errors import ConfigurationError, DuplicateNode, LockNotOwned, LockTimeout
 from .leases import _async as _lease_async
 from .leases import close_manager as _close_leases
@@ -296,6 +296,21 @@ class LockManager(ManagerBase):
         node.  Nothing is sent until it is awaited (a forgotten ``await`` warns
         and takes no lock); cancelling the await never leaves the key set."""
         return _try_acquire(self._require(), key, self._ttl_ms(ttl))
+
+    async def attempt_token(self, key: Any, token: bytes, px: Optional[int] = None) -> Any:
+        """One quorum attempt to acquire ``key`` with a token the caller chose:
+        ``SET key token NX PX px`` on every node (no ``PX`` when ``px`` is
+        None or 0: no expiry).  As ``quorumlock.LockManager.attempt_token``:
+        decided as ``try_acquire``, released everywhere on failure, returns
+        the decided operation (``.result``: the ``Lock`` or None;
+        ``.outcomes()``).  Cancelling the await never leaves the key set."""
+        eng = self._require()
+        ms = check_px(px, self._opts.drift_factor, self._opts.max_ttl)
+        if ms > self._max_ttl_used_ms:
+            self._max_ttl_used_ms = ms
+        op = eng.attempt_token(key, token, ms)
+        await receive(eng, op.waiter)
+        return op
 
     async def acquire(
         self,

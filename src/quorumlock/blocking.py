@@ -289,6 +289,29 @@ class LockManager(ManagerBase):
         eng = self._checkout()
         return eng.attempt_sync(key, ttl_ms)
 
+    def attempt_token(self, key: Any, token: bytes, px: Optional[int] = None) -> Any:
+        """One quorum attempt to acquire ``key`` with a token the caller chose
+        (``bytes``, 1 to 512 bytes): ``SET key token NX PX px`` on every node,
+        or without ``PX`` when ``px`` is None or 0 (no expiry).  The fast path
+        of the drop-in classes (``quorumlock.compat``).
+
+        Decided exactly as ``try_acquire``: held when a majority said OK, with
+        validity left when there is a TTL (``px - elapsed - drift > 0``); a
+        lock without expiry has ``validity == inf``.  A failed attempt is
+        released on every node where the SET may have landed.  Returns the
+        decided operation: ``.result`` is the ``Lock`` (its ``token`` is the
+        caller's; ``release()`` / ``extend(ttl)`` as any lock) or None, and
+        ``.outcomes()`` says what each node answered.  ``px`` (int ms) too
+        short to ever leave validity after the drift allowance raises
+        ``ValueError`` at once."""
+        ms = check_px(px, self._opts.drift_factor, self._opts.max_ttl)
+        if ms > self._max_ttl_used_ms:
+            self._max_ttl_used_ms = ms
+        eng = self._checkout()
+        op = eng.attempt_token(key, token, ms)
+        eng.wait(op)
+        return op
+
     def acquire(
         self,
         key: Any,
@@ -498,6 +521,32 @@ class LockManager(ManagerBase):
     def __repr__(self) -> str:
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
                 f"threads={len(self._engines)} [{self._core.IMPLEMENTATION}]>")
+
+
+def check_px(px: Any, drift_factor: float, max_ttl: float, name: str = "px", given: Any = None) -> int:
+    """A caller-token acquire's ``PX`` in whole ms: None or 0 -> 0 (no
+    expiry); else an int in ``[1, max_ttl]`` that leaves validity after the
+    drift allowance (``px*drift_factor + 2 ms``, plus 1 ms), or a
+    TypeError/ValueError naming ``name`` (showing ``given`` if set, the
+    caller's own spelling, e.g. redis-py's ``timeout`` in seconds)."""
+    if px is None:
+        return 0
+    shown = f"{given!r} s ({px} ms)" if given is not None else f"{px!r} ms"
+    if isinstance(px, bool) or not isinstance(px, int):
+        raise TypeError(f"{name} must be an int of milliseconds or None, got {type(px).__name__}")
+    if px < 0:
+        raise ValueError(f"{name} must be >= 0 (0 or None: no expiry), got {shown}")
+    if px == 0:
+        return 0
+    if px > max_ttl * 1000:
+        raise ValueError(f"{name}={shown} is over max_ttl ({max_ttl} s)")
+    drift_ms = px * drift_factor + 2.0
+    if px <= drift_ms + 1.0:
+        raise ValueError(
+            f"{name}={shown} is too short: the drift allowance alone is {drift_ms:.1f} ms "
+            f"(ttl*drift_factor + 2 ms), so no acquisition could be valid"
+        )
+    return px
 
 
 def _check_commands(commands: Sequence[Optional[Sequence[Any]]], n: int) -> List[Optional[tuple]]:

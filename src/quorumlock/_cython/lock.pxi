@@ -45,10 +45,13 @@ cdef class Lock:
 
     @property
     def validity(self):
-        """Seconds of validity left (0.0 once expired or released)."""
+        """Seconds of validity left (0.0 once expired or released; ``inf``
+        for a lock acquired without expiry, ``attempt_token`` without PX)."""
         cdef uint64_t now
         if self.released:
             return 0.0
+        if self.deadline == NO_EXPIRY:
+            return float("inf")
         now = now_ns()
         if now >= self.deadline:
             return 0.0
