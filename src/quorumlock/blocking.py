@@ -106,7 +106,7 @@ class LockManager(ManagerBase):
         self._connect_nodes(eng, range(self.n), self._opts.connect_timeout, initial)
         if initial:
             try:
-                _handshake.check_unique(self._specs, [nd.run_id for nd in eng.nodes])
+                _handshake.check_unique(self._specs, [nd.run_id for nd in eng.nodes], self._allow_same_server)
             except ConfigurationError:
                 eng.close()
                 raise
