@@ -247,3 +247,40 @@ def test_reset_all(sync_core, clusters, n):
     assert _on_nodes(cluster, "LLEN", "lock-signal:a") == [1] * n
     assert _on_nodes(cluster, "EXISTS", "unrelated")[0] == 1
     assert Lock(nodes, "a").acquire(blocking=False)
+
+
+def _child_acquires(port, result):
+    lock = Lock(redis.Redis(port=port), "forked")
+    result.value = 1 if lock.acquire(timeout=5) else 2
+    lock.release()
+
+
+def test_forked_child_gets_its_own_connections(sync_core, clusters):
+    """A child forked while the parent's shared manager is connected must not
+    use the parent's sockets.  Before the fork hook, the child's SET went on
+    the parent's connection: the parent's next reset() read the child's reply
+    or timed out (QuorumUnavailable), and the child was never woken: here its
+    acquire(timeout=5) returned False (value 2); python-redis-lock's
+    test_reset_signalizes failed 4 of 4."""
+    import multiprocessing
+
+    cluster = clusters(1)
+    r = redis.Redis(port=cluster.ports[0])
+    holder = Lock(r, "forked")
+    assert holder.acquire()
+    ctx = multiprocessing.get_context("fork")
+    result = ctx.Value("B", 0)
+    child = ctx.Process(target=_child_acquires, args=(cluster.ports[0], result))
+    child.start()
+    try:
+        child.join(0.5)
+        assert holder.get_owner_id() == holder.id  # the parent's connection still answers the parent
+        holder.reset()
+        child.join(5)
+        assert result.value == 1, "the child was not woken / could not acquire"
+        assert child.exitcode == 0
+        assert Lock(r, "forked").acquire(blocking=False)  # the parent's connections still work
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join()

@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -170,10 +171,11 @@ class SharedManager:
     """A blocking ``LockManager`` shared by every drop-in lock on the same
     nodes.  Closed when evicted from the cache and no lock uses it any more."""
 
-    __slots__ = ("manager", "n", "quorum", "drift_factor", "node_timeout", "__weakref__")
+    __slots__ = ("manager", "n", "quorum", "drift_factor", "node_timeout", "pid", "__weakref__")
 
     def __init__(self, manager: Any) -> None:
         self.manager = manager
+        self.pid = os.getpid()  # the process whose connections these are
         self.n = manager.n
         self.quorum = manager.quorum
         self.drift_factor = manager.options.drift_factor
@@ -188,6 +190,23 @@ class SharedManager:
 
 _sync_cache: "OrderedDict[Tuple[Any, ...], SharedManager]" = OrderedDict()
 _sync_mutex = threading.Lock()
+
+# Managers inherited from the parent by a forked child: their sockets are
+# the parent's.  The child must neither use them (replies would go to whichever
+# process reads first) nor close them (closing drains owed replies: it would
+# read the parent's); they are kept here, untouched, for the child's lifetime.
+_inherited: List[SharedManager] = []
+
+
+def _after_fork_in_child() -> None:
+    global _sync_mutex
+    _inherited.extend(_sync_cache.values())
+    _sync_cache.clear()
+    _sync_mutex = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _manager_kwargs(allow_same_server: bool) -> Dict[str, Any]:

@@ -30,6 +30,7 @@ and must not hold the shared ones).  ``docs/migrating.md`` lists every differenc
 
 from __future__ import annotations
 
+import os
 import selectors
 import threading
 import time
@@ -139,6 +140,24 @@ return #found""")
 
 # A failed quorum attempt takes back its own key (compare-and-delete, no signal).
 _UNDO = Script(_scripts.RELEASE.decode())
+
+#: Per-node reply deadline of a command without a lease on one node, in
+#: seconds.  With one node there is no majority to decide sooner: giving up
+#: after the manager's ``node_timeout`` would only turn a busy server into an
+#: error (python-redis-lock waits as long as its client does: forever by default).
+SINGLE_NODE_TIMEOUT = 10.0
+
+
+def _deadline(sh: SharedManager, ttl_ms: Optional[int] = None) -> float:
+    """The per-node deadline of one operation.  Several nodes: the quorum
+    rule's (``lease_timeout``).  One node: as long as the lease can still be
+    valid when the reply comes (half the TTL, at most ``SINGLE_NODE_TIMEOUT``)."""
+    base = lease_timeout(sh, ttl_ms)
+    if sh.n > 1:
+        return base
+    if not ttl_ms:
+        return max(base, SINGLE_NODE_TIMEOUT)
+    return max(base, min(ttl_ms / 2000.0, SINGLE_NODE_TIMEOUT))
 
 
 def _decode(value: Any) -> Any:
@@ -259,7 +278,7 @@ class Lock(object):
         # Resolved at the first operation, so that ``strict=False`` with an
         # object that is not a client can still be constructed (as in the original).
         sh = self._shared_mgr
-        if sh is None:
+        if sh is None or sh.pid != os.getpid():  # first use, or a forked child: its own connections
             self._nodes = node_list(self._client)
             sh = self._shared_mgr = sync_manager(self._nodes)
         return sh
@@ -288,7 +307,7 @@ class Lock(object):
     def get_owner_id(self) -> Optional[str]:
         """The id that holds the lock on a majority of the nodes, or None."""
         sh = self._shared()
-        results = sh.manager.call_nodes([(b"GET", self._keys()[0])] * sh.n)
+        results = sh.manager.call_nodes([(b"GET", self._keys()[0])] * sh.n, _deadline(sh))
         tally = Tally(sh.manager.nodes, results, lambda r: r is not None)
         self._unavailable(sh, tally, "read")
         values = [r for r, st in zip(results, tally.statuses) if st == "ok"]
@@ -302,7 +321,7 @@ class Lock(object):
         Forcibly deletes the lock. Use this with care.
         """
         sh = self._shared()
-        results = run_script(sh, _RESET, self._keys(), [self._signal_expire], guarded=False)
+        results = run_script(sh, _RESET, self._keys(), [self._signal_expire], _deadline(sh), guarded=False)
         self._unavailable(sh, Tally(sh.manager.nodes, results, lambda r: isinstance(r, int)), "reset")
 
     # -- acquire ---------------------------------------------------------------
@@ -315,14 +334,14 @@ class Lock(object):
         ttl_ms = self._expire * 1000 if self._expire else None
         cmd: tuple = (b"SET", key, token, b"NX") if ttl_ms is None else (b"SET", key, token, b"NX", b"EX", self._expire)
         t0 = core.monotonic_ns()
-        results = sh.manager.call_nodes([cmd] * sh.n, lease_timeout(sh, ttl_ms), lease_ms=ttl_ms)
+        results = sh.manager.call_nodes([cmd] * sh.n, _deadline(sh, ttl_ms), lease_ms=ttl_ms)
         now = core.monotonic_ns()
         tally = Tally(sh.manager.nodes, results, lambda r: r == b"OK")
         if tally.ok >= sh.quorum and (ttl_ms is None or now < t0 + ttl_ms * 1_000_000 - drift_ns(sh, ttl_ms)):
             return True
         undo = tally.may_hold()
         if undo:
-            run_script(sh, _UNDO, [key], [token], only=undo, guarded=False)
+            run_script(sh, _UNDO, [key], [token], _deadline(sh), only=undo, guarded=False)
         self._unavailable(sh, tally, "acquire")
         return False
 
@@ -462,7 +481,7 @@ class Lock(object):
         sh = self._shared()
         ms = expire * 1000
         t0 = core.monotonic_ns()
-        results = run_script(sh, _EXTEND, self._keys()[:1], [self._id.encode(), expire], lease_timeout(sh, ms),
+        results = run_script(sh, _EXTEND, self._keys()[:1], [self._id.encode(), expire], _deadline(sh, ms),
                              lease_ms=ms)
         tally = Tally(sh.manager.nodes, results, lambda r: r == 0)
         if tally.ok >= sh.quorum and core.monotonic_ns() < t0 + ms * 1_000_000 - drift_ns(sh, ms):
@@ -557,7 +576,8 @@ class Lock(object):
             self._stop_lock_renewer()
         logger_for_release.debug("Releasing Lock(%r).", self._name)
         sh = self._shared()
-        results = run_script(sh, _UNLOCK, self._keys(), [self._id.encode(), self._signal_expire], guarded=False)
+        results = run_script(sh, _UNLOCK, self._keys(), [self._id.encode(), self._signal_expire], _deadline(sh),
+                             guarded=False)
         tally = Tally(sh.manager.nodes, results, lambda r: r == 0)
         if tally.ok >= sh.quorum:
             return
@@ -570,7 +590,7 @@ class Lock(object):
         the nodes), whatever id holds it.
         """
         sh = self._shared()
-        results = sh.manager.call_nodes([(b"EXISTS", self._keys()[0])] * sh.n)
+        results = sh.manager.call_nodes([(b"EXISTS", self._keys()[0])] * sh.n, _deadline(sh))
         tally = Tally(sh.manager.nodes, results, lambda r: r == 1)
         if tally.ok >= sh.quorum:
             return True
@@ -595,7 +615,7 @@ def reset_all(redis_client: Any) -> None:
         signalled.
     """
     sh = sync_manager(node_list(redis_client))
-    results = run_script(sh, _RESET_ALL, [], [], guarded=False)
+    results = run_script(sh, _RESET_ALL, [], [], _deadline(sh), guarded=False)
     tally = Tally(sh.manager.nodes, results, lambda r: isinstance(r, int))
     if tally.failed > sh.n - sh.quorum:
         raise QuorumUnavailable(
