@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Any, Iterable, List, Optional, Sequence
 
-from . import _handshake
+from . import _green, _handshake
 from . import metrics as _metrics_mod
 from ._manager import ManagerBase
 from ._config import check_int, check_seconds
@@ -66,6 +66,9 @@ class LockManager(ManagerBase):
         self._closed = False
         self._pid = os.getpid()
         self._connected_once = False
+        # gevent/eventlet monkey-patched: the engines wait cooperatively (quorumlock._green).
+        self._green_poll = _green.wait_function()
+        self._green_owners: dict = {}
 
     # -- connections -------------------------------------------------------
 
@@ -102,6 +105,7 @@ class LockManager(ManagerBase):
             self._opts.batch_chunk,
         )
         self._configure(eng)
+        eng.green_poll = self._green_poll
         initial = not self._connected_once
         self._connect_nodes(eng, range(self.n), self._opts.connect_timeout, initial)
         if initial:
@@ -117,7 +121,7 @@ class LockManager(ManagerBase):
         """Connect the given nodes in parallel (non-blocking connect + poll),
         then run every handshake pipelined."""
         socks = {}
-        poller = select.poll()
+        poller = _green.poller(self._green_poll)
         deadline = time.monotonic() + timeout
         for i in which:
             spec = self._specs[i]
@@ -237,6 +241,9 @@ class LockManager(ManagerBase):
                 raise RuntimeError("LockManager is closed")
             # Close the sets of threads that have ended.
             alive = {t.ident for t in threading.enumerate()}
+            if self._green_poll is not None:
+                _green.track(self._green_owners, me)
+                alive |= _green.alive(self._green_owners)
             for ident in [i for i in self._engines if i not in alive]:
                 self._engines.pop(ident).close()
             self._engines[me] = eng

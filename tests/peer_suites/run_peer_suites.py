@@ -104,13 +104,9 @@ SUITES = {
     "aioredlock": ["tests/acceptance/test_aioredlock.py"],
 }
 
-# python-redis-lock: tests that fail by design (docs/migrating.md), by test
-# id with its parameters.
+# python-redis-lock: none of its tests fails by design (docs/migrating.md).
+# Entries may name a test with its parameters, e.g. "test_simple[eventlet]".
 KNOWN_DIFFERENCES.update({
-    "test_simple[eventlet]": "under eventlet's monkey-patching the blocking engine cannot connect "
-                             "(eventlet removes select.poll)",
-    "test_simple_auto_renewal[eventlet]": "under eventlet's monkey-patching the blocking engine cannot connect "
-                                          "(eventlet removes select.poll)",
 })
 
 
