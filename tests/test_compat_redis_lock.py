@@ -284,3 +284,18 @@ def test_forked_child_gets_its_own_connections(sync_core, clusters):
         if child.is_alive():
             child.kill()
             child.join()
+
+
+def test_wakeup_with_a_node_down(sync_core, clusters, free_port):
+    """Two live nodes of three: the waiter waits on the live nodes' signal
+    lists (the dead one is skipped) and is woken by the release."""
+    cluster = clusters(2)
+    nodes = _clients(cluster) + [redis.Redis(port=free_port)]
+    holder = Lock(nodes, "down-wake", expire=30)
+    assert holder.acquire()
+    threading.Timer(0.3, holder.release).start()
+    waiter = Lock(nodes, "down-wake", expire=30)
+    t0 = time.monotonic()
+    assert waiter.acquire(timeout=8) is True
+    assert time.monotonic() - t0 < 4.0
+    waiter.release()

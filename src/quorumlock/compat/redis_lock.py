@@ -24,7 +24,7 @@ then held when a majority of them set the key, with time to spare
 (``expire - elapsed - drift > 0``).  A waiter waits on every node's signal list
 at once and retries on the first wake-up.  The lock commands go through
 quorumlock's own connections, shared by every lock on the same nodes; the
-``BLPOP`` waits use connections of the clients' own pools (a wait may last long
+``BLPOP`` waits use connections of their own, made with the clients' settings (a wait may last long
 and must not hold the shared ones).  ``docs/migrating.md`` lists every difference.
 """
 
@@ -42,6 +42,8 @@ from typing import Any, List, Optional, Union
 
 import redis
 from redis import StrictRedis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .. import _scripts
 from .._backend import core
@@ -158,6 +160,23 @@ def _deadline(sh: SharedManager, ttl_ms: Optional[int] = None) -> float:
     if not ttl_ms:
         return max(base, SINGLE_NODE_TIMEOUT)
     return max(base, min(ttl_ms / 2000.0, SINGLE_NODE_TIMEOUT))
+
+
+#: Connect timeout (seconds, at most) of a wait connection: a node that does
+#: not answer must not delay the waits on the others for long.
+WAIT_CONNECT_TIMEOUT = 0.5
+
+
+def _wait_connection(client: Any) -> Any:
+    """A new connection with ``client``'s settings for one BLPOP wait:
+    outside the client's pool (it is closed after the wait), without retries,
+    and a short connect timeout."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    connect = kwargs.get("socket_connect_timeout")
+    kwargs["socket_connect_timeout"] = WAIT_CONNECT_TIMEOUT if connect is None else min(connect, WAIT_CONNECT_TIMEOUT)
+    return pool.connection_class(**kwargs)
 
 
 def _decode(value: Any) -> Any:
@@ -391,7 +410,7 @@ class Lock(object):
             for nd in self._nodes or node_list(self._client):
                 if isinstance(nd, str):
                     clients.append(redis.Redis.from_url(nd))
-                elif hasattr(nd, "connection_pool") and hasattr(nd.connection_pool, "get_connection"):
+                elif hasattr(getattr(nd, "connection_pool", None), "connection_kwargs"):
                     clients.append(nd)
                 else:  # a NodeSpec: rebuild a client from its settings
                     clients.append(redis.Redis.from_url(nd.name) if getattr(nd, "name", None) else None)
@@ -401,8 +420,9 @@ class Lock(object):
     def _wait_signal(self, seconds: float) -> bool:
         """``BLPOP lock-signal:<name> seconds`` on every node at once (0: no
         limit); True at the first element popped, False when the time ran
-        out.  The other nodes' waits are cut off (their connections closed,
-        unless a reply is already there)."""
+        out.  Each wait has a connection of its own, made with the client's
+        settings and closed at the end, so the other nodes' waits are cut off.
+        A node that cannot be reached is skipped (no retries)."""
         signal = self._keys()[1]
         waits = []
         sel = selectors.DefaultSelector()
@@ -410,13 +430,13 @@ class Lock(object):
             for client in self._clients_for_wait():
                 if client is None:
                     continue
-                pool = client.connection_pool
+                conn = _wait_connection(client)
                 try:
-                    conn = pool.get_connection()
                     conn.send_command("BLPOP", signal, seconds)
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                    conn.disconnect()
                     continue
-                waits.append((pool, conn))
+                waits.append(conn)
                 sock = getattr(conn, "_sock", None)
                 if sock is not None:
                     sel.register(sock, selectors.EVENT_READ, len(waits) - 1)
@@ -427,6 +447,8 @@ class Lock(object):
             limit = None if not seconds else time.monotonic() + seconds + 1.0
             done = set()
             while len(done) < len(waits):
+                if not sel.get_map():  # every node answered with nothing, or failed
+                    return False
                 left = None if limit is None else limit - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -437,26 +459,16 @@ class Lock(object):
                     done.add(i)
                     sel.unregister(key.fileobj)
                     try:
-                        reply = waits[i][1].read_response()
+                        reply = waits[i].read_response()
                     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-                        waits[i][1].disconnect()
                         continue
                     if reply:
                         return True
-                if not sel.get_map():  # every node answered with nothing or failed
-                    return False
             return False
         finally:
             sel.close()
-            for pool, conn in waits:
-                try:
-                    if conn._sock is not None and conn.can_read(timeout=0):
-                        conn.read_response()
-                    elif conn._sock is not None:
-                        conn.disconnect()  # a BLPOP still blocked: cut it off
-                except Exception:
-                    conn.disconnect()
-                pool.release(conn)
+            for conn in waits:
+                conn.disconnect()  # a BLPOP still blocked is cut off with its connection
 
     # -- extend, renewal -------------------------------------------------------
 
