@@ -288,7 +288,9 @@ def test_forked_child_gets_its_own_connections(sync_core, clusters):
 
 def test_wakeup_with_a_node_down(sync_core, clusters, free_port):
     """Two live nodes of three: the waiter waits on the live nodes' signal
-    lists (the dead one is skipped) and is woken by the release."""
+    lists (the dead one is skipped at once) and is woken by the release.
+    Before the waits had connections of their own (pooled ones, with redis-py's
+    retries on the dead node): 4.5 s for a release 0.3 s away."""
     cluster = clusters(2)
     nodes = _clients(cluster) + [redis.Redis(port=free_port)]
     holder = Lock(nodes, "down-wake", expire=30)
