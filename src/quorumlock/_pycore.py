@@ -2113,7 +2113,7 @@ class SyncEngine(Engine):
     thread.  A blocking LockManager keeps a pool of these, one checked out per
     calling thread, so threads never share a socket."""
 
-    __slots__ = ("reconnect_at", "backoff", "maintenance_epoch", "all_ready")
+    __slots__ = ("reconnect_at", "backoff", "maintenance_epoch", "all_ready", "green_poll")
 
     def __init__(self, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -2123,6 +2123,10 @@ class SyncEngine(Engine):
         self.backoff = [0.05] * self.n      # seconds of the next reconnect backoff
         self.maintenance_epoch = -1
         self.all_ready = False
+        # None: wait in poll().  Else green_poll(want, timeout_ms) -> ready,
+        # lists of (fd, events): the cooperative wait chosen by blocking.py
+        # under gevent/eventlet monkey-patching.
+        self.green_poll = None
 
     def attach(self, idx, sock, tls):
         """Use the connected socket ``sock`` (made non-blocking here) for node ``idx``."""
@@ -2156,25 +2160,34 @@ class SyncEngine(Engine):
                         next_t = node.timer_at
             if op.complete:
                 continue
-            poller = None
+            want = []
             by_fd = {}
             for node in nodes:
                 t = node.transport
                 if not node.connected or t is None:
                     continue
-                if poller is None:
-                    poller = select.poll()
-                poller.register(t.fd, _POLLIN | _POLLOUT if t.pending is not None else _POLLIN)
+                want.append((t.fd, _POLLIN | _POLLOUT if t.pending is not None else _POLLIN))
                 by_fd[t.fd] = node
             now = _now_ns()
             timeout_ms = (next_t - now + 999999) // 1000000 if next_t > now else 0
-            if poller is None:
+            green = self.green_poll
+            if not want:
                 # Nothing can answer: every node is down.  The operation was
                 # already failed by fanout; only a deadline can be waiting.
                 if timeout_ms > 0:
-                    time.sleep(timeout_ms / 1000.0)
+                    if green is not None:
+                        green([], timeout_ms)
+                    else:
+                        time.sleep(timeout_ms / 1000.0)
                 continue
-            for fd, ev in poller.poll(timeout_ms):
+            if green is not None:
+                ready = green(want, timeout_ms)
+            else:
+                poller = select.poll()
+                for fd, ev in want:
+                    poller.register(fd, ev)
+                ready = poller.poll(timeout_ms)
+            for fd, ev in ready:
                 node = by_fd.get(fd)
                 if node is None or node.transport is None:
                     continue

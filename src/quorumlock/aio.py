@@ -101,6 +101,12 @@ class LockManager(ManagerBase):
     metrics:
         Count operations and time them (``metrics()``; ``quorumlock.metrics``).
         Off by default: no per-operation Python work is added.
+    allow_same_server:
+        Accept entries that reach one server (two databases of it, two
+        addresses), with a ``UserWarning`` instead of a ``ConfigurationError``
+        at connect: that server's votes fall together, so the quorum is weaker
+        than it looks.  Off by default; the pottery and aioredlock drop-ins
+        turn it on because those libraries accept it.
     """
 
     def _init_api(self) -> None:
@@ -142,7 +148,8 @@ class LockManager(ManagerBase):
         config_errors = [r for r in results if isinstance(r, ConfigurationError)]
         if not config_errors:
             try:
-                _handshake.check_unique(self._specs, [nd.run_id for nd in self._engine.nodes])
+                _handshake.check_unique(self._specs, [nd.run_id for nd in self._engine.nodes],
+                                        self._allow_same_server)
             except ConfigurationError as exc:
                 config_errors.append(exc)
         if config_errors:

@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Any, Iterable, List, Optional, Sequence
 
-from . import _handshake
+from . import _green, _handshake
 from . import metrics as _metrics_mod
 from ._manager import ManagerBase
 from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
@@ -67,6 +67,9 @@ class LockManager(ManagerBase):
         self._pid = os.getpid()
         self._connected_once = False
         self._dup_logged: set = set()   # nodes whose duplicate was already logged
+        # gevent/eventlet monkey-patched: the engines wait cooperatively (quorumlock._green).
+        self._green_poll = _green.wait_function()
+        self._green_owners: dict = {}
 
     # -- connections -------------------------------------------------------
 
@@ -103,11 +106,12 @@ class LockManager(ManagerBase):
             self._opts.batch_chunk,
         )
         self._configure(eng)
+        eng.green_poll = self._green_poll
         initial = not self._connected_once
         self._connect_nodes(eng, range(self.n), self._opts.connect_timeout, initial)
         if initial:
             try:
-                _handshake.check_unique(self._specs, [nd.run_id for nd in eng.nodes])
+                _handshake.check_unique(self._specs, [nd.run_id for nd in eng.nodes], self._allow_same_server)
             except ConfigurationError:
                 eng.close()
                 raise
@@ -118,7 +122,7 @@ class LockManager(ManagerBase):
         """Connect the given nodes in parallel (non-blocking connect + poll),
         then run every handshake pipelined."""
         socks = {}
-        poller = select.poll()
+        poller = _green.poller(self._green_poll)
         deadline = time.monotonic() + timeout
         for i in which:
             spec = self._specs[i]
@@ -250,6 +254,9 @@ class LockManager(ManagerBase):
                 raise RuntimeError("LockManager is closed")
             # Close the sets of threads that have ended.
             alive = {t.ident for t in threading.enumerate()}
+            if self._green_poll is not None:
+                _green.track(self._green_owners, me)
+                alive |= _green.alive(self._green_owners)
             for ident in [i for i in self._engines if i not in alive]:
                 self._engines.pop(ident).close()
             self._engines[me] = eng

@@ -4,7 +4,16 @@
   ``redis.lock.Lock`` and ``redis.asyncio.lock.Lock``
   (``r.lock("name", lock_class=Lock)``);
 * ``quorumlock.compat.pottery``: ``Redlock``, ``AIORedlock``, ``synchronize``
-  and pottery's exceptions.
+  and pottery's exceptions;
+* ``quorumlock.compat.redis_lock``: python-redis-lock's ``Lock``, ``reset_all``
+  and exceptions;
+* ``quorumlock.compat.aioredlock``: aioredlock's ``Aioredlock``, ``Lock`` and
+  exceptions.
+
+pottery and aioredlock accept several databases (or addresses) of one server
+as their masters, so their drop-ins do too, with a ``UserWarning`` that the
+quorum is weaker than it looks; the other classes and the native API refuse
+it (``LockManager(..., allow_same_server=True)`` opts in).
 
 ``docs/migrating.md`` lists every difference from the originals.
 
@@ -36,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -81,7 +91,10 @@ def set_manager_options(**options: Any) -> None:
     ``restart_guard=False``, ``connect_timeout=1.0``.  Checked at once;
     managers already made keep their options.  No arguments: back to the
     defaults."""
-    unknown = sorted(set(options) - set(_MANAGER_PARAMS) - {"_core"})  # _core: the engine build, for tests
+    unknown = sorted(set(options) - set(_MANAGER_PARAMS) - {"_core"})
+    if "allow_same_server" in options:
+        raise TypeError("allow_same_server is not a drop-in option: the pottery and aioredlock classes allow "
+                        "one server's databases (as those libraries do), the others refuse them")  # _core: the engine build, for tests
     if unknown:
         raise TypeError(f"unknown LockManager option(s) {unknown}; valid: {list(_MANAGER_PARAMS)}")
     make_options(**{k: v for k, v in options.items() if k not in ("ssl_context", "_core")})
@@ -158,10 +171,11 @@ class SharedManager:
     """A blocking ``LockManager`` shared by every drop-in lock on the same
     nodes.  Closed when evicted from the cache and no lock uses it any more."""
 
-    __slots__ = ("manager", "n", "quorum", "drift_factor", "node_timeout", "__weakref__")
+    __slots__ = ("manager", "n", "quorum", "drift_factor", "node_timeout", "pid", "__weakref__")
 
     def __init__(self, manager: Any) -> None:
         self.manager = manager
+        self.pid = os.getpid()  # the process whose connections these are
         self.n = manager.n
         self.quorum = manager.quorum
         self.drift_factor = manager.options.drift_factor
@@ -177,17 +191,40 @@ class SharedManager:
 _sync_cache: "OrderedDict[Tuple[Any, ...], SharedManager]" = OrderedDict()
 _sync_mutex = threading.Lock()
 
+# Managers inherited from the parent by a forked child: their sockets are
+# the parent's.  The child must neither use them (replies would go to whichever
+# process reads first) nor close them (closing drains owed replies: it would
+# read the parent's); they are kept here, untouched, for the child's lifetime.
+_inherited: List[SharedManager] = []
 
-def sync_manager(nodes: List[Any]) -> SharedManager:
+
+def _after_fork_in_child() -> None:
+    global _sync_mutex
+    _inherited.extend(_sync_cache.values())
+    _sync_cache.clear()
+    _sync_mutex = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _manager_kwargs(allow_same_server: bool) -> Dict[str, Any]:
+    return dict(_options, allow_same_server=True) if allow_same_server else dict(_options)
+
+
+def sync_manager(nodes: List[Any], allow_same_server: bool = False) -> SharedManager:
     """The shared blocking manager of ``nodes`` (made on first use; it
-    connects on its first operation)."""
+    connects on its first operation).  ``allow_same_server``: accept several
+    databases or addresses of one server, with a ``UserWarning`` (pottery)."""
     key, ordered = _ordered(nodes)
+    key = (allow_same_server,) + key
     with _sync_mutex:
         sh = _sync_cache.get(key)
         if sh is not None:
             _sync_cache.move_to_end(key)
             return sh
-    sh = SharedManager(LockManager(ordered, **_options))
+    sh = SharedManager(LockManager(ordered, **_manager_kwargs(allow_same_server)))
     with _sync_mutex:
         other = _sync_cache.get(key)
         if other is not None:  # another thread made it meanwhile: use theirs
@@ -281,8 +318,9 @@ async def _close_at_shutdown(reg: _LoopManagers) -> Any:
                 pass
 
 
-async def aio_manager(nodes: List[Any]) -> AioSharedManager:
-    """The shared asyncio manager of ``nodes`` on the running loop, connected."""
+async def aio_manager(nodes: List[Any], allow_same_server: bool = False) -> AioSharedManager:
+    """The shared asyncio manager of ``nodes`` on the running loop, connected
+    (``allow_same_server`` as in ``sync_manager``)."""
     loop = asyncio.get_running_loop()
     reg = _loops.get(loop)
     if reg is None or reg.closed:
@@ -291,9 +329,10 @@ async def aio_manager(nodes: List[Any]) -> AioSharedManager:
         reg.closer = _close_at_shutdown(reg)
         await reg.closer.asend(None)
     key, ordered = _ordered(nodes)
+    key = (allow_same_server,) + key
     sh = reg.managers.get(key)
     if sh is None:
-        sh = AioSharedManager(AioLockManager(ordered, **_options), loop)
+        sh = AioSharedManager(AioLockManager(ordered, **_manager_kwargs(allow_same_server)), loop)
         reg.managers[key] = sh
         while len(reg.managers) > CACHE_SIZE:
             reg.managers.popitem(last=False)

@@ -366,7 +366,7 @@ class Redlock(_RedlockBase):
     def _manager(self) -> SharedManager:
         sh = self._shared
         if sh is None:
-            sh = self._shared = sync_manager(list(self._masters))
+            sh = self._shared = sync_manager(list(self._masters), allow_same_server=True)
         return sh
 
     def _acquire_masters(self, *, raise_on_redis_errors: Optional[bool] = None) -> bool:
@@ -524,7 +524,7 @@ class AIORedlock(_RedlockBase):
         sh = self._shared
         if sh is not None and sh.loop is asyncio.get_running_loop() and sh.manager.engine is not None:
             return sh
-        sh = self._shared = await aio_manager(list(self._masters))
+        sh = self._shared = await aio_manager(list(self._masters), allow_same_server=True)
         return sh
 
     async def _acquire_masters(self, *, raise_on_redis_errors: Optional[bool] = None) -> bool:

@@ -52,7 +52,7 @@ from redis.exceptions import LockError, LockNotOwnedError
 
 from .. import _scripts
 from .._backend import core
-from ..errors import LockNotOwned, NodeOutcome, QuorumError, QuorumLockError
+from ..errors import ConfigurationError, LockNotOwned, NodeOutcome, QuorumError, QuorumLockError
 from . import (
     background,
     AioSharedManager,
@@ -232,6 +232,19 @@ class _LockBase:
                                   lock_name=self.name)
         return ms
 
+    def _usable_ttl_ms(self, sh: SharedManager) -> Optional[int]:
+        """``_ttl_ms()``, refused at once when it is too short to ever be
+        acquired: a lease that the clock-drift allowance alone uses up would
+        make every attempt fail, and a blocking ``acquire`` loop forever."""
+        ms = self._ttl_ms()
+        if ms is not None and ms * 1_000_000 <= drift_ns(sh, ms):
+            raise ConfigurationError(
+                f"timeout={self.timeout!r} s is too short to ever acquire lock {self.name!r}: the clock-drift "
+                f"allowance alone is {drift_ns(sh, ms) / 1e6:.2f} ms (timeout x drift_factor + 2 ms); "
+                "use a longer timeout, or None for no expiry"
+            )
+        return ms
+
     # -- verdicts ----------------------------------------------------------
 
     @staticmethod
@@ -385,7 +398,7 @@ class Lock(_LockBase):
     def do_acquire(self, token: bytes) -> bool:
         """One quorum attempt: ``SET name token NX [PX timeout]`` on every node."""
         sh = self._shared
-        ttl_ms = self._ttl_ms()
+        ttl_ms = self._usable_ttl_ms(sh)
         key = self._key()
         t0 = core.monotonic_ns()
         results = sh.manager.call_nodes([self._set_command(key, token, ttl_ms)] * sh.n,
@@ -574,7 +587,7 @@ class AsyncLock(_LockBase):
     async def do_acquire(self, token: bytes) -> bool:
         """One quorum attempt: ``SET name token NX [PX timeout]`` on every node."""
         sh = await self._manager()
-        ttl_ms = self._ttl_ms()
+        ttl_ms = self._usable_ttl_ms(sh)
         key = self._key()
         t0 = core.monotonic_ns()
         cmd = self._set_command(key, token, ttl_ms)
