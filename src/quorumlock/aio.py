@@ -216,7 +216,7 @@ class LockManager(ManagerBase):
         except BaseException:
             node.abort()
             raise
-        if not initial:
+        if not initial and not self._allow_same_server:
             # Identity on every reconnect (the first connect checks all nodes
             # at once, check_unique): the same server under another spelling,
             # already counted, must not vote a second time.  Checked right

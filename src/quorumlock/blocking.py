@@ -204,9 +204,10 @@ class LockManager(ManagerBase):
             node = eng.nodes[i]
             node.info = info
             node.run_id = info.get("run_id")
-            if not initial:
+            if not initial and not self._allow_same_server:
                 # Identity on every reconnect (see quorumlock.aio): a server
-                # already counted under another spelling must not vote twice.
+                # already counted under another spelling must not vote twice
+                # (unless the user accepted one server's votes falling together).
                 dup = _handshake.duplicate_of(i, node.run_id, eng.nodes)
                 if dup is not None:
                     eng.down_detail[i] = _handshake.duplicate_text(self._specs, i, dup)
