@@ -239,7 +239,10 @@ def test_quorum_unavailable_is_a_connection_error(sync_core, clusters, free_port
     with pytest.raises(QuorumUnavailable) as ei:
         lock.acquire()  # blocking: redis-py raises at once when its server is down; so do we
     assert isinstance(ei.value, RedisConnectionError) and not isinstance(ei.value, LockError)
-    assert [o.status for o in ei.value.outcomes] == ["ok", "down", "down"]
+    # Decided by the engine as soon as two nodes are known down: the live
+    # node's reply may not be in yet ("pending").
+    assert [o.status for o in ei.value.outcomes][1:] == ["down", "down"]
+    assert ei.value.outcomes[0].status in ("ok", "pending")
     assert _on_nodes(cluster, "EXISTS", "cp:down") == [0]  # the one SET that landed was undone
     with pytest.raises(QuorumUnavailable):
         lock.locked()

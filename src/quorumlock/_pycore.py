@@ -1529,10 +1529,11 @@ class Engine:
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 
-    def _attempt_token(self, key, token, ttl_ms):
+    def _attempt_token(self, key, token, ttl_ms, timeout=0.0):
         """``SET key token NX [PX ttl_ms]`` on every node with the caller's
         ``token``; ``ttl_ms`` 0: no PX (the key and the lease never expire).
-        Decided by AcquireOp exactly as ``_attempt``."""
+        ``timeout`` > 0: the per-node reply deadline in seconds (else
+        ``node_timeout``).  Decided by AcquireOp exactly as ``_attempt``."""
         if type(ttl_ms) is not int or ttl_ms < _LL_MIN or ttl_ms > _LL_MAX:
             ttl_ms = _c_int(ttl_ms)
         kb = self.key_bytes(key)
@@ -1546,6 +1547,10 @@ class Engine:
         if self.fencing or self.lock_delay_ms > 0:
             raise ValueError("caller-token acquires issue no fence and no lock-delay: "
                              "use a manager without fencing/lock_delay")
+        timeout = _c_double(timeout)
+        if not (0.0 <= timeout <= 1e9):
+            raise ValueError(f"timeout must be > 0 and <= 1e9 seconds (0: node_timeout), got {timeout!r}")
+        wait_ns = int(timeout * 1e9) if timeout > 0 else self.node_timeout_ns
         op = AcquireOp(self, self.new_waiter())
         op.key = key
         op.key_b = kb
@@ -1558,7 +1563,7 @@ class Engine:
         else:
             cmd = b"*4\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nNX\r\n" % (
                 len(kb), kb, len(tok), tok)
-        self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+        self.fanout(cmd, op, 0, op.t0 + wait_ns, self.guard)
         return op
 
     def _attempt_ex(self, key, kb, ttl_ms):
@@ -1923,14 +1928,15 @@ class Engine:
         """One quorum attempt: a future of ``Lock`` or None."""
         return self._attempt(key, ttl_ms).waiter
 
-    def attempt_token(self, key, token, ttl_ms):
+    def attempt_token(self, key, token, ttl_ms, timeout=0.0):
         """One quorum attempt to acquire ``key`` with the caller's ``token``
         (bytes): ``SET key token NX PX ttl_ms``, or without ``PX`` when
         ``ttl_ms`` is 0 (the lease then has no end: ``validity`` is ``inf``).
         Decided as ``attempt`` (a majority, with validity left when there is
         a TTL), released on every node where it may have landed when it
-        fails.  Returns the operation, as ``attempt``."""
-        return self._attempt_token(key, token, ttl_ms)
+        fails.  ``timeout`` (s, > 0): the per-node reply deadline instead of
+        ``node_timeout``.  Returns the operation, as ``attempt``."""
+        return self._attempt_token(key, token, ttl_ms, timeout)
 
     def release(self, lock):
         """Compare-and-delete on every node: a future of True if our token was
@@ -1941,6 +1947,13 @@ class Engine:
         """Compare-and-pexpire on every node: a future of True on success (the
         lock's validity renewed from this operation's start), else False."""
         return self._extend(lock, ttl_ms).waiter
+
+    def release_op(self, lock):
+        """``release`` returning the operation (like ``attempt``): its
+        ``waiter`` resolves to True/False and ``outcomes()`` says what each
+        node answered (the drop-ins tell "not ours any more" from "nodes out
+        of reach")."""
+        return self._release(lock)
 
     def extend_op(self, lock, ttl_ms):
         """``extend`` returning the operation (like ``attempt``): its

@@ -304,18 +304,21 @@ class LockManager(ManagerBase):
         and takes no lock); cancelling the await never leaves the key set."""
         return _try_acquire(self._require(), key, self._ttl_ms(ttl))
 
-    async def attempt_token(self, key: Any, token: bytes, px: Optional[int] = None) -> Any:
+    async def attempt_token(self, key: Any, token: bytes, px: Optional[int] = None, *,
+                            timeout: Optional[float] = None) -> Any:
         """One quorum attempt to acquire ``key`` with a token the caller chose:
         ``SET key token NX PX px`` on every node (no ``PX`` when ``px`` is
         None or 0: no expiry).  As ``quorumlock.LockManager.attempt_token``:
         decided as ``try_acquire``, released everywhere on failure, returns
         the decided operation (``.result``: the ``Lock`` or None;
-        ``.outcomes()``).  Cancelling the await never leaves the key set."""
+        ``.outcomes()``; ``timeout``: the per-node reply deadline, s).
+        Cancelling the await never leaves the key set."""
         eng = self._require()
         ms = check_px(px, self._opts.drift_factor, self._opts.max_ttl)
+        t = 0.0 if timeout is None else check_seconds("timeout", timeout)
         if ms > self._max_ttl_used_ms:
             self._max_ttl_used_ms = ms
-        op = eng.attempt_token(key, token, ms)
+        op = eng.attempt_token(key, token, ms, t)
         await receive(eng, op.waiter)
         return op
 
@@ -429,6 +432,14 @@ class LockManager(ManagerBase):
             # The batch script neither lifts lock-delays nor publishes.
             return asyncio.gather(*[eng.release(lk) for lk in locks])
         return eng.release_many(locks)
+
+    async def release_op(self, lock: Any) -> Any:
+        """``await lock.release()`` returning the decided operation:
+        ``.result`` is True if our token was deleted on a majority,
+        ``.outcomes()`` says what each node answered (``quorumlock.compat``)."""
+        op = self._require().release_op(lock)
+        await op.waiter
+        return op
 
     async def release(self, lock: Any) -> bool:
         """Same as ``await lock.release()``."""

@@ -297,7 +297,8 @@ class LockManager(ManagerBase):
         eng = self._checkout()
         return eng.attempt_sync(key, ttl_ms)
 
-    def attempt_token(self, key: Any, token: bytes, px: Optional[int] = None) -> Any:
+    def attempt_token(self, key: Any, token: bytes, px: Optional[int] = None, *,
+                      timeout: Optional[float] = None) -> Any:
         """One quorum attempt to acquire ``key`` with a token the caller chose
         (``bytes``, 1 to 512 bytes): ``SET key token NX PX px`` on every node,
         or without ``PX`` when ``px`` is None or 0 (no expiry).  The fast path
@@ -311,12 +312,14 @@ class LockManager(ManagerBase):
         caller's; ``release()`` / ``extend(ttl)`` as any lock) or None, and
         ``.outcomes()`` says what each node answered.  ``px`` (int ms) too
         short to ever leave validity after the drift allowance raises
-        ``ValueError`` at once."""
+        ``ValueError`` at once.  ``timeout``: the per-node reply deadline in
+        seconds (default: the manager's ``node_timeout``)."""
         ms = check_px(px, self._opts.drift_factor, self._opts.max_ttl)
+        t = 0.0 if timeout is None else check_seconds("timeout", timeout)
         if ms > self._max_ttl_used_ms:
             self._max_ttl_used_ms = ms
         eng = self._checkout()
-        op = eng.attempt_token(key, token, ms)
+        op = eng.attempt_token(key, token, ms, t)
         eng.wait(op)
         return op
 
@@ -421,6 +424,15 @@ class LockManager(ManagerBase):
     def release(self, lock: Any) -> bool:
         """Same as ``lock.release()``."""
         return self._release(lock)
+
+    def release_op(self, lock: Any) -> Any:
+        """``lock.release()`` returning the decided operation: ``.result`` is
+        True if our token was deleted on a majority, ``.outcomes()`` says what
+        each node answered (used by ``quorumlock.compat``)."""
+        eng = self._checkout()
+        op = eng.release_op(lock)
+        eng.wait(op)
+        return op
 
     def call_nodes(
         self,

@@ -403,10 +403,11 @@ cdef class Engine:
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 
-    cdef AcquireOp _attempt_token(self, object key, object token, long long ttl_ms):
+    cdef AcquireOp _attempt_token(self, object key, object token, long long ttl_ms, double timeout):
         """``SET key token NX [PX ttl_ms]`` on every node with the caller's
         ``token``; ``ttl_ms`` 0: no PX (the key and the lease never expire).
-        Decided by AcquireOp exactly as ``_attempt``."""
+        ``timeout`` > 0: the per-node reply deadline in seconds (else
+        ``node_timeout``).  Decided by AcquireOp exactly as ``_attempt``."""
         cdef bytes kb = self.key_bytes(key)
         cdef bytes tok = caller_token(token)
         cdef AcquireOp op
@@ -420,6 +421,9 @@ cdef class Engine:
         if self.fencing or self.lock_delay_ms > 0:
             raise ValueError("caller-token acquires issue no fence and no lock-delay: "
                              "use a manager without fencing/lock_delay")
+        if not (0.0 <= timeout <= 1e9):
+            raise ValueError(f"timeout must be > 0 and <= 1e9 seconds (0: node_timeout), got {timeout!r}")
+        cdef uint64_t wait_ns = <uint64_t>(timeout * 1e9) if timeout > 0 else self.node_timeout_ns
         op = AcquireOp.__new__(AcquireOp)
         op._init(self, self.new_waiter())
         op.key = key
@@ -438,7 +442,7 @@ cdef class Engine:
         if ttl_ms > 0:
             b.write(b"$2\r\nPX\r\n", 8)
             b.write_bulk_int(ttl_ms)
-        self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
+        self.fanout(b, op, 0, op.t0 + wait_ns, self.guard)
         return op
 
     cdef AcquireOp _attempt_ex(self, object key, bytes kb, long long ttl_ms):
@@ -877,14 +881,15 @@ cdef class Engine:
         """One quorum attempt: a future of ``Lock`` or None."""
         return self._attempt(key, ttl_ms).waiter
 
-    def attempt_token(self, key, token, long long ttl_ms):
+    def attempt_token(self, key, token, long long ttl_ms, double timeout=0.0):
         """One quorum attempt to acquire ``key`` with the caller's ``token``
         (bytes): ``SET key token NX PX ttl_ms``, or without ``PX`` when
         ``ttl_ms`` is 0 (the lease then has no end: ``validity`` is ``inf``).
         Decided as ``attempt`` (a majority, with validity left when there is
         a TTL), released on every node where it may have landed when it
-        fails.  Returns the operation, as ``attempt``."""
-        return self._attempt_token(key, token, ttl_ms)
+        fails.  ``timeout`` (s, > 0): the per-node reply deadline instead of
+        ``node_timeout``.  Returns the operation, as ``attempt``."""
+        return self._attempt_token(key, token, ttl_ms, timeout)
 
     def release(self, Lock lock not None):
         """Compare-and-delete on every node: a future of True if our token was
@@ -895,6 +900,13 @@ cdef class Engine:
         """Compare-and-pexpire on every node: a future of True on success (the
         lock's validity renewed from this operation's start), else False."""
         return self._extend(lock, ttl_ms).waiter
+
+    def release_op(self, Lock lock not None):
+        """``release`` returning the operation (like ``attempt``): its
+        ``waiter`` resolves to True/False and ``outcomes()`` says what each
+        node answered (the drop-ins tell "not ours any more" from "nodes out
+        of reach")."""
+        return self._release(lock)
 
     def extend_op(self, Lock lock not None, long long ttl_ms):
         """``extend`` returning the operation (like ``attempt``): its

@@ -57,8 +57,8 @@ from hiredis import ReplyError
 from .._backend import core
 from .._config import NodeSpec, make_options
 from ..aio import LockManager as AioLockManager
-from ..blocking import LockManager
-from ..errors import NodeOutcome
+from ..blocking import LockManager, check_px
+from ..errors import ConfigurationError, NodeOutcome
 
 __all__ = ["set_manager_options", "manager_options"]
 
@@ -420,6 +420,57 @@ def lease_timeout(sh: SharedManager, ttl_ms: Optional[int]) -> float:
     if not ttl_ms:
         return sh.node_timeout
     return max(0.001, min(sh.node_timeout, 0.010 + ttl_ms / 1000.0 * 0.05))
+
+
+def usable_ttl_ms(sh: SharedManager, ttl_ms: Optional[int], name: str, given: Any, what: str) -> Optional[int]:
+    """``ttl_ms`` (None: no expiry) checked with the engine's own rule for a
+    caller-token acquire (``quorumlock.blocking.check_px``): too short to ever
+    leave validity after the drift allowance, or over the manager's
+    ``max_ttl``, raises ``ConfigurationError`` (a ``ValueError`` and a
+    ``redis.exceptions.LockError``) naming the drop-in's own argument
+    (``name``, shown as the caller gave it: ``given``) and the lock (``what``)."""
+    if ttl_ms is None:
+        return None
+    try:
+        check_px(ttl_ms, sh.drift_factor, sh.manager.options.max_ttl, name=name, given=given)
+    except ValueError as exc:
+        raise ConfigurationError(f"{exc}: {what} could never be acquired; use a longer {name}, "
+                                 "or none for no expiry") from None
+    return ttl_ms
+
+
+# The per-node statuses of an outcome that are failures of the node (not an
+# answer about the key): what makes a majority out of reach.
+_FAILED = frozenset(("error", "timeout", "down", "excluded", "refused"))
+
+
+def failed_count(outcomes: Sequence[NodeOutcome]) -> int:
+    """How many nodes of an engine operation's ``outcomes()`` failed (down,
+    timed out, error reply, left out by the restart guard)."""
+    return sum(1 for o in outcomes if o.status in _FAILED)
+
+
+def describe(outcomes: Sequence[NodeOutcome]) -> str:
+    """``"2 ok, 1 held [redis://...: ok; ...]"``: for error messages."""
+    counts: Dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    return f"{summary} [" + "; ".join(map(repr, outcomes)) + "]"
+
+
+def redis_errors(outcomes: Sequence[NodeOutcome]) -> List[_rexc.RedisError]:
+    """The failed nodes of ``outcomes`` as redis-py exceptions (pottery's
+    ``redis_errors``)."""
+    out: List[_rexc.RedisError] = []
+    for o in outcomes:
+        if o.status == "error":
+            out.append(_rexc.ResponseError(f"{o.node}: {o.detail}"))
+        elif o.status == "timeout":
+            out.append(_rexc.TimeoutError(f"{o.node}: no reply before the deadline"))
+        elif o.status in _FAILED:
+            out.append(_rexc.ConnectionError(f"{o.node}: {o.detail or 'not connected'}"))
+    return out
 
 
 def drift_ns(sh: SharedManager, ttl_ms: int) -> int:

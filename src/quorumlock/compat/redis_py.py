@@ -44,29 +44,29 @@ import logging
 import threading
 import time as mod_time
 from types import SimpleNamespace, TracebackType
-from typing import Any, Awaitable, List, Literal, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Awaitable, List, Literal, Optional, Sequence, Type, Union
 
 import redis.exceptions as _rexc
 from redis.connection import Encoder
 from redis.exceptions import LockError, LockNotOwnedError
 
 from .. import _scripts
-from .._backend import core
-from ..errors import ConfigurationError, LockNotOwned, NodeOutcome, QuorumError, QuorumLockError
+from ..errors import LockNotOwned, NodeOutcome, QuorumError, QuorumLockError
 from . import (
-    background,
     AioSharedManager,
     Script,
     SharedManager,
     Tally,
     aio_manager,
-    drift_ns,
+    describe,
+    failed_count,
     lease_timeout,
     new_token,
     node_list,
     run_script,
     run_script_async,
     sync_manager,
+    usable_ttl_ms,
 )
 
 __all__ = ["Lock", "AsyncLock", "QuorumUnavailable", "LockError", "LockNotOwnedError"]
@@ -114,10 +114,6 @@ if ARGV[3] == '0' then
 end
 redis.call('pexpire', KEYS[1], ms)
 return 1""")
-
-
-def _is_ok(reply: Any) -> bool:
-    return reply == b"OK"
 
 
 def _is_one(reply: Any) -> bool:
@@ -233,36 +229,32 @@ class _LockBase:
         return ms
 
     def _usable_ttl_ms(self, sh: SharedManager) -> Optional[int]:
-        """``_ttl_ms()``, refused at once when it is too short to ever be
+        """``_ttl_ms()``, refused at once (``ConfigurationError``, a
+        ValueError, naming ``timeout``) when it is too short to ever be
         acquired: a lease that the clock-drift allowance alone uses up would
-        make every attempt fail, and a blocking ``acquire`` loop forever."""
-        ms = self._ttl_ms()
-        if ms is not None and ms * 1_000_000 <= drift_ns(sh, ms):
-            raise ConfigurationError(
-                f"timeout={self.timeout!r} s is too short to ever acquire lock {self.name!r}: the clock-drift "
-                f"allowance alone is {drift_ns(sh, ms) / 1e6:.2f} ms (timeout x drift_factor + 2 ms); "
-                "use a longer timeout, or None for no expiry"
-            )
-        return ms
+        make every attempt fail, and a blocking ``acquire`` loop forever.
+        The engine's rule (``quorumlock.blocking.check_px``)."""
+        return usable_ttl_ms(sh, self._ttl_ms(), "timeout", self.timeout, f"lock {self.name!r}")
 
     # -- verdicts ----------------------------------------------------------
 
-    @staticmethod
-    def _set_command(key: bytes, token: bytes, ttl_ms: Optional[int]) -> tuple:
-        if ttl_ms is None:
-            return (b"SET", key, token, b"NX")
-        return (b"SET", key, token, b"NX", b"PX", ttl_ms)
-
-    def _acquire_verdict(self, sh: SharedManager, results: List[Any], t0: int, ttl_ms: Optional[int]
-                         ) -> Tuple[bool, Tally]:
-        """Held: a majority said OK, with validity left when it did (the
-        Redlock rule: ``ttl - elapsed - drift > 0``; no expiry, no limit)."""
-        now = core.monotonic_ns()
-        tally = Tally(sh.manager.nodes, results, _is_ok)
-        self._last_outcomes = tally.outcomes
-        if tally.ok < sh.quorum:
-            return False, tally
-        return ttl_ms is None or now < t0 + ttl_ms * 1_000_000 - drift_ns(sh, ttl_ms), tally
+    def _attempted(self, sh: SharedManager, op: Any) -> bool:
+        """The verdict of one engine attempt (``attempt_token``: decided by the
+        engine's quorum rule): held, or False; ``QuorumUnavailable`` when too
+        many nodes failed for a majority to be possible."""
+        if op.result is not None:
+            # The engine's Lock (our token): released through the engine.
+            self.local.held = op.result
+            return True
+        outcomes = self._last_outcomes = op.outcomes()
+        if failed_count(outcomes) > sh.n - sh.quorum:
+            raise QuorumUnavailable(
+                f"cannot acquire lock {self.name!r}: a majority of {sh.quorum} of {sh.n} nodes is out of "
+                f"reach: {describe(outcomes)}",
+                outcomes,
+                self.name,
+            )
+        return False
 
     def _unavailable(self, sh: SharedManager, tally: Tally, what: str) -> None:
         if tally.failed > sh.n - sh.quorum:
@@ -272,6 +264,30 @@ class _LockBase:
                 tally.outcomes,
                 self.name,
             )
+
+    def _held_lock(self, expected_token: bytes) -> Any:
+        """The engine Lock that ``expected_token`` was acquired with in this
+        thread (then the release is the engine's), else None."""
+        held = getattr(self.local, "held", None)
+        self.local.held = None
+        if held is not None and held.token == expected_token and not held.released:
+            return held
+        return None
+
+    def _released_result(self, sh: SharedManager, op: Any) -> None:
+        """The verdict of the engine's release (``release_op``)."""
+        if op.result:
+            return
+        outcomes = op.outcomes()
+        if failed_count(outcomes) > sh.n - sh.quorum:
+            raise QuorumUnavailable(
+                f"cannot release lock {self.name!r}: a majority of {sh.quorum} of {sh.n} nodes is out of "
+                f"reach: {describe(outcomes)}",
+                outcomes,
+                self.name,
+            )
+        raise LockNotOwned(f"Cannot release a lock that's no longer owned ({describe(outcomes)})",
+                           lock_name=self.name)
 
     def _owned_result(self, sh: SharedManager, tally: Tally, what: str) -> Literal[True]:
         if tally.ok >= sh.quorum:
@@ -396,22 +412,13 @@ class Lock(_LockBase):
             mod_time.sleep(sleep)
 
     def do_acquire(self, token: bytes) -> bool:
-        """One quorum attempt: ``SET name token NX [PX timeout]`` on every node."""
+        """One quorum attempt: ``SET name token NX [PX timeout]`` on every
+        node, through the engine (``LockManager.attempt_token``: decided at a
+        majority, released everywhere when it fails)."""
         sh = self._shared
         ttl_ms = self._usable_ttl_ms(sh)
-        key = self._key()
-        t0 = core.monotonic_ns()
-        results = sh.manager.call_nodes([self._set_command(key, token, ttl_ms)] * sh.n,
-                                        lease_timeout(sh, ttl_ms), lease_ms=ttl_ms)
-        held, tally = self._acquire_verdict(sh, results, t0, ttl_ms)
-        if held:
-            return True
-        undo = tally.may_hold()
-        if undo:
-            # Not ours after all: release wherever the SET may have landed.
-            run_script(sh, _RELEASE, [key], [token], only=undo, guarded=False)
-        self._unavailable(sh, tally, "acquire")
-        return False
+        op = sh.manager.attempt_token(self._key(), token, ttl_ms, timeout=lease_timeout(sh, ttl_ms))
+        return self._attempted(sh, op)
 
     def locked(self) -> bool:
         """
@@ -447,6 +454,10 @@ class Lock(_LockBase):
 
     def do_release(self, expected_token: bytes) -> None:
         sh = self._shared
+        held = self._held_lock(expected_token)
+        if held is not None and held._owner is sh.manager:
+            self._released_result(sh, sh.manager.release_op(held))
+            return
         results = run_script(sh, _RELEASE, [self._key()], [expected_token], guarded=False)
         self._owned_result(sh, Tally(sh.manager.nodes, results, _is_one), "release")
 
@@ -585,28 +596,14 @@ class AsyncLock(_LockBase):
             await asyncio.sleep(sleep)
 
     async def do_acquire(self, token: bytes) -> bool:
-        """One quorum attempt: ``SET name token NX [PX timeout]`` on every node."""
+        """One quorum attempt: ``SET name token NX [PX timeout]`` on every
+        node, through the engine (``LockManager.attempt_token``: decided at a
+        majority, released everywhere when it fails; a cancelled attempt
+        leaves no key)."""
         sh = await self._manager()
         ttl_ms = self._usable_ttl_ms(sh)
-        key = self._key()
-        t0 = core.monotonic_ns()
-        cmd = self._set_command(key, token, ttl_ms)
-        try:
-            results = await sh.manager.call_nodes([cmd] * sh.n, lease_timeout(sh, ttl_ms), lease_ms=ttl_ms)
-        except _aio.CancelledError:
-            # Cancelled while the SETs were out: they may land, and nobody
-            # would own the key.  Release everywhere (queued behind the SETs
-            # on the same connections), without waiting.
-            background(run_script_async(sh, _RELEASE, [key], [token], guarded=False))
-            raise
-        held, tally = self._acquire_verdict(sh, results, t0, ttl_ms)
-        if held:
-            return True
-        undo = tally.may_hold()
-        if undo:
-            await run_script_async(sh, _RELEASE, [key], [token], only=undo, guarded=False)
-        self._unavailable(sh, tally, "acquire")
-        return False
+        op = await sh.manager.attempt_token(self._key(), token, ttl_ms, timeout=lease_timeout(sh, ttl_ms))
+        return self._attempted(sh, op)
 
     async def locked(self) -> bool:
         """
@@ -648,6 +645,10 @@ class AsyncLock(_LockBase):
 
     async def do_release(self, expected_token: bytes) -> None:
         sh = await self._manager()
+        held = self._held_lock(expected_token)
+        if held is not None and held._owner is sh.manager:
+            self._released_result(sh, await sh.manager.release_op(held))
+            return
         results = await run_script_async(sh, _RELEASE, [self._key()], [expected_token], guarded=False)
         self._owned_result(sh, Tally(sh.manager.nodes, results, _is_one), "release")
 
