@@ -45,9 +45,9 @@ from redis import StrictRedis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .. import _scripts
 from .._backend import core
-from . import SharedManager, Script, Tally, drift_ns, lease_timeout, node_list, run_script, sync_manager
+from . import (SharedManager, Script, Tally, describe, drift_ns, failed_count, lease_timeout, node_list, run_script,
+               sync_manager)
 from .redis_py import QuorumUnavailable
 
 __all__ = [
@@ -139,9 +139,6 @@ for _, key in ipairs(found) do
   redis.call('expire', signal, 1)
 end
 return #found""")
-
-# A failed quorum attempt takes back its own key (compare-and-delete, no signal).
-_UNDO = Script(_scripts.RELEASE.decode())
 
 #: Per-node reply deadline of a command without a lease on one node, in
 #: seconds.  With one node there is no majority to decide sooner: giving up
@@ -346,22 +343,22 @@ class Lock(object):
     # -- acquire ---------------------------------------------------------------
 
     def _try_set(self) -> bool:
-        """One quorum attempt: ``SET lock:<name> <id> NX [EX expire]`` on every node."""
+        """One quorum attempt: ``SET lock:<name> <id> NX [PX expire]`` on
+        every node, through the engine (``LockManager.attempt_token``: decided
+        at a majority by the engine's rule, taken back everywhere on failure)."""
         sh = self._shared()
-        key = self._keys()[0]
-        token = self._id.encode()
         ttl_ms = self._expire * 1000 if self._expire else None
-        cmd: tuple = (b"SET", key, token, b"NX") if ttl_ms is None else (b"SET", key, token, b"NX", b"EX", self._expire)
-        t0 = core.monotonic_ns()
-        results = sh.manager.call_nodes([cmd] * sh.n, _deadline(sh, ttl_ms), lease_ms=ttl_ms)
-        now = core.monotonic_ns()
-        tally = Tally(sh.manager.nodes, results, lambda r: r == b"OK")
-        if tally.ok >= sh.quorum and (ttl_ms is None or now < t0 + ttl_ms * 1_000_000 - drift_ns(sh, ttl_ms)):
+        op = sh.manager.attempt_token(self._keys()[0], self._id.encode(), ttl_ms, timeout=_deadline(sh, ttl_ms))
+        if op.result is not None:
             return True
-        undo = tally.may_hold()
-        if undo:
-            run_script(sh, _UNDO, [key], [token], _deadline(sh), only=undo, guarded=False)
-        self._unavailable(sh, tally, "acquire")
+        outcomes = op.outcomes()
+        if failed_count(outcomes) > sh.n - sh.quorum:
+            raise QuorumUnavailable(
+                f"cannot acquire Lock({self._name!r}): a majority of {sh.quorum} of {sh.n} nodes is out of reach: "
+                f"{describe(outcomes)}",
+                outcomes,
+                self._name,
+            )
         return False
 
     def acquire(self, blocking: bool = True, timeout: Any = None) -> bool:
