@@ -28,13 +28,19 @@ This module holds what both share:
   asyncio managers of a loop are closed when the loop shuts down its
   asynchronous generators (``asyncio.run``, ``asyncio.Runner`` and
   pytest-asyncio all do).
-* **per-node commands with quorum counting.**  The drop-in classes need what the
-  engine's own operations do not do: a token chosen by the caller, a key
-  without expiry (``SET`` without ``PX``), redis-py's "add to the remaining
-  TTL" extension, reads (``GET``, ``PTTL``).  They send their commands with
-  ``LockManager.call_nodes`` (the engine's connections, pipelined, one per-node
-  deadline, the restart guard applied) and count the replies here.  Scripts go
-  as ``EVALSHA`` with an ``EVAL`` fallback on ``NOSCRIPT``.
+* **acquisition through the engine.**  Every drop-in acquires with
+  ``LockManager.attempt_token`` (``SET key token NX [PX ttl]`` with the
+  class's own token, no ``PX`` for locks without expiry): the engine's quorum
+  rule decides, at a majority, and takes back a failed attempt everywhere.
+  redis-py's and pottery's locks acquired that way are released with the
+  engine's release too (``release_op``).
+* **per-node commands with quorum counting** for what the engine's operations
+  do not do: redis-py's "add to the remaining TTL" extension,
+  python-redis-lock's signalled release, aioredlock's set-if-ours extension,
+  reads (``GET``, ``PTTL``).  They go through ``LockManager.call_nodes`` (the
+  engine's connections, pipelined, one per-node deadline, the restart guard
+  applied) and the replies are counted here.  Scripts go as ``EVALSHA`` with an
+  ``EVAL`` fallback on ``NOSCRIPT``.
 
 ``set_manager_options(...)`` sets the ``LockManager`` options of managers made
 from then on (``node_timeout``, ``connect_timeout``, ``restart_guard``, ...).
@@ -526,11 +532,6 @@ class Tally:
         summary = ", ".join(f"{v} {k}" for k, v in counts.items())
         return f"{summary} [" + "; ".join(map(repr, self.outcomes)) + "]"
 
-    def may_hold(self) -> List[int]:
-        """Nodes where a ``SET NX`` of ours may have landed: every node that was
-        sent it and did not answer "held" (timeouts included: the SET may still
-        be applied, and a release sent now follows it on the same connection)."""
-        return [i for i, s in enumerate(self.statuses) if s in ("ok", "timeout", "error")]
 
 
 _tasks: set = set()

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from . import AioSharedManager, Script, Tally, aio_manager, background, lease_timeout, node_list, run_script_async
+from . import (AioSharedManager, Script, Tally, aio_manager, background, describe, failed_count, lease_timeout,
+               node_list, run_script_async, usable_ttl_ms)
 
 __all__ = ["Aioredlock", "Lock", "AioredlockError", "LockError", "LockAcquiringError", "LockRuntimeError"]
 
@@ -266,6 +267,30 @@ class Aioredlock:
             raise self._error(sh, tally, f'Can not acquire the lock "{resource}"')
         return elapsed
 
+    async def _acquire_once(self, resource: str, identifier: str, lease_time: float) -> None:
+        """One new acquisition through the engine (``attempt_token``: ``SET
+        resource identifier NX PX``, decided at a majority with validity left,
+        taken back everywhere when it fails); LockError when it failed."""
+        sh = await self._manager()
+        ms = usable_ttl_ms(sh, int(lease_time * 1000), "lock_timeout", lease_time, f"lock {resource!r}")
+        t0 = time.monotonic()
+        op = await sh.manager.attempt_token(resource.encode(), identifier.encode(), ms,
+                                            timeout=lease_timeout(sh, ms))
+        log.debug('Lock "%s" is set on %d/%d instances in %s seconds', resource, op.ok_count, sh.n,
+                  time.monotonic() - t0)
+        if op.result is not None:
+            return
+        outcomes = op.outcomes()
+        message = f'Can not acquire the lock "{resource}": {describe(outcomes)}'
+        # aioredlock's precedence: a runtime failure first, then "held by
+        # another identifier", else the lease ran out while acquiring.
+        if failed_count(outcomes):
+            raise LockRuntimeError(message)
+        if any(o.status == "held" for o in outcomes):
+            raise LockAcquiringError(message)
+        log.debug('Timeout in acquiring the lock "%s"', resource)
+        raise LockError("Lock timeout")
+
     async def _unset(self, resource: str, identifier: str) -> None:
         sh = await self._manager()
         results = await run_script_async(sh, _UNSET_LOCK, [resource.encode()], [identifier.encode()], guarded=False)
@@ -274,7 +299,10 @@ class Aioredlock:
         if tally.ok < sh.quorum:
             raise self._error(sh, tally, "Can not release the lock")
 
-    async def _set_lock(self, resource: str, lock_identifier: str, lease_time: float) -> None:
+    async def _set_lock(self, resource: str, lock_identifier: str, lease_time: float, *, new: bool = False) -> None:
+        """``retry_count`` attempts: a new acquisition (``new``: through the
+        engine, which takes back its own failed attempts) or an extension
+        (the set-if-free-or-ours script, taken back here on failure)."""
         error: Optional[BaseException] = RuntimeError("Retry count less then one")
         # Proportional drift time to the length of the lock (the Redlock rule).
         drift = lease_time * 0.01 + 0.002
@@ -284,6 +312,9 @@ class Aioredlock:
                 if n != 0:
                     await asyncio.sleep(random.uniform(self.retry_delay_min, self.retry_delay_max))
                 try:
+                    if new:
+                        await self._acquire_once(resource, lock_identifier, lease_time)
+                        return
                     elapsed = await self._set_once(resource, lock_identifier, lease_time)
                 except LockError as exc:
                     error = exc
@@ -296,6 +327,8 @@ class Aioredlock:
             assert error is not None
             raise error
         except (Exception, asyncio.CancelledError):
+            if new:
+                raise  # the engine released its failed (or cancelled) attempts itself
             # Fault or cancellation: take the key back wherever it landed, in the background.
             async def cleanup() -> None:
                 log.debug('Cleaning up lock "%s"', resource)
@@ -339,7 +372,7 @@ class Aioredlock:
         if lock_timeout is not None and lock_timeout <= 0:
             raise ValueError("Lock timeout must be greater than 0 seconds.")
         lease_time = lock_timeout or self.internal_lock_timeout
-        await self._set_lock(resource, lock_identifier, lease_time)
+        await self._set_lock(resource, lock_identifier, lease_time, new=True)
         lock = Lock(self, resource, lock_identifier, lock_timeout, valid=True)
         if lock_timeout is None:
             self._watchdogs[lock.resource] = asyncio.ensure_future(self._auto_extend(lock))
