@@ -100,7 +100,7 @@ def track(owners: Dict[int, Any], ident: int) -> None:
     threads spawned directly (``gevent.spawn``) are not in
     ``threading.enumerate()``, so that alone cannot tell whether they ended."""
     try:
-        from greenlet import getcurrent
+        from greenlet import getcurrent  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - gevent and eventlet both need greenlet
         return
     owners[ident] = weakref.ref(getcurrent())

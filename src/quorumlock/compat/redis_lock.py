@@ -38,7 +38,7 @@ import weakref
 from base64 import b64encode
 from logging import getLogger
 from os import urandom
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional
 
 import redis
 from redis import StrictRedis
@@ -209,7 +209,7 @@ class Lock(object):
     extend_script = None
     reset_script = None
     reset_all_script = None
-    blocking = None
+    blocking: Optional[bool] = None
 
     _lock_renewal_interval: Optional[float]
     _lock_renewal_thread: Optional[threading.Thread]
@@ -442,7 +442,7 @@ class Lock(object):
                 time.sleep(min(seconds, 0.1) if seconds else 0.1)
                 return False
             limit = None if not seconds else time.monotonic() + seconds + 1.0
-            done = set()
+            done: set = set()
             while len(done) < len(waits):
                 if not sel.get_map():  # every node answered with nothing, or failed
                     return False
@@ -561,7 +561,7 @@ class Lock(object):
     # -- context manager, release ----------------------------------------------
 
     def __enter__(self) -> "Lock":
-        acquired = self.acquire(blocking=self.blocking)
+        acquired = self.acquire(blocking=bool(self.blocking))
         if not acquired:
             if self.blocking:
                 raise AssertionError(f"Lock({self._name}) wasn't acquired, but blocking=True was used!")
