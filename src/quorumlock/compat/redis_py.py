@@ -44,7 +44,7 @@ import logging
 import threading
 import time as mod_time
 from types import SimpleNamespace, TracebackType
-from typing import Any, Awaitable, List, Literal, Optional, Sequence, Type, Union
+from typing import Any, Awaitable, List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import redis.exceptions as _rexc
 from redis.connection import Encoder
@@ -205,6 +205,7 @@ class _LockBase:
         self._nodes = node_list(redis)
         self._encoder = _encoder_of(self._nodes[0])
         self._last_outcomes: List[NodeOutcome] = []
+        self._acquire_cache: Optional[Tuple[Any, Any, Optional[int], float]] = None
         self.register_scripts()
 
     def register_scripts(self) -> None:
@@ -235,6 +236,17 @@ class _LockBase:
         make every attempt fail, and a blocking ``acquire`` loop forever.
         The engine's rule (``quorumlock.blocking.check_px``)."""
         return usable_ttl_ms(sh, self._ttl_ms(), "timeout", self.timeout, f"lock {self.name!r}")
+
+    def _acquire_args(self, sh: SharedManager) -> Tuple[Optional[int], float]:
+        """``(ttl_ms, per-node deadline)`` of an attempt, checked once per
+        ``timeout`` value (it is a public attribute: it may change)."""
+        c = self._acquire_cache
+        timeout = self.timeout
+        if c is not None and c[0] is sh and c[1] == timeout and type(c[1]) is type(timeout):
+            return c[2], c[3]
+        ms = self._usable_ttl_ms(sh)
+        self._acquire_cache = (sh, timeout, ms, lease_timeout(sh, ms))
+        return ms, self._acquire_cache[3]
 
     # -- verdicts ----------------------------------------------------------
 
@@ -416,8 +428,8 @@ class Lock(_LockBase):
         node, through the engine (``LockManager.attempt_token``: decided at a
         majority, released everywhere when it fails)."""
         sh = self._shared
-        ttl_ms = self._usable_ttl_ms(sh)
-        op = sh.manager.attempt_token(self._key(), token, ttl_ms, timeout=lease_timeout(sh, ttl_ms))
+        ttl_ms, node_timeout = self._acquire_args(sh)
+        op = sh.manager.attempt_token(self._key(), token, ttl_ms, timeout=node_timeout)
         return self._attempted(sh, op)
 
     def locked(self) -> bool:
@@ -601,8 +613,8 @@ class AsyncLock(_LockBase):
         majority, released everywhere when it fails; a cancelled attempt
         leaves no key)."""
         sh = await self._manager()
-        ttl_ms = self._usable_ttl_ms(sh)
-        op = await sh.manager.attempt_token(self._key(), token, ttl_ms, timeout=lease_timeout(sh, ttl_ms))
+        ttl_ms, node_timeout = self._acquire_args(sh)
+        op = await sh.manager.attempt_token(self._key(), token, ttl_ms, timeout=node_timeout)
         return self._attempted(sh, op)
 
     async def locked(self) -> bool:
