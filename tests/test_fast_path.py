@@ -173,6 +173,7 @@ def test_sync_no_px_has_no_ttl(sync_core, clusters):
                 assert lock is not None
                 assert [c.pttl(key) for c in cs] == [-1] * 3
                 assert lock.validity == math.inf and lock.valid
+                assert "no expiry" in repr(lock) and TOKEN.decode() not in repr(lock)
                 with pytest.raises(ValueError, match="ttl"):
                     lock.extend()
                 assert [c.get(key) for c in cs] == [TOKEN] * 3

@@ -1196,6 +1196,8 @@ class Lock:
 
     def __repr__(self):
         state = "released" if self._released else ("valid %.3fs" % self.validity if self.valid else "expired")
+        if not self._released and self._deadline == _NEVER:
+            state = "held, no expiry"
         fence = "" if self.fence is None else f" fence={self.fence}"
         return f"<Lock {self._key!r} {state} nodes={self._nodes}{fence}>"
 

@@ -114,6 +114,8 @@ cdef class Lock:
 
     def __repr__(self):
         state = "released" if self.released else ("valid %.3fs" % self.validity if self.valid else "expired")
+        if not self.released and self.deadline == NO_EXPIRY:
+            state = "held, no expiry"
         fence = "" if self.fence is None else f" fence={self.fence}"
         return f"<Lock {self.key!r} {state} nodes={self.nodes}{fence}>"
 
