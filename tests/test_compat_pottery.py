@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
-from quorumlock import ConfigurationError, compat
+from quorumlock import ConfigurationError, LockManager, compat
 from quorumlock.compat.pottery import (
     AIORedlock,
     ExtendUnlockedLock,
@@ -211,11 +211,44 @@ def test_redis_errors_and_quorum_is_impossible(sync_core, clusters, free_port):
     assert one_down.acquire(blocking=False) is True
     assert one_down.locked() > 0.7
     one_down.release()
-    # two databases of one server are not two masters: refused, not counted twice
-    same = Redlock(key="down", masters=[redis.Redis(port=cluster.ports[0]), redis.Redis(port=cluster.ports[0], db=1),
-                                        redis.Redis(port=cluster.ports[1])])
+
+
+def test_databases_of_one_server(sync_core, aio_core, clusters, run):
+    """pottery takes five databases of one server as five masters (its own
+    contention test does): the drop-ins accept them, with a UserWarning that
+    the quorum is weaker than it looks, and still let one holder in at a time.
+    The native API keeps refusing them unless told to allow them.  First-round
+    code: ConfigurationError ("are the same server") at the first acquire."""
+    cluster = clusters(1)
+    port = cluster.ports[0]
+    masters = {redis.Redis(port=port, db=db) for db in range(1, 6)}
+    with pytest.warns(UserWarning, match="weaker than it looks") as caught:
+        locks = [Redlock(key="dbs", masters=masters, auto_release_time=1) for _ in range(6)]
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            won = list(pool.map(lambda lk: lk.acquire(blocking=False), locks))
+    assert "counted 5 times" in str(caught[0].message)
+    assert won.count(True) == 1
+    values = [redis.Redis(port=port, db=db).get("redlock:dbs") for db in range(1, 6)]
+    assert max(values.count(v) for v in values if v) >= 3  # the winner's token on a majority of the databases
+    locks[won.index(True)].release()
+
+    async def body():
+        aio = AIORedlock(key="dbs", masters={aredis.Redis(port=port, db=db) for db in range(1, 4)},
+                         auto_release_time=1)
+        with pytest.warns(UserWarning, match="weaker than it looks"):
+            assert await aio.acquire(blocking=False)
+        await aio.release()
+
+    run(body())
+    urls = [f"redis://127.0.0.1:{port}/{db}" for db in range(1, 4)]
     with pytest.raises(ConfigurationError, match="same server"):
-        same.acquire(blocking=False)
+        with LockManager(urls, _core=sync_core):
+            pass  # pragma: no cover
+    with pytest.warns(UserWarning, match="weaker than it looks"):
+        with LockManager(urls, allow_same_server=True, _core=sync_core) as mgr:
+            assert mgr.try_acquire("k", 1.0) is not None
+    with pytest.raises(TypeError, match="allow_same_server"):
+        compat.set_manager_options(allow_same_server=True)
 
 
 def test_contention_across_threads(sync_core, clusters):

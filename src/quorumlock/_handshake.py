@@ -4,6 +4,7 @@ blocking APIs (which differ only in how they wait for the replies)."""
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 from hiredis import ReplyError
@@ -139,13 +140,24 @@ class GuardState:
         return self.counted_after[i]
 
 
-def check_unique(specs: List[NodeSpec], run_ids: List[Optional[str]]) -> None:
-    """Two addresses that reach one server would vote twice: refuse."""
+def check_unique(specs: List[NodeSpec], run_ids: List[Optional[str]], allow: bool = False) -> None:
+    """Two addresses that reach one server would vote twice: refuse (with
+    ``allow``: warn, once per connect, that the quorum is weaker than it looks)."""
     seen: Dict[str, int] = {}
     for i, rid in enumerate(run_ids):
         if rid is None:
             continue
         if rid in seen:
+            if allow:
+                same = [specs[j].name for j, r in enumerate(run_ids) if r == rid]
+                warnings.warn(
+                    f"nodes {', '.join(same)} are one server (run_id {rid}) counted {len(same)} times: the quorum "
+                    f"is weaker than it looks ({len(specs)} votes, but this one server going down or restarting "
+                    f"takes {len(same)} of them at once; it is not a Redlock of independent masters)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                return
             raise ConfigurationError(
                 f"nodes {specs[seen[rid]].name} and {specs[i].name} are the same server "
                 f"(run_id {rid}); it would be counted twice in the quorum"

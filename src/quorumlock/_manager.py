@@ -43,6 +43,7 @@ class ManagerBase:
         max_pending: int = 65536,
         max_reply_bytes: int = 64 * 1024 * 1024,
         native_commands: bool = True,
+        allow_same_server: bool = False,
         _core: Any = None,
     ) -> None:
         self._core = core if _core is None else _core
@@ -69,6 +70,11 @@ class ManagerBase:
         self._max_ttl_used_ms = self._opts.ttl_ms
         self._ttl_cache: dict = {}
         self._notify = bool(notify)
+        # Two entries that reach one server (two databases, two addresses) are
+        # refused at connect unless the caller opts in: the quorum is then
+        # weaker than it looks (a UserWarning says so).  For the drop-ins of
+        # libraries that accept it (pottery, aioredlock).
+        self._allow_same_server = bool(allow_same_server)
         self._metrics: Any = None
         self._leases: Any = None       # quorumlock.leases: the renewer (made on first use)
         self._subscriber: Any = None   # quorumlock.leases.notify: release subscriptions

@@ -159,6 +159,24 @@ def _c_double(v):
     return float(v)
 
 
+#: Caller tokens (Engine.attempt_token): bytes, 1 to MAX_TOKEN_LEN long.
+MAX_TOKEN_LEN = 512
+
+
+def _caller_token(token):
+    """``token`` checked as a caller-chosen lock token: bytes of 1 to
+    MAX_TOKEN_LEN bytes (TypeError / ValueError naming ``token``, without its
+    value: a token is a secret)."""
+    if type(token) is not bytes:
+        if isinstance(token, (bytes, bytearray, memoryview)):
+            token = bytes(token)
+        else:
+            raise TypeError(f"token must be bytes, got {type(token).__name__}")
+    if len(token) == 0 or len(token) > MAX_TOKEN_LEN:
+        raise ValueError(f"token must be 1 to {MAX_TOKEN_LEN} bytes long, got {len(token)} bytes")
+    return token
+
+
 def _check_lock(lock):
     if type(lock) is not Lock and not isinstance(lock, Lock):
         if lock is None:
@@ -658,7 +676,12 @@ class AcquireOp(Op):
         # before reading: a pause between sending and reading must count
         # against validity (docs/faults.md row 12).
         now = _now_ns()
-        end = self.t0 + self.ttl_ms * 1000000 - self.drift_ns
+        expiry = self.t0 + self.ttl_ms * 1000000
+        end = expiry - self.drift_ns
+        if self.ttl_ms == 0:
+            # A caller-token acquire without PX (Engine.attempt_token): the
+            # key never expires, so neither does the lease.
+            expiry = end = _NEVER
         if self.n_ok >= self.quorum and now < end:
             lock = _new_lock(self.engine.owner, self.key, self.key_b, self.token,
                              self.ttl_ms, end, self.n_ok)
@@ -667,8 +690,7 @@ class AcquireOp(Op):
                 # The caller was cancelled while we waited: it will never see
                 # this lock, so it must not stay on the nodes.
                 lock._released = True
-                self.engine.send_release(self.key_b, self.token, None, None, self.sent,
-                                         self.t0 + self.ttl_ms * 1000000)
+                self.engine.send_release(self.key_b, self.token, None, None, self.sent, expiry)
                 return
             self.finish(lock)
             return
@@ -676,8 +698,7 @@ class AcquireOp(Op):
         # that timed out or have not answered yet (their SET is ahead of the
         # release on the same ordered connection), and nodes whose connection
         # dropped after the SET was written (released when they are back).
-        self.engine.send_release(self.key_b, self.token, None, self.status, self.sent,
-                                 self.t0 + self.ttl_ms * 1000000)
+        self.engine.send_release(self.key_b, self.token, None, self.status, self.sent, expiry)
         self.finish(None)
 
 
@@ -1201,9 +1222,12 @@ class Lock:
 
     @property
     def validity(self):
-        """Seconds of validity left (0.0 once expired or released)."""
+        """Seconds of validity left (0.0 once expired or released; ``inf``
+        for a lock acquired without expiry, ``attempt_token`` without PX)."""
         if self._released:
             return 0.0
+        if self._deadline == _NEVER:
+            return float("inf")
         now = _now_ns()
         if now >= self._deadline:
             return 0.0
@@ -1266,6 +1290,8 @@ class Lock:
 
     def __repr__(self):
         state = "released" if self._released else ("valid %.3fs" % self.validity if self.valid else "expired")
+        if not self._released and self._deadline == _NEVER:
+            state = "held, no expiry"
         fence = "" if self.fence is None else f" fence={self.fence}"
         return f"<Lock {self._key!r} {state} nodes={self._nodes}{fence}>"
 
@@ -1691,6 +1717,43 @@ class Engine:
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 
+    def _attempt_token(self, key, token, ttl_ms, timeout=0.0):
+        """``SET key token NX [PX ttl_ms]`` on every node with the caller's
+        ``token``; ``ttl_ms`` 0: no PX (the key and the lease never expire).
+        ``timeout`` > 0: the per-node reply deadline in seconds (else
+        ``node_timeout``).  Decided by AcquireOp exactly as ``_attempt``."""
+        if type(ttl_ms) is not int or ttl_ms < _LL_MIN or ttl_ms > _LL_MAX:
+            ttl_ms = _c_int(ttl_ms)
+        kb = self.key_bytes(key)
+        tok = _caller_token(token)
+        if ttl_ms < 0:
+            raise ValueError(f"px must be >= 0 ms (0: no expiry), got {ttl_ms}")
+        if ttl_ms > 0 and ttl_ms * 1000000 <= self.drift_ns_for(ttl_ms) + 1000000:
+            raise ValueError(f"px={ttl_ms} ms is too short: the drift allowance alone is "
+                             f"{self.drift_ns_for(ttl_ms) / 1e6:.1f} ms (ttl*drift_factor + 2 ms), "
+                             f"so no acquisition could be valid")
+        if self.fencing or self.lock_delay_ms > 0:
+            raise ValueError("caller-token acquires issue no fence and no lock-delay: "
+                             "use a manager without fencing/lock_delay")
+        timeout = _c_double(timeout)
+        if not (0.0 <= timeout <= 1e9):
+            raise ValueError(f"timeout must be > 0 and <= 1e9 seconds (0: node_timeout), got {timeout!r}")
+        wait_ns = int(timeout * 1e9) if timeout > 0 else self.node_timeout_ns
+        op = AcquireOp(self, self.new_waiter())
+        op.key = key
+        op.key_b = kb
+        op.token = tok
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms) if ttl_ms > 0 else 0
+        if ttl_ms > 0:
+            cmd = b"*6\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nNX\r\n$2\r\nPX\r\n%b" % (
+                len(kb), kb, len(tok), tok, _bulk_int(ttl_ms))
+        else:
+            cmd = b"*4\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nNX\r\n" % (
+                len(kb), kb, len(tok), tok)
+        self.fanout(cmd, op, 0, op.t0 + wait_ns, self.guard)
+        return op
+
     def _attempt_ex(self, key, kb, ttl_ms):
         op = FencedAcquireOp(self, self.new_waiter())
         op.key = key
@@ -1956,6 +2019,11 @@ class Engine:
         _check_lock(lock)
         if type(ttl_ms) is not int or ttl_ms < _LL_MIN or ttl_ms > _LL_MAX:
             ttl_ms = _c_int(ttl_ms)
+        if ttl_ms <= 0:
+            # PEXPIRE 0 would delete the key.  Only a lock without expiry
+            # (attempt_token without PX) has no TTL to renew with by default.
+            raise ValueError(f"ttl must be > 0 to extend {lock.key!r} (a lock acquired without expiry "
+                             f"needs an explicit ttl), got {ttl_ms} ms")
         if lock._released:
             return self._done(False)
         op = ExtendOp(self, self.new_waiter())
@@ -2091,6 +2159,16 @@ class Engine:
         """One quorum attempt: a future of ``Lock`` or None."""
         return self._attempt(key, ttl_ms).waiter
 
+    def attempt_token(self, key, token, ttl_ms, timeout=0.0):
+        """One quorum attempt to acquire ``key`` with the caller's ``token``
+        (bytes): ``SET key token NX PX ttl_ms``, or without ``PX`` when
+        ``ttl_ms`` is 0 (the lease then has no end: ``validity`` is ``inf``).
+        Decided as ``attempt`` (a majority, with validity left when there is
+        a TTL), released on every node where it may have landed when it
+        fails.  ``timeout`` (s, > 0): the per-node reply deadline instead of
+        ``node_timeout``.  Returns the operation, as ``attempt``."""
+        return self._attempt_token(key, token, ttl_ms, timeout)
+
     def release(self, lock):
         """Compare-and-delete on every node: a future of True if our token was
         still there on a majority.  A second release does no I/O (False)."""
@@ -2100,6 +2178,13 @@ class Engine:
         """Compare-and-pexpire on every node: a future of True on success (the
         lock's validity renewed from this operation's start), else False."""
         return self._extend(lock, ttl_ms).waiter
+
+    def release_op(self, lock):
+        """``release`` returning the operation (like ``attempt``): its
+        ``waiter`` resolves to True/False and ``outcomes()`` says what each
+        node answered (the drop-ins tell "not ours any more" from "nodes out
+        of reach")."""
+        return self._release(lock)
 
     def extend_op(self, lock, ttl_ms):
         """``extend`` returning the operation (like ``attempt``): its
@@ -2338,7 +2423,7 @@ class SyncEngine(Engine):
     thread.  A blocking LockManager keeps a pool of these, one checked out per
     calling thread, so threads never share a socket."""
 
-    __slots__ = ("reconnect_at", "backoff", "maintenance_epoch", "all_ready", "granted", "just_read")
+    __slots__ = ("reconnect_at", "backoff", "maintenance_epoch", "all_ready", "granted", "just_read", "green_poll")
 
     def __init__(self, names, owner, node_timeout, drift_factor,
                  max_key_len=1024, batch_chunk=500, stall_timeout=None):
@@ -2350,6 +2435,10 @@ class SyncEngine(Engine):
         self.all_ready = False
         self.granted = None     # the Lock last granted to the caller (see blocking._LockContext)
         self.just_read = False  # the entry read already ran for this call
+        # None: wait in poll().  Else green_poll(want, timeout_ms) -> ready,
+        # lists of (fd, events): the cooperative wait chosen by blocking.py
+        # under gevent/eventlet monkey-patching.
+        self.green_poll = None
 
     def attach(self, idx, sock, tls):
         """Use the connected socket ``sock`` (made non-blocking here) for node ``idx``."""
@@ -2380,7 +2469,7 @@ class SyncEngine(Engine):
         replies owed or bytes to send), then read/write what is ready.  A
         signal handler that raises (KeyboardInterrupt) raises out of poll():
         the caller then abandons its operation."""
-        poller = None
+        want = []
         by_fd = {}
         for node in self.nodes:
             t = node.transport
@@ -2388,17 +2477,27 @@ class SyncEngine(Engine):
                 continue
             if only_pending and not node.slots and t.pending is None:
                 continue
-            if poller is None:
-                poller = select.poll()
-            poller.register(t.fd, _POLLIN | _POLLOUT if t.pending is not None else _POLLIN)
+            want.append((t.fd, _POLLIN | _POLLOUT if t.pending is not None else _POLLIN))
             by_fd[t.fd] = node
-        if poller is None:
+        green = self.green_poll
+        if not want:
             if not only_pending and timeout_ms > 0:
                 # Nothing can answer: every node is down.  The operation was
                 # already failed by fanout; only a deadline can be waiting.
-                time.sleep(timeout_ms / 1000.0)
+                if green is not None:
+                    green([], timeout_ms)
+                else:
+                    time.sleep(timeout_ms / 1000.0)
             return
-        for fd, ev in poller.poll(timeout_ms):
+        if green is not None:
+            # gevent/eventlet: wait through the patched select (blocking.py)
+            ready = green(want, timeout_ms)
+        else:
+            poller = select.poll()
+            for fd, ev in want:
+                poller.register(fd, ev)
+            ready = poller.poll(timeout_ms)
+        for fd, ev in ready:
             node = by_fd.get(fd)
             if node is None or node.transport is None:
                 continue

@@ -37,7 +37,7 @@ from . import metrics as _metrics_mod
 from ._backend import IMPLEMENTATION, core
 from ._manager import ManagerBase
 from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
-from .blocking import _check_commands, _check_same_process
+from .blocking import _check_commands, _check_same_process, check_px
 from .errors import ConfigurationError, DuplicateNode, LockNotOwned, LockTimeout
 from .leases import _async as _lease_async
 from .leases import close_manager as _close_leases
@@ -116,6 +116,12 @@ class LockManager(ManagerBase):
         that have them, detected at each connect (default True).  Plain locks
         only: fencing, lock-delay and notify keep the scripts, as do batches
         and the nodes without the commands.  False: scripts everywhere.
+    allow_same_server:
+        Accept entries that reach one server (two databases of it, two
+        addresses), with a ``UserWarning`` instead of a ``ConfigurationError``
+        at connect: that server's votes fall together, so the quorum is weaker
+        than it looks.  Off by default; the pottery and aioredlock drop-ins
+        turn it on because those libraries accept it.
     """
 
     def _init_api(self) -> None:
@@ -180,7 +186,8 @@ class LockManager(ManagerBase):
         config_errors = [r for r in results if isinstance(r, ConfigurationError)]
         if not config_errors:
             try:
-                _handshake.check_unique(self._specs, [nd.run_id for nd in self._engine.nodes])
+                _handshake.check_unique(self._specs, [nd.run_id for nd in self._engine.nodes],
+                                        self._allow_same_server)
             except ConfigurationError as exc:
                 config_errors.append(exc)
         if config_errors:
@@ -249,7 +256,7 @@ class LockManager(ManagerBase):
         except BaseException:
             node.abort()
             raise
-        if not initial:
+        if not initial and not self._allow_same_server:
             # Identity on every reconnect (the first connect checks all nodes
             # at once, check_unique): the same server under another spelling,
             # already counted, must not vote a second time.  Checked right
@@ -343,6 +350,24 @@ class LockManager(ManagerBase):
         node.  Nothing is sent until it is awaited (a forgotten ``await`` warns
         and takes no lock); cancelling the await never leaves the key set."""
         return _try_acquire(self._require(), key, self._ttl_ms(ttl))
+
+    async def attempt_token(self, key: Any, token: bytes, px: Optional[int] = None, *,
+                            timeout: Optional[float] = None) -> Any:
+        """One quorum attempt to acquire ``key`` with a token the caller chose:
+        ``SET key token NX PX px`` on every node (no ``PX`` when ``px`` is
+        None or 0: no expiry).  As ``quorumlock.LockManager.attempt_token``:
+        decided as ``try_acquire``, released everywhere on failure, returns
+        the decided operation (``.result``: the ``Lock`` or None;
+        ``.outcomes()``; ``timeout``: the per-node reply deadline, s).
+        Cancelling the await never leaves the key set."""
+        eng = self._require()
+        ms = check_px(px, self._opts.drift_factor, self._opts.max_ttl)
+        t = 0.0 if timeout is None else check_seconds("timeout", timeout)
+        if ms > self._max_ttl_used_ms:
+            self._max_ttl_used_ms = ms
+        op = eng.attempt_token(key, token, ms, t)
+        await receive(eng, op.waiter)
+        return op
 
     async def acquire(
         self,
@@ -463,6 +488,14 @@ class LockManager(ManagerBase):
             # The batch script neither lifts lock-delays nor publishes.
             return asyncio.gather(*[eng.release(lk) for lk in locks])
         return eng.release_many(locks)
+
+    async def release_op(self, lock: Any) -> Any:
+        """``await lock.release()`` returning the decided operation:
+        ``.result`` is True if our token was deleted on a majority,
+        ``.outcomes()`` says what each node answered (``quorumlock.compat``)."""
+        op = self._require().release_op(lock)
+        await op.waiter
+        return op
 
     async def release(self, lock: Any) -> bool:
         """Same as ``await lock.release()``."""

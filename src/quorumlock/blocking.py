@@ -36,7 +36,7 @@ import time
 import weakref
 from typing import Any, Iterable, List, Optional, Sequence
 
-from . import _handshake, _health
+from . import _green, _handshake, _health
 from . import metrics as _metrics_mod
 from ._backend import core
 from ._manager import ManagerBase
@@ -73,6 +73,9 @@ class LockManager(ManagerBase):
         self._connected_once = False
         self._dup_logged: set = set()   # nodes whose duplicate was already logged
         self._warned: dict = {}   # node index -> monotonic time of its last warning
+        # gevent/eventlet monkey-patched: the engines wait cooperatively (quorumlock._green).
+        self._green_poll = _green.wait_function()
+        self._green_owners: dict = {}
 
     # -- connections -------------------------------------------------------
 
@@ -146,11 +149,12 @@ class LockManager(ManagerBase):
             self._opts.batch_chunk,
         )
         self._configure(eng)
+        eng.green_poll = self._green_poll
         initial = not self._connected_once
         self._connect_nodes(eng, range(self.n), self._opts.connect_timeout, initial)
         if initial:
             try:
-                _handshake.check_unique(self._specs, [nd.run_id for nd in eng.nodes])
+                _handshake.check_unique(self._specs, [nd.run_id for nd in eng.nodes], self._allow_same_server)
             except ConfigurationError:
                 eng.close()
                 raise
@@ -161,7 +165,7 @@ class LockManager(ManagerBase):
         """Connect the given nodes in parallel (non-blocking connect + poll),
         then run every handshake pipelined."""
         socks = {}
-        poller = select.poll()
+        poller = _green.poller(self._green_poll)
         deadline = time.monotonic() + timeout
         for i in which:
             spec = self._specs[i]
@@ -249,9 +253,10 @@ class LockManager(ManagerBase):
             eng.set_native(i, *_handshake.native_support(replies))
             node.info = info
             node.run_id = info.get("run_id")
-            if not initial:
+            if not initial and not self._allow_same_server:
                 # Identity on every reconnect (see quorumlock.aio): a server
-                # already counted under another spelling must not vote twice.
+                # already counted under another spelling must not vote twice
+                # (unless the user accepted one server's votes falling together).
                 dup = _handshake.duplicate_of(i, node.run_id, eng.nodes)
                 if dup is not None:
                     eng.down_detail[i] = _handshake.duplicate_text(self._specs, i, dup)
@@ -302,6 +307,9 @@ class LockManager(ManagerBase):
             # Close the sets of threads that have ended (normally their own
             # finaliser did it already).
             alive = {t.ident for t in threading.enumerate()}
+            if self._green_poll is not None:
+                _green.track(self._green_owners, me)
+                alive |= _green.alive(self._green_owners)
             for ident in [i for i in self._engines if i not in alive]:
                 _close_quietly(self._engines.pop(ident))
             self._engines[me] = eng
@@ -361,6 +369,32 @@ class LockManager(ManagerBase):
     def _attempt(self, key: Any, ttl_ms: int) -> Any:
         eng = self._checkout()
         return eng.attempt_sync(key, ttl_ms)
+
+    def attempt_token(self, key: Any, token: bytes, px: Optional[int] = None, *,
+                      timeout: Optional[float] = None) -> Any:
+        """One quorum attempt to acquire ``key`` with a token the caller chose
+        (``bytes``, 1 to 512 bytes): ``SET key token NX PX px`` on every node,
+        or without ``PX`` when ``px`` is None or 0 (no expiry).  The fast path
+        of the drop-in classes (``quorumlock.compat``).
+
+        Decided exactly as ``try_acquire``: held when a majority said OK, with
+        validity left when there is a TTL (``px - elapsed - drift > 0``); a
+        lock without expiry has ``validity == inf``.  A failed attempt is
+        released on every node where the SET may have landed.  Returns the
+        decided operation: ``.result`` is the ``Lock`` (its ``token`` is the
+        caller's; ``release()`` / ``extend(ttl)`` as any lock) or None, and
+        ``.outcomes()`` says what each node answered.  ``px`` (int ms) too
+        short to ever leave validity after the drift allowance raises
+        ``ValueError`` at once.  ``timeout``: the per-node reply deadline in
+        seconds (default: the manager's ``node_timeout``)."""
+        ms = check_px(px, self._opts.drift_factor, self._opts.max_ttl)
+        t = 0.0 if timeout is None else check_seconds("timeout", timeout)
+        if ms > self._max_ttl_used_ms:
+            self._max_ttl_used_ms = ms
+        eng = self._checkout()
+        op = eng.attempt_token(key, token, ms, t)
+        eng.wait(op)
+        return op
 
     def acquire(
         self,
@@ -472,6 +506,15 @@ class LockManager(ManagerBase):
     def release(self, lock: Any) -> bool:
         """Same as ``lock.release()``."""
         return self._release(lock)
+
+    def release_op(self, lock: Any) -> Any:
+        """``lock.release()`` returning the decided operation: ``.result`` is
+        True if our token was deleted on a majority, ``.outcomes()`` says what
+        each node answered (used by ``quorumlock.compat``)."""
+        eng = self._checkout()
+        op = eng.release_op(lock)
+        eng.wait(op)
+        return op
 
     def call_nodes(
         self,
@@ -698,6 +741,32 @@ def _release_surely(mgr: Any, lock: Any) -> None:
             except Exception:
                 pass
         raise
+
+
+def check_px(px: Any, drift_factor: float, max_ttl: float, name: str = "px", given: Any = None) -> int:
+    """A caller-token acquire's ``PX`` in whole ms: None or 0 -> 0 (no
+    expiry); else an int in ``[1, max_ttl]`` that leaves validity after the
+    drift allowance (``px*drift_factor + 2 ms``, plus 1 ms), or a
+    TypeError/ValueError naming ``name`` (showing ``given`` if set, the
+    caller's own spelling, e.g. redis-py's ``timeout`` in seconds)."""
+    if px is None:
+        return 0
+    shown = f"{given!r} s ({px} ms)" if given is not None else f"{px!r} ms"
+    if isinstance(px, bool) or not isinstance(px, int):
+        raise TypeError(f"{name} must be an int of milliseconds or None, got {type(px).__name__}")
+    if px < 0:
+        raise ValueError(f"{name} must be >= 0 (0 or None: no expiry), got {shown}")
+    if px == 0:
+        return 0
+    if px > max_ttl * 1000:
+        raise ValueError(f"{name}={shown} is over max_ttl ({max_ttl} s)")
+    drift_ms = px * drift_factor + 2.0
+    if px <= drift_ms + 1.0:
+        raise ValueError(
+            f"{name}={shown} is too short: the drift allowance alone is {drift_ms:.1f} ms "
+            f"(ttl*drift_factor + 2 ms), so no acquisition could be valid"
+        )
+    return px
 
 
 def _check_commands(commands: Sequence[Optional[Sequence[Any]]], n: int) -> List[Optional[tuple]]:

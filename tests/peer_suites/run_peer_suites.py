@@ -1,16 +1,25 @@
 #!/usr/bin/env python
-"""Run redis-py's and pottery's own lock test suites against quorumlock's drop-in classes.
+"""Run the peers' own lock test suites against quorumlock's drop-in classes.
 
-    python tests/peer_suites/run_peer_suites.py --redis-py DIR --pottery DIR [--nodes N]
+    python tests/peer_suites/run_peer_suites.py [--redis-py DIR] [--pottery DIR]
+        [--redis-lock DIR] [--aioredlock DIR] [--nodes N]
 
-``DIR`` is a git checkout of the project (``redis/redis-py``, ``brainix/pottery``)
+``DIR`` is a git checkout or an unpacked sdist of the project (``redis/redis-py``,
+``brainix/pottery``, ``ionelmc/python-redis-lock``, ``joanvila/aioredlock``)
 or a directory holding its ``tests/`` tree (or just the lock test files):
 
 * redis-py: ``tests/test_lock.py`` and ``tests/test_asyncio/test_lock.py``
   (with ``tests/conftest.py``, ``tests/test_asyncio/conftest.py`` and the helper
   modules they import, when present);
 * pottery: ``tests/test_redlock.py`` and ``tests/test_aioredlock.py`` (with
-  ``tests/conftest.py`` when present).
+  ``tests/conftest.py`` when present);
+* python-redis-lock: ``tests/test_redis_lock.py`` with its ``conftest.py``
+  (which starts its own ``redis-server`` on a unix socket, as its tox setup
+  does), ``helper.py`` and ``config.py``; the gevent/eventlet tests need
+  ``process-tests``, ``gevent`` and ``eventlet`` installed;
+* aioredlock: ``tests/acceptance/test_aioredlock.py``; it imports aioredis 1.x
+  (``pip install --target DIR 'aioredis<2'`` and put DIR on ``PYTHONPATH``:
+  quorumlock does not use it, the suite's own fixtures do).
 
 Their files are not part of quorumlock and are never copied into this
 repository: the script copies them to a temporary directory, unchanged, next
@@ -21,11 +30,16 @@ to a generated pytest plugin that
   (so the suites' fake clocks, which patch ``mod_time`` and ``asyncio`` in those
   modules, drive ours); ``pottery.Redlock``, ``pottery.AIORedlock`` and
   ``pottery.synchronize`` become ``quorumlock.compat.pottery``'s;
+  ``import redis_lock`` and ``import aioredlock`` give
+  ``quorumlock.compat.redis_lock`` / ``quorumlock.compat.aioredlock`` (through
+  module files first on ``PYTHONPATH``, so python-redis-lock's helper
+  subprocesses get them too);
 * points the suites at real nodes started with ``quorumlock.nodes.LocalCluster``:
   redis-py's ``--redis-url`` option; for pottery, whose fixtures and tests
   hard-code ``redis://localhost:6379/<db>``, ``Redis.from_url`` (sync and
   asyncio) is redirected from ``localhost:6379`` to the first node, keeping the
-  database number;
+  database number; aioredlock's connections to ``localhost:6379`` (and the
+  suite's own aioredis clients) go to the first node the same way;
 * with ``--nodes N`` (N > 1), adds the other N-1 nodes to every lock, so the
   same tests run against a quorum (the suites' own client still talks to the
   first node only: tests that change the key behind the lock's back then change
@@ -67,9 +81,6 @@ KNOWN_DIFFERENCES: Dict[str, str] = {
     "test_extend_quorumisimpossible": "injects errors by mocking redis-py's Script; quorumlock runs its own scripts",
     "test_release_rediserror": "injects errors by mocking redis-py's Script; quorumlock runs its own scripts",
     "test_release_quorumisimpossible": "injects errors by mocking redis-py's Script; quorumlock runs its own scripts",
-    # pottery: five databases of ONE server as five "masters".
-    "test_contention": "its five masters are five databases of one server: quorumlock refuses one server "
-                       "counted five times in a quorum (ConfigurationError)",
     # pottery: fails with pottery itself here (--baseline).
     "test_releaseunlockedlock_repr": "fails with pottery's own class too (--baseline): it expects the repr of an older "
                                      "redis-py client at localhost:6379",
@@ -84,12 +95,21 @@ QUORUM_DIFFERENCES: Dict[str, str] = {
     "test_context_manager_reacquiring_lock_no_longer_owned_raises_error": "changes the key on one node of N: the lock is still held on a majority",
     "test_context_manager_raises_when_locked_not_acquired": "sets the key on one node of N: a majority is still free",
     "test_lock_error_gives_correct_lock_name": "sets the key on one node of N: a majority is still free",
+    # python-redis-lock
+    "test_upgrade": "sets the key on one node of N: a majority is still free",
 }
 
 SUITES = {
     "redis-py": ["tests/test_lock.py", "tests/test_asyncio/test_lock.py"],
     "pottery": ["tests/test_redlock.py", "tests/test_aioredlock.py"],
+    "redis-lock": ["tests/test_redis_lock.py"],
+    "aioredlock": ["tests/acceptance/test_aioredlock.py"],
 }
+
+# python-redis-lock: none of its tests fails by design (docs/migrating.md).
+# Entries may name a test with its parameters, e.g. "test_simple[eventlet]".
+KNOWN_DIFFERENCES.update({
+})
 
 
 # --------------------------------------------------------------------------
@@ -214,7 +234,7 @@ if SUITE == "pottery":
             if not EXTRA:
                 return super()._manager()
             if self._shared is None:
-                self._shared = sync_manager(_quorum(list(self._masters)))
+                self._shared = sync_manager(_quorum(list(self._masters)), allow_same_server=True)
             return self._shared
 
     class QuorumAIORedlock(ql_pottery.AIORedlock):
@@ -223,7 +243,7 @@ if SUITE == "pottery":
         async def _manager(self):
             if not EXTRA:
                 return await super()._manager()
-            self._shared = await aio_manager(_quorum(list(self._masters)))
+            self._shared = await aio_manager(_quorum(list(self._masters)), allow_same_server=True)
             return self._shared
 
     QuorumRedlock.__qualname__ = QuorumRedlock.__name__ = "Redlock"
@@ -242,6 +262,53 @@ if SUITE == "pottery":
             ql_pottery.Redlock = _Redlock  # synchronize() builds this class
     _patch_from_url(redis.Redis)
     _patch_from_url(redis.asyncio.Redis)
+
+
+# -- aioredlock: localhost:6379 -> the first node ------------------------------
+
+def _redirect_address(conn):
+    """An aioredlock connection spec (dict, (host, port), URL) naming
+    localhost:6379 -> the same on the first node."""
+    here = urlsplit(NODE_URLS[0])
+    if isinstance(conn, dict):
+        if conn.get("host", "localhost") in ("localhost", "127.0.0.1") and int(conn.get("port", 6379)) == 6379:
+            return dict(conn, host=here.hostname, port=here.port)
+        return conn
+    if isinstance(conn, (tuple, list)) and len(conn) == 2:
+        if conn[0] in ("localhost", "127.0.0.1") and int(conn[1]) == 6379:
+            return (here.hostname, here.port)
+        return conn
+    if isinstance(conn, str) and "://" in conn:
+        return _redirect(conn)
+    return conn
+
+
+if SUITE == "aioredlock":
+    import aioredis
+
+    for _fn in ("create_redis", "create_redis_pool", "create_connection", "create_pool"):
+        _orig = getattr(aioredis, _fn, None)
+        if _orig is None:
+            continue
+
+        def _make(orig):
+            def patched(address, *args, **kwargs):
+                return orig(_redirect_address(address), *args, **kwargs)
+            return patched
+
+        setattr(aioredis, _fn, _make(_orig))
+    if SWAP:
+        from quorumlock.compat import aioredlock as ql_aioredlock
+
+        _aio_init = ql_aioredlock.Aioredlock.__init__
+
+        def _init(self, redis_connections=None, *args, **kwargs):
+            if redis_connections is None:
+                redis_connections = [{"host": "localhost", "port": 6379}]
+            conns = [_redirect_address(c) for c in redis_connections]
+            _aio_init(self, conns + list(EXTRA), *args, **kwargs)
+
+        ql_aioredlock.Aioredlock.__init__ = _init
 
 
 # -- the extra nodes are emptied around every test, as the suites empty theirs --
@@ -291,6 +358,38 @@ def pytest_sessionfinish(session, exitstatus):
         json.dump({"exitstatus": int(exitstatus), "tests": _outcomes}, f, indent=1)
 
 '''
+
+# Module files put first on the path: ``import redis_lock`` / ``import
+# aioredlock`` give quorumlock's drop-ins, in the test process and in every
+# subprocess the suites start (python-redis-lock's helper.py).
+SWAP_MODULES = {
+    "redis-lock": ("redis_lock.py", '''
+"""Generated by quorumlock's run_peer_suites.py: redis_lock is quorumlock.compat.redis_lock."""
+import os
+import sys
+
+from quorumlock.compat import redis_lock as _ql
+
+_extra = os.environ.get("QL_PEER_URLS", "").split()[1:int(os.environ.get("QL_PEER_QUORUM", "1"))]
+if _extra:
+    class Lock(_ql.Lock):
+        def __init__(self, redis_client, *args, **kwargs):
+            super().__init__([redis_client] + _extra, *args, **kwargs)
+
+    _reset_all = _ql.reset_all
+    _ql.Lock = Lock
+    _ql.reset_all = lambda redis_client: _reset_all([redis_client] + _extra)
+sys.modules[__name__] = _ql
+'''),
+    "aioredlock": ("aioredlock.py", '''
+"""Generated by quorumlock's run_peer_suites.py: aioredlock is quorumlock.compat.aioredlock."""
+import sys
+
+from quorumlock.compat import aioredlock as _ql
+
+sys.modules[__name__] = _ql
+'''),
+}
 
 # Minimal fixtures for suites given without their conftest.py.
 REDIS_PY_CONFTEST = '''
@@ -447,7 +546,9 @@ def _stage(source: str, suite: str, dest: str) -> List[str]:
 def _conftests(suite: str) -> List[Tuple[str, str]]:
     if suite == "redis-py":
         return [("tests", REDIS_PY_CONFTEST), ("tests/test_asyncio", REDIS_PY_ASYNC_CONFTEST)]
-    return [("tests", POTTERY_CONFTEST)]
+    if suite == "pottery":
+        return [("tests", POTTERY_CONFTEST)]
+    return []  # python-redis-lock's conftest (it starts its own server) must be given; aioredlock needs none
 
 
 def run_suite(suite: str, source: str, urls: List[str], quorum: int, spread: bool, baseline: bool,
@@ -462,6 +563,17 @@ def run_suite(suite: str, source: str, urls: List[str], quorum: int, spread: boo
         with open(os.path.join(work, "pytest.ini"), "w") as f:
             f.write(PYTEST_INI)
         results = os.path.join(work, "results.json")
+        path = [work]
+        if suite in SWAP_MODULES and not baseline:
+            name, text = SWAP_MODULES[suite]
+            with open(os.path.join(work, name), "w") as f:
+                f.write(text)
+        elif suite == "redis-lock" and os.path.isdir(os.path.join(source, "src", "redis_lock")):
+            path.append(os.path.join(source, "src"))  # baseline: the library's own module
+        elif suite == "aioredlock" and os.path.isdir(os.path.join(source, "aioredlock")):
+            path.append(source)
+        if suite == "redis-lock":
+            path.append(os.path.join(work, "tests"))  # its tox.ini: PYTHONPATH={toxinidir}/tests
         env = dict(os.environ)
         env.update(
             QL_PEER_URLS=" ".join(urls),
@@ -470,7 +582,10 @@ def run_suite(suite: str, source: str, urls: List[str], quorum: int, spread: boo
             QL_PEER_QUORUM=str(quorum),
             QL_PEER_SPREAD_DBS="1" if spread else "0",
             QL_PEER_SWAP="0" if baseline else "1",
-            PYTHONPATH=os.pathsep.join([work] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
+            # Absolute: pytest runs in the staging directory (PYTHONPATH=src would
+            # otherwise silently import the installed quorumlock instead).
+            PYTHONPATH=os.pathsep.join(path + [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                               if p]),
         )
         # --tb=line: only the crash line is reported, and it spares pytest the
         # source parsing that CPython 3.11.7's ast module can fail with
@@ -479,6 +594,8 @@ def run_suite(suite: str, source: str, urls: List[str], quorum: int, spread: boo
         cmd = [sys.executable, "-m", "pytest", "-p", "_ql_peer_shim", "-q", "-rN", "--tb=line", *staged]
         if suite == "redis-py":
             cmd += ["--redis-url", urls[0] + "/0"]
+        if suite == "redis-lock":
+            cmd += ["-o", "timeout=300"]  # test_no_overlap alone may wait 100 s
         cmd += extra_args
         how = f"{quorum} node(s) per lock" + (f"; databases 1-{len(urls)} of localhost:6379 on {len(urls)} servers"
                                                  if spread and suite == "pottery" else "")
@@ -491,6 +608,9 @@ def run_suite(suite: str, source: str, urls: List[str], quorum: int, spread: boo
             raise SystemExit(f"{suite}: pytest did not run (exit status {proc.returncode})")
         with open(results) as f:
             data = json.load(f)
+        if not data["tests"]:
+            print(proc.stdout[-4000:])
+            raise SystemExit(f"{suite}: no test ran (exit status {proc.returncode})")
         if "INTERNALERROR" in proc.stdout:
             print(proc.stdout[-3000:])
             raise SystemExit(f"{suite}: pytest stopped with an INTERNALERROR")
@@ -513,12 +633,19 @@ def report(suite: str, outcomes: Dict[str, dict], quorum: bool, spread: bool, ba
     total = len(outcomes)
     print(f"{suite}: {counts.get('passed', 0)}/{total} passed, {counts.get('failed', 0)} failed, "
           f"{counts.get('error', 0)} errors, {counts.get('skipped', 0)} skipped")
+    per_file: Dict[str, List[int]] = {}
+    for nodeid, o in outcomes.items():
+        c = per_file.setdefault(nodeid.split("::")[0], [0, 0])
+        c[0] += o["outcome"] == "passed"
+        c[1] += 1
+    if len(per_file) > 1:
+        print("  " + ", ".join(f"{f}: {p}/{t}" for f, (p, t) in sorted(per_file.items())))
     unexpected = 0
     for nodeid, o in sorted(outcomes.items()):
         if o["outcome"] in ("passed", "skipped"):
             continue
         name = _base_name(nodeid)
-        reason = None if spread and name == "test_contention" else KNOWN_DIFFERENCES.get(name)
+        reason = KNOWN_DIFFERENCES.get(nodeid.split("::")[-1]) or KNOWN_DIFFERENCES.get(name)
         if reason is None and quorum:
             reason = QUORUM_DIFFERENCES.get(name)
         tag = f"documented difference: {reason}" if reason else "UNEXPECTED"
@@ -536,6 +663,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  epilog=textwrap.dedent(__doc__.split("\n\n", 2)[2]))
     ap.add_argument("--redis-py", metavar="DIR", help="redis-py checkout, or a directory with its lock tests")
     ap.add_argument("--pottery", metavar="DIR", help="pottery checkout, or a directory with its lock tests")
+    ap.add_argument("--redis-lock", metavar="DIR",
+                    help="python-redis-lock sdist or checkout (its tests/ with conftest.py, helper.py, config.py)")
+    ap.add_argument("--aioredlock", metavar="DIR", help="aioredlock checkout (tests/acceptance/test_aioredlock.py)")
     ap.add_argument("--nodes", type=int, default=1, help="nodes per lock (default 1: the suites' own setup)")
     ap.add_argument("--spread-dbs", action="store_true",
                     help="pottery: put databases 1-5 of localhost:6379 on five different servers, so that "
@@ -545,8 +675,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the staged temporary directories")
     ap.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = ap.parse_args(argv)
-    if not args.redis_py and not args.pottery:
-        ap.error("give --redis-py DIR and/or --pottery DIR")
+    if not (args.redis_py or args.pottery or args.redis_lock or args.aioredlock):
+        ap.error("give one or more of --redis-py DIR, --pottery DIR, --redis-lock DIR, --aioredlock DIR")
     if args.nodes < 1:
         ap.error("--nodes must be >= 1")
 
@@ -557,7 +687,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     with LocalCluster(n=n, mode="volatile", max_ttl=1.0) as cluster:
         urls = [f"redis://{cluster.host}:{p}" for p in cluster.ports]
         print(f"nodes: {' '.join(urls)}")
-        for suite, source in (("redis-py", args.redis_py), ("pottery", args.pottery)):
+        for suite, source in (("redis-py", args.redis_py), ("pottery", args.pottery),
+                              ("redis-lock", args.redis_lock), ("aioredlock", args.aioredlock)):
             if not source:
                 continue
             outcomes = run_suite(suite, os.path.abspath(source), urls, args.nodes, args.spread_dbs, args.baseline,

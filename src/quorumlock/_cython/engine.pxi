@@ -512,6 +512,48 @@ cdef class Engine:
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, self.guard)
         return op
 
+    cdef AcquireOp _attempt_token(self, object key, object token, long long ttl_ms, double timeout):
+        """``SET key token NX [PX ttl_ms]`` on every node with the caller's
+        ``token``; ``ttl_ms`` 0: no PX (the key and the lease never expire).
+        ``timeout`` > 0: the per-node reply deadline in seconds (else
+        ``node_timeout``).  Decided by AcquireOp exactly as ``_attempt``."""
+        cdef bytes kb = self.key_bytes(key)
+        cdef bytes tok = caller_token(token)
+        cdef AcquireOp op
+        cdef WriteBuffer b = self.scratch
+        if ttl_ms < 0:
+            raise ValueError(f"px must be >= 0 ms (0: no expiry), got {ttl_ms}")
+        if ttl_ms > 0 and <uint64_t>ttl_ms * 1000000ULL <= self.drift_ns_for(ttl_ms) + 1000000ULL:
+            raise ValueError(f"px={ttl_ms} ms is too short: the drift allowance alone is "
+                             f"{self.drift_ns_for(ttl_ms) / 1e6:.1f} ms (ttl*drift_factor + 2 ms), "
+                             f"so no acquisition could be valid")
+        if self.fencing or self.lock_delay_ms > 0:
+            raise ValueError("caller-token acquires issue no fence and no lock-delay: "
+                             "use a manager without fencing/lock_delay")
+        if not (0.0 <= timeout <= 1e9):
+            raise ValueError(f"timeout must be > 0 and <= 1e9 seconds (0: node_timeout), got {timeout!r}")
+        cdef uint64_t wait_ns = <uint64_t>(timeout * 1e9) if timeout > 0 else self.node_timeout_ns
+        op = AcquireOp.__new__(AcquireOp)
+        op._init(self, self.new_waiter())
+        op.key = key
+        op.key_b = kb
+        op.token = tok
+        op.ttl_ms = ttl_ms
+        op.drift_ns = self.drift_ns_for(ttl_ms) if ttl_ms > 0 else 0
+        b.clear()
+        if ttl_ms > 0:
+            b.write(b"*6\r\n$3\r\nSET\r\n", 13)
+        else:
+            b.write(b"*4\r\n$3\r\nSET\r\n", 13)
+        b.write_bulk_bytes(kb)
+        b.write_bulk_bytes(tok)
+        b.write(b"$2\r\nNX\r\n", 8)
+        if ttl_ms > 0:
+            b.write(b"$2\r\nPX\r\n", 8)
+            b.write_bulk_int(ttl_ms)
+        self.fanout(b, op, 0, op.t0 + wait_ns, self.guard)
+        return op
+
     cdef AcquireOp _attempt_ex(self, object key, bytes kb, long long ttl_ms):
         cdef FencedAcquireOp op = FencedAcquireOp.__new__(FencedAcquireOp)
         cdef WriteBuffer b = self.scratch
@@ -832,6 +874,11 @@ cdef class Engine:
     cdef Op _extend(self, Lock lock, long long ttl_ms):
         cdef ExtendOp op
         cdef WriteBuffer b = self.scratch
+        if ttl_ms <= 0:
+            # PEXPIRE 0 would delete the key.  Only a lock without expiry
+            # (attempt_token without PX) has no TTL to renew with by default.
+            raise ValueError(f"ttl must be > 0 to extend {lock.key!r} (a lock acquired without expiry "
+                             f"needs an explicit ttl), got {ttl_ms} ms")
         if lock.released:
             return self._done(False)
         op = ExtendOp.__new__(ExtendOp)
@@ -998,6 +1045,16 @@ cdef class Engine:
         """One quorum attempt: a future of ``Lock`` or None."""
         return self._attempt(key, ttl_ms).waiter
 
+    def attempt_token(self, key, token, long long ttl_ms, double timeout=0.0):
+        """One quorum attempt to acquire ``key`` with the caller's ``token``
+        (bytes): ``SET key token NX PX ttl_ms``, or without ``PX`` when
+        ``ttl_ms`` is 0 (the lease then has no end: ``validity`` is ``inf``).
+        Decided as ``attempt`` (a majority, with validity left when there is
+        a TTL), released on every node where it may have landed when it
+        fails.  ``timeout`` (s, > 0): the per-node reply deadline instead of
+        ``node_timeout``.  Returns the operation, as ``attempt``."""
+        return self._attempt_token(key, token, ttl_ms, timeout)
+
     def release(self, Lock lock not None):
         """Compare-and-delete on every node: a future of True if our token was
         still there on a majority.  A second release does no I/O (False)."""
@@ -1007,6 +1064,13 @@ cdef class Engine:
         """Compare-and-pexpire on every node: a future of True on success (the
         lock's validity renewed from this operation's start), else False."""
         return self._extend(lock, ttl_ms).waiter
+
+    def release_op(self, Lock lock not None):
+        """``release`` returning the operation (like ``attempt``): its
+        ``waiter`` resolves to True/False and ``outcomes()`` says what each
+        node answered (the drop-ins tell "not ours any more" from "nodes out
+        of reach")."""
+        return self._release(lock)
 
     def extend_op(self, Lock lock not None, long long ttl_ms):
         """``extend`` returning the operation (like ``attempt``): its

@@ -46,10 +46,13 @@ cdef class Lock:
 
     @property
     def validity(self):
-        """Seconds of validity left (0.0 once expired or released)."""
+        """Seconds of validity left (0.0 once expired or released; ``inf``
+        for a lock acquired without expiry, ``attempt_token`` without PX)."""
         cdef uint64_t now
         if self.released:
             return 0.0
+        if self.deadline == NO_EXPIRY:
+            return float("inf")
         now = now_ns()
         if now >= self.deadline:
             return 0.0
@@ -112,6 +115,8 @@ cdef class Lock:
 
     def __repr__(self):
         state = "released" if self.released else ("valid %.3fs" % self.validity if self.valid else "expired")
+        if not self.released and self.deadline == NO_EXPIRY:
+            state = "held, no expiry"
         fence = "" if self.fence is None else f" fence={self.fence}"
         return f"<Lock {self.key!r} {state} nodes={self.nodes}{fence}>"
 

@@ -13,6 +13,27 @@
 
 NOSCRIPT_LATE = "NOSCRIPT after the operation was decided: not re-sent"
 
+# The deadline of a lease whose key has no expiry (a caller-token acquire
+# without PX, Engine.attempt_token): never reached.
+cdef uint64_t NO_EXPIRY = 0xFFFFFFFFFFFFFFFFULL
+
+# Caller tokens (Engine.attempt_token): bytes, 1 to MAX_TOKEN_LEN long.
+MAX_TOKEN_LEN = 512
+
+
+cdef bytes caller_token(object token):
+    """``token`` checked as a caller-chosen lock token: bytes of 1 to
+    MAX_TOKEN_LEN bytes (TypeError / ValueError naming ``token``, without its
+    value: a token is a secret)."""
+    if type(token) is not bytes:
+        if isinstance(token, (bytearray, memoryview)) or (isinstance(token, bytes)):
+            token = bytes(token)
+        else:
+            raise TypeError(f"token must be bytes, got {type(token).__name__}")
+    if PyBytes_GET_SIZE(token) == 0 or PyBytes_GET_SIZE(token) > MAX_TOKEN_LEN:
+        raise ValueError(f"token must be 1 to {MAX_TOKEN_LEN} bytes long, got {PyBytes_GET_SIZE(token)} bytes")
+    return <bytes>token
+
 
 cdef inline bint is_reply_error(object reply):
     return isinstance(reply, ReplyError)
@@ -144,8 +165,13 @@ cdef class AcquireOp(Op):
         # before reading: a pause between sending and reading must count
         # against validity (docs/faults.md row 12).
         cdef uint64_t now = now_ns()
-        cdef uint64_t end = self.t0 + <uint64_t>self.ttl_ms * 1000000ULL - self.drift_ns
+        cdef uint64_t expiry = self.t0 + <uint64_t>self.ttl_ms * 1000000ULL
+        cdef uint64_t end = expiry - self.drift_ns
         cdef Lock lock
+        if self.ttl_ms == 0:
+            # A caller-token acquire without PX (Engine.attempt_token): the
+            # key never expires, so neither does the lease.
+            expiry = end = NO_EXPIRY
         if self.n_ok >= self.quorum and now < end:
             lock = new_lock()
             lock._owner = self.engine.owner
@@ -160,16 +186,14 @@ cdef class AcquireOp(Op):
                 # The caller was cancelled while we waited: it will never see
                 # this lock, so it must not stay on the nodes.
                 lock.released = True
-                self.engine.send_release(self.key_b, self.token, None, NULL, self.sent,
-                                         self.t0 + <uint64_t>self.ttl_ms * 1000000ULL)
+                self.engine.send_release(self.key_b, self.token, None, NULL, self.sent, expiry)
                 return 0
             return self.finish(lock)
         # Failed: release everywhere the SET may have landed, including nodes
         # that timed out or have not answered yet (their SET is ahead of the
         # release on the same ordered connection), and nodes whose connection
         # dropped after the SET was written (released when they are back).
-        self.engine.send_release(self.key_b, self.token, None, self.status, self.sent,
-                                 self.t0 + <uint64_t>self.ttl_ms * 1000000ULL)
+        self.engine.send_release(self.key_b, self.token, None, self.status, self.sent, expiry)
         return self.finish(None)
 
 

@@ -249,6 +249,10 @@ cdef class SyncEngine(Engine):
         public bint all_ready
         public object granted        # the Lock last granted to the caller (see blocking._LockContext)
         bint just_read               # the entry read already ran for this call
+        # None: wait in C poll().  Else green_poll(want, timeout_ms) -> ready,
+        # with want/ready lists of (fd, events): the cooperative wait chosen by
+        # blocking.py under gevent/eventlet monkey-patching.
+        public object green_poll
 
     def __cinit__(self, *args, **kwargs):
         self.fds = NULL
@@ -266,6 +270,7 @@ cdef class SyncEngine(Engine):
         self.all_ready = False
         self.granted = None
         self.just_read = False
+        self.green_poll = None
 
     def __dealloc__(self):
         PyMem_Free(self.fds)
@@ -332,13 +337,19 @@ cdef class SyncEngine(Engine):
             # Nothing can answer: every node is down.  The operation was
             # already failed by fanout; only a deadline can be waiting.
             if timeout_ms > 0:
+                if self.green_poll is not None:
+                    self.green_poll([], timeout_ms)
+                    return 0
                 with nogil:
                     rc = poll(NULL, 0, timeout_ms)
                 if rc < 0 and errno == EINTR:
                     PyErr_CheckSignals()
             return 0
-        with nogil:
-            rc = poll(self.fds, nf, timeout_ms)
+        if self.green_poll is not None:
+            rc = self._green_wait(nf, timeout_ms)
+        else:
+            with nogil:
+                rc = poll(self.fds, nf, timeout_ms)
         if rc < 0:
             if errno == EINTR:
                 PyErr_CheckSignals()
@@ -455,6 +466,17 @@ cdef class SyncEngine(Engine):
             self._poll_ready(MAX_POLL_MS, True)
             PyErr_CheckSignals()
         return 0
+
+    cdef int _green_wait(self, int nf, int timeout_ms) except -1:
+        """``poll()`` through ``green_poll``: the fds' revents set, the count returned."""
+        cdef int i, rc = 0
+        want = [(self.fds[i].fd, self.fds[i].events) for i in range(nf)]
+        got = dict(self.green_poll(want, timeout_ms))
+        for i in range(nf):
+            self.fds[i].revents = got.get(self.fds[i].fd, 0)
+            if self.fds[i].revents:
+                rc += 1
+        return rc
 
     def wait(self, Op op, timeout=None):
         """Wait for ``op`` (at most ``timeout`` seconds); return its result."""

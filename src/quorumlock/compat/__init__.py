@@ -4,7 +4,16 @@
   ``redis.lock.Lock`` and ``redis.asyncio.lock.Lock``
   (``r.lock("name", lock_class=Lock)``);
 * ``quorumlock.compat.pottery``: ``Redlock``, ``AIORedlock``, ``synchronize``
-  and pottery's exceptions.
+  and pottery's exceptions;
+* ``quorumlock.compat.redis_lock``: python-redis-lock's ``Lock``, ``reset_all``
+  and exceptions;
+* ``quorumlock.compat.aioredlock``: aioredlock's ``Aioredlock``, ``Lock`` and
+  exceptions.
+
+pottery and aioredlock accept several databases (or addresses) of one server
+as their masters, so their drop-ins do too, with a ``UserWarning`` that the
+quorum is weaker than it looks; the other classes and the native API refuse
+it (``LockManager(..., allow_same_server=True)`` opts in).
 
 ``docs/migrating.md`` lists every difference from the originals.
 
@@ -19,13 +28,19 @@ This module holds what both share:
   asyncio managers of a loop are closed when the loop shuts down its
   asynchronous generators (``asyncio.run``, ``asyncio.Runner`` and
   pytest-asyncio all do).
-* **per-node commands with quorum counting.**  The drop-in classes need what the
-  engine's own operations do not do: a token chosen by the caller, a key
-  without expiry (``SET`` without ``PX``), redis-py's "add to the remaining
-  TTL" extension, reads (``GET``, ``PTTL``).  They send their commands with
-  ``LockManager.call_nodes`` (the engine's connections, pipelined, one per-node
-  deadline, the restart guard applied) and count the replies here.  Scripts go
-  as ``EVALSHA`` with an ``EVAL`` fallback on ``NOSCRIPT``.
+* **acquisition through the engine.**  Every drop-in acquires with
+  ``LockManager.attempt_token`` (``SET key token NX [PX ttl]`` with the
+  class's own token, no ``PX`` for locks without expiry): the engine's quorum
+  rule decides, at a majority, and takes back a failed attempt everywhere.
+  redis-py's and pottery's locks acquired that way are released with the
+  engine's release too (``release_op``).
+* **per-node commands with quorum counting** for what the engine's operations
+  do not do: redis-py's "add to the remaining TTL" extension,
+  python-redis-lock's signalled release, aioredlock's set-if-ours extension,
+  reads (``GET``, ``PTTL``).  They go through ``LockManager.call_nodes`` (the
+  engine's connections, pipelined, one per-node deadline, the restart guard
+  applied) and the replies are counted here.  Scripts go as ``EVALSHA`` with an
+  ``EVAL`` fallback on ``NOSCRIPT``.
 
 ``set_manager_options(...)`` sets the ``LockManager`` options of managers made
 from then on (``node_timeout``, ``connect_timeout``, ``restart_guard``, ...).
@@ -36,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -47,8 +63,8 @@ from hiredis import ReplyError
 from .._backend import core
 from .._config import NodeSpec, make_options
 from ..aio import LockManager as AioLockManager
-from ..blocking import LockManager
-from ..errors import NodeOutcome
+from ..blocking import LockManager, check_px
+from ..errors import ConfigurationError, NodeOutcome
 
 __all__ = ["set_manager_options", "manager_options"]
 
@@ -81,7 +97,10 @@ def set_manager_options(**options: Any) -> None:
     ``restart_guard=False``, ``connect_timeout=1.0``.  Checked at once;
     managers already made keep their options.  No arguments: back to the
     defaults."""
-    unknown = sorted(set(options) - set(_MANAGER_PARAMS) - {"_core"})  # _core: the engine build, for tests
+    unknown = sorted(set(options) - set(_MANAGER_PARAMS) - {"_core"})
+    if "allow_same_server" in options:
+        raise TypeError("allow_same_server is not a drop-in option: the pottery and aioredlock classes allow "
+                        "one server's databases (as those libraries do), the others refuse them")  # _core: the engine build, for tests
     if unknown:
         raise TypeError(f"unknown LockManager option(s) {unknown}; valid: {list(_MANAGER_PARAMS)}")
     make_options(**{k: v for k, v in options.items() if k not in ("ssl_context", "_core")})
@@ -147,21 +166,50 @@ def _node_key(node: Any) -> Tuple[Any, ...]:
     return ("client", getattr(cls, "__name__", "")) + tuple(_hashable(kw.get(k)) for k in _CONN_KEYS)
 
 
+# A client's key and its sort text, computed once per client object: a drop-in
+# lock is made per use (``r.lock(...)`` in a loop), and reading a client's
+# thirteen connection settings each time cost about 25 µs per lock at N=3.
+# Keyed by id() and checked with a weak reference (a new object at a recycled
+# id is not mistaken for the old one); a client's settings are taken as fixed
+# once it is made.
+_client_keys: Dict[int, Tuple[Any, Tuple[Any, ...], str]] = {}
+_CLIENT_KEYS_MAX = 1024
+
+
+def _cached_key(node: Any) -> Tuple[Tuple[Any, ...], str]:
+    hit = _client_keys.get(id(node))
+    if hit is not None and hit[0]() is node:
+        return hit[1], hit[2]
+    key = _node_key(node)
+    text = repr(key)
+    if isinstance(node, (str, NodeSpec)):
+        return key, text
+    try:
+        ref = weakref.ref(node)
+    except TypeError:  # pragma: no cover - redis-py clients take weak references
+        return key, text
+    if len(_client_keys) >= _CLIENT_KEYS_MAX:
+        _client_keys.clear()
+    _client_keys[id(node)] = (ref, key, text)
+    return key, text
+
+
 def _ordered(nodes: List[Any]) -> Tuple[Tuple[Any, ...], List[Any]]:
     """Cache key of a node set and the nodes in the key's order: the same
     nodes given in another order (a pottery ``masters`` set) share a manager."""
-    pairs = sorted(((_node_key(nd), nd) for nd in nodes), key=lambda kv: repr(kv[0]))
-    return tuple(k for k, _ in pairs), [nd for _, nd in pairs]
+    triples = sorted(((*_cached_key(nd), nd) for nd in nodes), key=lambda t: t[1])
+    return tuple(t[0] for t in triples), [t[2] for t in triples]
 
 
 class SharedManager:
     """A blocking ``LockManager`` shared by every drop-in lock on the same
     nodes.  Closed when evicted from the cache and no lock uses it any more."""
 
-    __slots__ = ("manager", "n", "quorum", "drift_factor", "node_timeout", "__weakref__")
+    __slots__ = ("manager", "n", "quorum", "drift_factor", "node_timeout", "pid", "__weakref__")
 
     def __init__(self, manager: Any) -> None:
         self.manager = manager
+        self.pid = os.getpid()  # the process whose connections these are
         self.n = manager.n
         self.quorum = manager.quorum
         self.drift_factor = manager.options.drift_factor
@@ -177,17 +225,40 @@ class SharedManager:
 _sync_cache: "OrderedDict[Tuple[Any, ...], SharedManager]" = OrderedDict()
 _sync_mutex = threading.Lock()
 
+# Managers inherited from the parent by a forked child: their sockets are
+# the parent's.  The child must neither use them (replies would go to whichever
+# process reads first) nor close them (closing drains owed replies: it would
+# read the parent's); they are kept here, untouched, for the child's lifetime.
+_inherited: List[SharedManager] = []
 
-def sync_manager(nodes: List[Any]) -> SharedManager:
+
+def _after_fork_in_child() -> None:
+    global _sync_mutex
+    _inherited.extend(_sync_cache.values())
+    _sync_cache.clear()
+    _sync_mutex = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _manager_kwargs(allow_same_server: bool) -> Dict[str, Any]:
+    return dict(_options, allow_same_server=True) if allow_same_server else dict(_options)
+
+
+def sync_manager(nodes: List[Any], allow_same_server: bool = False) -> SharedManager:
     """The shared blocking manager of ``nodes`` (made on first use; it
-    connects on its first operation)."""
+    connects on its first operation).  ``allow_same_server``: accept several
+    databases or addresses of one server, with a ``UserWarning`` (pottery)."""
     key, ordered = _ordered(nodes)
+    key = (allow_same_server,) + key
     with _sync_mutex:
         sh = _sync_cache.get(key)
         if sh is not None:
             _sync_cache.move_to_end(key)
             return sh
-    sh = SharedManager(LockManager(ordered, **_options))
+    sh = SharedManager(LockManager(ordered, **_manager_kwargs(allow_same_server)))
     with _sync_mutex:
         other = _sync_cache.get(key)
         if other is not None:  # another thread made it meanwhile: use theirs
@@ -281,8 +352,9 @@ async def _close_at_shutdown(reg: _LoopManagers) -> Any:
                 pass
 
 
-async def aio_manager(nodes: List[Any]) -> AioSharedManager:
-    """The shared asyncio manager of ``nodes`` on the running loop, connected."""
+async def aio_manager(nodes: List[Any], allow_same_server: bool = False) -> AioSharedManager:
+    """The shared asyncio manager of ``nodes`` on the running loop, connected
+    (``allow_same_server`` as in ``sync_manager``)."""
     loop = asyncio.get_running_loop()
     reg = _loops.get(loop)
     if reg is None or reg.closed:
@@ -291,9 +363,10 @@ async def aio_manager(nodes: List[Any]) -> AioSharedManager:
         reg.closer = _close_at_shutdown(reg)
         await reg.closer.asend(None)
     key, ordered = _ordered(nodes)
+    key = (allow_same_server,) + key
     sh = reg.managers.get(key)
     if sh is None:
-        sh = AioSharedManager(AioLockManager(ordered, **_options), loop)
+        sh = AioSharedManager(AioLockManager(ordered, **_manager_kwargs(allow_same_server)), loop)
         reg.managers[key] = sh
         while len(reg.managers) > CACHE_SIZE:
             reg.managers.popitem(last=False)
@@ -383,6 +456,57 @@ def lease_timeout(sh: SharedManager, ttl_ms: Optional[int]) -> float:
     return max(0.001, min(sh.node_timeout, 0.010 + ttl_ms / 1000.0 * 0.05))
 
 
+def usable_ttl_ms(sh: SharedManager, ttl_ms: Optional[int], name: str, given: Any, what: str) -> Optional[int]:
+    """``ttl_ms`` (None: no expiry) checked with the engine's own rule for a
+    caller-token acquire (``quorumlock.blocking.check_px``): too short to ever
+    leave validity after the drift allowance, or over the manager's
+    ``max_ttl``, raises ``ConfigurationError`` (a ``ValueError`` and a
+    ``redis.exceptions.LockError``) naming the drop-in's own argument
+    (``name``, shown as the caller gave it: ``given``) and the lock (``what``)."""
+    if ttl_ms is None:
+        return None
+    try:
+        check_px(ttl_ms, sh.drift_factor, sh.manager.options.max_ttl, name=name, given=given)
+    except ValueError as exc:
+        raise ConfigurationError(f"{exc}: {what} could never be acquired; use a longer {name}, "
+                                 "or none for no expiry") from None
+    return ttl_ms
+
+
+# The per-node statuses of an outcome that are failures of the node (not an
+# answer about the key): what makes a majority out of reach.
+_FAILED = frozenset(("error", "timeout", "down", "excluded", "refused"))
+
+
+def failed_count(outcomes: Sequence[NodeOutcome]) -> int:
+    """How many nodes of an engine operation's ``outcomes()`` failed (down,
+    timed out, error reply, left out by the restart guard)."""
+    return sum(1 for o in outcomes if o.status in _FAILED)
+
+
+def describe(outcomes: Sequence[NodeOutcome]) -> str:
+    """``"2 ok, 1 held [redis://...: ok; ...]"``: for error messages."""
+    counts: Dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    return f"{summary} [" + "; ".join(map(repr, outcomes)) + "]"
+
+
+def redis_errors(outcomes: Sequence[NodeOutcome]) -> List[_rexc.RedisError]:
+    """The failed nodes of ``outcomes`` as redis-py exceptions (pottery's
+    ``redis_errors``)."""
+    out: List[_rexc.RedisError] = []
+    for o in outcomes:
+        if o.status == "error":
+            out.append(_rexc.ResponseError(f"{o.node}: {o.detail}"))
+        elif o.status == "timeout":
+            out.append(_rexc.TimeoutError(f"{o.node}: no reply before the deadline"))
+        elif o.status in _FAILED:
+            out.append(_rexc.ConnectionError(f"{o.node}: {o.detail or 'not connected'}"))
+    return out
+
+
 def drift_ns(sh: SharedManager, ttl_ms: int) -> int:
     """The Redlock clock-drift allowance: ``ttl * drift_factor + 2 ms``."""
     return int(ttl_ms * 1e6 * sh.drift_factor) + 2_000_000
@@ -436,11 +560,6 @@ class Tally:
         summary = ", ".join(f"{v} {k}" for k, v in counts.items())
         return f"{summary} [" + "; ".join(map(repr, self.outcomes)) + "]"
 
-    def may_hold(self) -> List[int]:
-        """Nodes where a ``SET NX`` of ours may have landed: every node that was
-        sent it and did not answer "held" (timeouts included: the SET may still
-        be applied, and a release sent now follows it on the same connection)."""
-        return [i for i, s in enumerate(self.statuses) if s in ("ok", "timeout", "error")]
 
 
 _tasks: set = set()

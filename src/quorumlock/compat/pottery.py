@@ -41,16 +41,18 @@ from redis.exceptions import RedisError
 
 from .. import _scripts
 from .._backend import core
+from ..blocking import check_px
 from . import (
-    background,
     AioSharedManager,
     Script,
     SharedManager,
     Tally,
     aio_manager,
+    failed_count,
     lease_timeout,
     new_token,
     node_list,
+    redis_errors,
     run_script,
     run_script_async,
     sync_manager,
@@ -135,10 +137,6 @@ def _default() -> FrozenSet[Redis]:
     return _default_masters
 
 
-def _is_ok(reply: Any) -> bool:
-    return reply == b"OK"
-
-
 def _is_one(reply: Any) -> bool:
     return reply == 1
 
@@ -160,6 +158,7 @@ class _RedlockBase:
         "context_manager_blocking",
         "context_manager_timeout",
         "_token",
+        "_held",
         "_deadline",
         "_extension_num",
     )
@@ -192,6 +191,7 @@ class _RedlockBase:
         self.context_manager_blocking = context_manager_blocking
         self.context_manager_timeout = context_manager_timeout
         self._token: Optional[bytes] = None
+        self._held: Any = None   # the engine's Lock of the current acquisition (released through the engine)
         self._deadline = 0
         self._extension_num = 0
 
@@ -231,11 +231,25 @@ class _RedlockBase:
 
     def _ttl_ms(self) -> Optional[int]:
         """The lease in ms, or None when no acquisition could be valid (pottery
-        would set the key and find the validity gone: the same False)."""
+        would set the key and find the validity gone: the same False) by
+        pottery's rule or the engine's (``quorumlock.blocking.check_px``)."""
         ms = int(self.auto_release_time * 1000)
         if ms <= 0 or self.auto_release_time - self._drift() <= 0:
             return None
+        try:
+            check_px(ms, self._CLOCK_DRIFT_FACTOR, math.inf)
+        except ValueError:
+            return None
         return ms
+
+    def _check_blocking_ttl(self) -> None:
+        """A blocking acquire whose lease is too short to ever be valid would
+        retry forever (pottery's does): ValueError at once, naming it."""
+        if self._ttl_ms() is None:
+            raise ValueError(
+                f"auto_release_time={self.auto_release_time!r} s is too short to ever acquire {self.key}: the "
+                f"clock-drift allowance alone is {self._drift() * 1000:.2f} ms (auto_release_time x "
+                f"{self._CLOCK_DRIFT_FACTOR} + 2 ms, and 1 ms of validity)")
 
     def _key_bytes(self) -> bytes:
         return self._key.encode()
@@ -249,14 +263,18 @@ class _RedlockBase:
         if raise_on_redis_errors and len(redis_errors) > len(self.masters) // 2:
             raise QuorumIsImpossible(self.key, self.masters, redis_errors=redis_errors)
 
-    def _acquired(self, sh: SharedManager, results: List[Any], t0: int, token: bytes) -> Tuple[bool, Tally]:
-        # Redlock: a majority, and validity left after the time the attempt took.
-        tally = Tally(sh.manager.nodes, results, _is_ok)
-        if tally.ok > sh.n // 2 and core.monotonic_ns() < self._valid_until(t0):
-            self._token = token
-            self._deadline = self._valid_until(t0)
-            return True, tally
-        return False, tally
+    def _attempted(self, sh: SharedManager, op: Any, raise_on_redis_errors: Optional[bool]) -> bool:
+        """The verdict of one engine attempt (``attempt_token``, decided by
+        the engine's Redlock rule: a majority, and validity left after the
+        time the attempt took)."""
+        lock = op.result
+        if lock is not None:
+            self._token = lock.token
+            self._held = lock
+            self._deadline = lock.deadline_ns
+            return True
+        self._check_enough_masters_up(raise_on_redis_errors, redis_errors(op.outcomes()))
+        return False
 
     def _validity(self, sh: SharedManager, results: List[Any], t0: int) -> Tuple[Optional[float], Tally]:
         tally = Tally(sh.manager.nodes, results, _is_positive)
@@ -277,6 +295,28 @@ class _RedlockBase:
             self._deadline = self._valid_until(t0)
             return True, tally
         return False, tally
+
+    def _held_lock(self) -> Any:
+        """The engine Lock of the current acquisition if the release can be the
+        engine's (same token, same manager, not released), else None."""
+        held, self._held = self._held, None
+        if (held is not None and held.token == self._token and not held.released
+                and self._shared is not None and held._owner is self._shared.manager):
+            return held
+        return None
+
+    def _released_op(self, sh: SharedManager, op: Any, raise_on_redis_errors: Optional[bool]) -> None:
+        """The verdict of the engine's release (``release_op``)."""
+        if op.result:
+            self._token = None
+            return
+        outcomes = op.outcomes()
+        if failed_count(outcomes) <= sh.n - sh.quorum:
+            # Not ours on a majority: the lease is gone (a retry cannot help).
+            self._token = None
+        errors = redis_errors(outcomes)
+        self._check_enough_masters_up(raise_on_redis_errors, errors)
+        raise ReleaseUnlockedLock(self.key, self.masters, redis_errors=errors)
 
     def _released(self, sh: SharedManager, results: List[Any], raise_on_redis_errors: Optional[bool]) -> None:
         tally = Tally(sh.manager.nodes, results, _is_one)
@@ -366,30 +406,21 @@ class Redlock(_RedlockBase):
     def _manager(self) -> SharedManager:
         sh = self._shared
         if sh is None:
-            sh = self._shared = sync_manager(list(self._masters))
+            sh = self._shared = sync_manager(list(self._masters), allow_same_server=True)
         return sh
 
     def _acquire_masters(self, *, raise_on_redis_errors: Optional[bool] = None) -> bool:
-        """One quorum attempt (``SET key token NX PX auto_release_time`` on every master)."""
+        """One quorum attempt (``SET key token NX PX auto_release_time`` on
+        every master), through the engine (``LockManager.attempt_token``)."""
         self._token = None
+        self._held = None
         self._extension_num = 0
         ttl_ms = self._ttl_ms()
         if ttl_ms is None:
             return False
         sh = self._manager()
-        key = self._key_bytes()
-        token = new_token()
-        t0 = core.monotonic_ns()
-        results = sh.manager.call_nodes([(b"SET", key, token, b"NX", b"PX", ttl_ms)] * sh.n,
-                                        lease_timeout(sh, ttl_ms), lease_ms=ttl_ms)
-        acquired, tally = self._acquired(sh, results, t0, token)
-        if acquired:
-            return True
-        undo = tally.may_hold()
-        if undo:
-            run_script(sh, _RELEASE, [key], [token], only=undo, guarded=False)
-        self._check_enough_masters_up(raise_on_redis_errors, tally.errors)
-        return False
+        op = sh.manager.attempt_token(self._key_bytes(), new_token(), ttl_ms, timeout=lease_timeout(sh, ttl_ms))
+        return self._attempted(sh, op, raise_on_redis_errors)
 
     def acquire(self, *, blocking: bool = True, timeout: float = -1,
                 raise_on_redis_errors: Optional[bool] = None) -> bool:
@@ -407,6 +438,7 @@ class Redlock(_RedlockBase):
         wasn't.
         """
         if blocking:
+            self._check_blocking_ttl()
             enqueued = False
             started = time.monotonic()
             while timeout == -1 or time.monotonic() - started < timeout:
@@ -463,6 +495,10 @@ class Redlock(_RedlockBase):
         if token is None:
             raise ReleaseUnlockedLock(self.key, self.masters, redis_errors=[])
         sh = self._manager()
+        held = self._held_lock()
+        if held is not None:
+            self._released_op(sh, sh.manager.release_op(held), raise_on_redis_errors)
+            return
         self._released(sh, run_script(sh, _RELEASE, [self._key_bytes()], [token], guarded=False),
                        raise_on_redis_errors)
 
@@ -524,40 +560,29 @@ class AIORedlock(_RedlockBase):
         sh = self._shared
         if sh is not None and sh.loop is asyncio.get_running_loop() and sh.manager.engine is not None:
             return sh
-        sh = self._shared = await aio_manager(list(self._masters))
+        sh = self._shared = await aio_manager(list(self._masters), allow_same_server=True)
         return sh
 
     async def _acquire_masters(self, *, raise_on_redis_errors: Optional[bool] = None) -> bool:
-        """One quorum attempt (``SET key token NX PX auto_release_time`` on every master)."""
+        """One quorum attempt (``SET key token NX PX auto_release_time`` on
+        every master), through the engine (``LockManager.attempt_token``; a
+        cancelled attempt leaves no key)."""
         self._token = None
+        self._held = None
         self._extension_num = 0
         ttl_ms = self._ttl_ms()
         if ttl_ms is None:
             return False
         sh = await self._manager()
-        key = self._key_bytes()
-        token = new_token()
-        t0 = core.monotonic_ns()
-        try:
-            results = await sh.manager.call_nodes([(b"SET", key, token, b"NX", b"PX", ttl_ms)] * sh.n,
-                                                  lease_timeout(sh, ttl_ms), lease_ms=ttl_ms)
-        except asyncio.CancelledError:
-            # The SETs are out and may land: release behind them, unawaited.
-            background(run_script_async(sh, _RELEASE, [key], [token], guarded=False))
-            raise
-        acquired, tally = self._acquired(sh, results, t0, token)
-        if acquired:
-            return True
-        undo = tally.may_hold()
-        if undo:
-            await run_script_async(sh, _RELEASE, [key], [token], only=undo, guarded=False)
-        self._check_enough_masters_up(raise_on_redis_errors, tally.errors)
-        return False
+        op = await sh.manager.attempt_token(self._key_bytes(), new_token(), ttl_ms,
+                                            timeout=lease_timeout(sh, ttl_ms))
+        return self._attempted(sh, op, raise_on_redis_errors)
 
     async def acquire(self, *, blocking: bool = True, timeout: float = -1,
                       raise_on_redis_errors: Optional[bool] = None) -> bool:
         """Lock the lock (the same arguments and results as ``Redlock.acquire``)."""
         if blocking:
+            self._check_blocking_ttl()
             enqueued = False
             started = time.monotonic()
             while timeout == -1 or time.monotonic() - started < timeout:
@@ -613,6 +638,10 @@ class AIORedlock(_RedlockBase):
         if token is None:
             raise ReleaseUnlockedLock(self.key, self.masters, redis_errors=[])
         sh = await self._manager()
+        held = self._held_lock()
+        if held is not None:
+            self._released_op(sh, await sh.manager.release_op(held), raise_on_redis_errors)
+            return
         results = await run_script_async(sh, _RELEASE, [self._key_bytes()], [token], guarded=False)
         self._released(sh, results, raise_on_redis_errors)
 

@@ -51,22 +51,22 @@ from redis.connection import Encoder
 from redis.exceptions import LockError, LockNotOwnedError
 
 from .. import _scripts
-from .._backend import core
 from ..errors import LockNotOwned, NodeOutcome, QuorumError, QuorumLockError
 from . import (
-    background,
     AioSharedManager,
     Script,
     SharedManager,
     Tally,
     aio_manager,
-    drift_ns,
+    describe,
+    failed_count,
     lease_timeout,
     new_token,
     node_list,
     run_script,
     run_script_async,
     sync_manager,
+    usable_ttl_ms,
 )
 
 __all__ = ["Lock", "AsyncLock", "QuorumUnavailable", "LockError", "LockNotOwnedError"]
@@ -114,10 +114,6 @@ if ARGV[3] == '0' then
 end
 redis.call('pexpire', KEYS[1], ms)
 return 1""")
-
-
-def _is_ok(reply: Any) -> bool:
-    return reply == b"OK"
 
 
 def _is_one(reply: Any) -> bool:
@@ -209,6 +205,7 @@ class _LockBase:
         self._nodes = node_list(redis)
         self._encoder = _encoder_of(self._nodes[0])
         self._last_outcomes: List[NodeOutcome] = []
+        self._acquire_cache: Optional[Tuple[Any, Any, Optional[int], float]] = None
         self.register_scripts()
 
     def register_scripts(self) -> None:
@@ -232,24 +229,44 @@ class _LockBase:
                                   lock_name=self.name)
         return ms
 
+    def _usable_ttl_ms(self, sh: SharedManager) -> Optional[int]:
+        """``_ttl_ms()``, refused at once (``ConfigurationError``, a
+        ValueError, naming ``timeout``) when it is too short to ever be
+        acquired: a lease that the clock-drift allowance alone uses up would
+        make every attempt fail, and a blocking ``acquire`` loop forever.
+        The engine's rule (``quorumlock.blocking.check_px``)."""
+        return usable_ttl_ms(sh, self._ttl_ms(), "timeout", self.timeout, f"lock {self.name!r}")
+
+    def _acquire_args(self, sh: SharedManager) -> Tuple[Optional[int], float]:
+        """``(ttl_ms, per-node deadline)`` of an attempt, checked once per
+        ``timeout`` value (it is a public attribute: it may change)."""
+        c = self._acquire_cache
+        timeout = self.timeout
+        if c is not None and c[0] is sh and c[1] == timeout and type(c[1]) is type(timeout):
+            return c[2], c[3]
+        ms = self._usable_ttl_ms(sh)
+        self._acquire_cache = (sh, timeout, ms, lease_timeout(sh, ms))
+        return ms, self._acquire_cache[3]
+
     # -- verdicts ----------------------------------------------------------
 
-    @staticmethod
-    def _set_command(key: bytes, token: bytes, ttl_ms: Optional[int]) -> tuple:
-        if ttl_ms is None:
-            return (b"SET", key, token, b"NX")
-        return (b"SET", key, token, b"NX", b"PX", ttl_ms)
-
-    def _acquire_verdict(self, sh: SharedManager, results: List[Any], t0: int, ttl_ms: Optional[int]
-                         ) -> Tuple[bool, Tally]:
-        """Held: a majority said OK, with validity left when it did (the
-        Redlock rule: ``ttl - elapsed - drift > 0``; no expiry, no limit)."""
-        now = core.monotonic_ns()
-        tally = Tally(sh.manager.nodes, results, _is_ok)
-        self._last_outcomes = tally.outcomes
-        if tally.ok < sh.quorum:
-            return False, tally
-        return ttl_ms is None or now < t0 + ttl_ms * 1_000_000 - drift_ns(sh, ttl_ms), tally
+    def _attempted(self, sh: SharedManager, op: Any) -> bool:
+        """The verdict of one engine attempt (``attempt_token``: decided by the
+        engine's quorum rule): held, or False; ``QuorumUnavailable`` when too
+        many nodes failed for a majority to be possible."""
+        if op.result is not None:
+            # The engine's Lock (our token): released through the engine.
+            self.local.held = op.result
+            return True
+        outcomes = self._last_outcomes = op.outcomes()
+        if failed_count(outcomes) > sh.n - sh.quorum:
+            raise QuorumUnavailable(
+                f"cannot acquire lock {self.name!r}: a majority of {sh.quorum} of {sh.n} nodes is out of "
+                f"reach: {describe(outcomes)}",
+                outcomes,
+                self.name,
+            )
+        return False
 
     def _unavailable(self, sh: SharedManager, tally: Tally, what: str) -> None:
         if tally.failed > sh.n - sh.quorum:
@@ -259,6 +276,30 @@ class _LockBase:
                 tally.outcomes,
                 self.name,
             )
+
+    def _held_lock(self, expected_token: bytes) -> Any:
+        """The engine Lock that ``expected_token`` was acquired with in this
+        thread (then the release is the engine's), else None."""
+        held = getattr(self.local, "held", None)
+        self.local.held = None
+        if held is not None and held.token == expected_token and not held.released:
+            return held
+        return None
+
+    def _released_result(self, sh: SharedManager, op: Any) -> None:
+        """The verdict of the engine's release (``release_op``)."""
+        if op.result:
+            return
+        outcomes = op.outcomes()
+        if failed_count(outcomes) > sh.n - sh.quorum:
+            raise QuorumUnavailable(
+                f"cannot release lock {self.name!r}: a majority of {sh.quorum} of {sh.n} nodes is out of "
+                f"reach: {describe(outcomes)}",
+                outcomes,
+                self.name,
+            )
+        raise LockNotOwned(f"Cannot release a lock that's no longer owned ({describe(outcomes)})",
+                           lock_name=self.name)
 
     def _owned_result(self, sh: SharedManager, tally: Tally, what: str) -> Literal[True]:
         if tally.ok >= sh.quorum:
@@ -383,22 +424,13 @@ class Lock(_LockBase):
             mod_time.sleep(sleep)
 
     def do_acquire(self, token: bytes) -> bool:
-        """One quorum attempt: ``SET name token NX [PX timeout]`` on every node."""
+        """One quorum attempt: ``SET name token NX [PX timeout]`` on every
+        node, through the engine (``LockManager.attempt_token``: decided at a
+        majority, released everywhere when it fails)."""
         sh = self._shared
-        ttl_ms = self._ttl_ms()
-        key = self._key()
-        t0 = core.monotonic_ns()
-        results = sh.manager.call_nodes([self._set_command(key, token, ttl_ms)] * sh.n,
-                                        lease_timeout(sh, ttl_ms), lease_ms=ttl_ms)
-        held, tally = self._acquire_verdict(sh, results, t0, ttl_ms)
-        if held:
-            return True
-        undo = tally.may_hold()
-        if undo:
-            # Not ours after all: release wherever the SET may have landed.
-            run_script(sh, _RELEASE, [key], [token], only=undo, guarded=False)
-        self._unavailable(sh, tally, "acquire")
-        return False
+        ttl_ms, node_timeout = self._acquire_args(sh)
+        op = sh.manager.attempt_token(self._key(), token, ttl_ms, timeout=node_timeout)
+        return self._attempted(sh, op)
 
     def locked(self) -> bool:
         """
@@ -434,6 +466,10 @@ class Lock(_LockBase):
 
     def do_release(self, expected_token: bytes) -> None:
         sh = self._shared
+        held = self._held_lock(expected_token)
+        if held is not None and held._owner is sh.manager:
+            self._released_result(sh, sh.manager.release_op(held))
+            return
         results = run_script(sh, _RELEASE, [self._key()], [expected_token], guarded=False)
         self._owned_result(sh, Tally(sh.manager.nodes, results, _is_one), "release")
 
@@ -572,28 +608,14 @@ class AsyncLock(_LockBase):
             await asyncio.sleep(sleep)
 
     async def do_acquire(self, token: bytes) -> bool:
-        """One quorum attempt: ``SET name token NX [PX timeout]`` on every node."""
+        """One quorum attempt: ``SET name token NX [PX timeout]`` on every
+        node, through the engine (``LockManager.attempt_token``: decided at a
+        majority, released everywhere when it fails; a cancelled attempt
+        leaves no key)."""
         sh = await self._manager()
-        ttl_ms = self._ttl_ms()
-        key = self._key()
-        t0 = core.monotonic_ns()
-        cmd = self._set_command(key, token, ttl_ms)
-        try:
-            results = await sh.manager.call_nodes([cmd] * sh.n, lease_timeout(sh, ttl_ms), lease_ms=ttl_ms)
-        except _aio.CancelledError:
-            # Cancelled while the SETs were out: they may land, and nobody
-            # would own the key.  Release everywhere (queued behind the SETs
-            # on the same connections), without waiting.
-            background(run_script_async(sh, _RELEASE, [key], [token], guarded=False))
-            raise
-        held, tally = self._acquire_verdict(sh, results, t0, ttl_ms)
-        if held:
-            return True
-        undo = tally.may_hold()
-        if undo:
-            await run_script_async(sh, _RELEASE, [key], [token], only=undo, guarded=False)
-        self._unavailable(sh, tally, "acquire")
-        return False
+        ttl_ms, node_timeout = self._acquire_args(sh)
+        op = await sh.manager.attempt_token(self._key(), token, ttl_ms, timeout=node_timeout)
+        return self._attempted(sh, op)
 
     async def locked(self) -> bool:
         """
@@ -635,6 +657,10 @@ class AsyncLock(_LockBase):
 
     async def do_release(self, expected_token: bytes) -> None:
         sh = await self._manager()
+        held = self._held_lock(expected_token)
+        if held is not None and held._owner is sh.manager:
+            self._released_result(sh, await sh.manager.release_op(held))
+            return
         results = await run_script_async(sh, _RELEASE, [self._key()], [expected_token], guarded=False)
         self._owned_result(sh, Tally(sh.manager.nodes, results, _is_one), "release")
 
