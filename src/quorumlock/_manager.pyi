@@ -45,6 +45,7 @@ class ManagerBase:
         metrics: bool = False,
         max_pending: int = 65536,
         max_reply_bytes: int = 67108864,
+        allow_same_server: bool = False,
         native_commands: bool = True,
     ) -> None: ...
     @classmethod
@@ -71,6 +72,7 @@ class ManagerBase:
         metrics: bool = ...,
         max_pending: int = ...,
         max_reply_bytes: int = ...,
+        allow_same_server: bool = ...,
         native_commands: bool = ...,
     ) -> Self: ...
     @property
