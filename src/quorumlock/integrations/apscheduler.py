@@ -162,7 +162,7 @@ class ThreadPoolExecutor(_TickLocks, _ThreadPoolExecutor):
             lock = claim(self.locks, key, self._tick_ttl(job, rt))
             if lock is None:
                 self.skipped += 1
-                log.debug("quorumlock: tick %s of job %r runs elsewhere", rt, job.id)
+                log.debug("tick %s of job %r runs elsewhere", rt, job.id)
                 continue
             self.locks.guard(lock, auto_extend=True, max_hold=self.max_hold)
             token = _run_time.set(rt)
@@ -209,7 +209,7 @@ class AsyncIOExecutor(_TickLocks, _AsyncIOExecutor):
             lock = await aclaim(self.locks, key, self._tick_ttl(job, rt))
             if lock is None:
                 self.skipped += 1
-                log.debug("quorumlock: tick %s of job %r runs elsewhere", rt, job.id)
+                log.debug("tick %s of job %r runs elsewhere", rt, job.id)
                 continue
             self.locks.guard(lock, auto_extend=True, max_hold=self.max_hold)
             token = _run_time.set(rt)
