@@ -128,7 +128,8 @@ def _latency(doc: Dict[str, Any], path: str) -> None:
     rows = [r for r in _ok_rows(doc) if r["n"] == n and r["latency"] and r["latency"]["unit"] == "call"]
     modes = [m for m in doc["config"]["modes"] if any(r["mode"] == m for r in rows)] or ["-"]
     fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.6), squeeze=False, sharey=True)
-    cmap = plt.get_cmap("tab10")
+    n_series = len({(r["library"], r["workload"]) for r in rows})
+    cmap = plt.get_cmap("tab10" if n_series <= 10 else "tab20")  # no two series share a colour
     colors: Dict[str, Any] = {}  # one colour per series in every panel: one shared legend
     for j, mode in enumerate(modes):
         ax = axes[0][j]
@@ -144,7 +145,7 @@ def _latency(doc: Dict[str, Any], path: str) -> None:
                 ys.append(acc / total)
             style = "-" if r["library"] == "quorumlock" else "--"
             ax.step(xs, ys, style, where="post", linewidth=1.1, label=f"{r['library']} {r['workload']}",
-                    color=colors.setdefault(f"{r['library']} {r['workload']}", cmap(len(colors) % 10)))
+                    color=colors.setdefault(f"{r['library']} {r['workload']}", cmap(len(colors) % cmap.N)))
         ax.set_xscale("log")
         ax.set_title(f"acquire latency CDF, {mode}, N={n}", fontsize=9)
         ax.set_xlabel("µs (log)", fontsize=8)
