@@ -28,7 +28,12 @@ MAX_SECONDS = 1e9
 #: The smallest accepted ``node_timeout`` (1 ms): below it every reply misses.
 MIN_NODE_TIMEOUT = 0.001
 
-_URL_PASSWORD = re.compile(r"(//[^/@:?#]*:)[^@/?#]*@")
+# ``user:password@``: up to the *last* "@" of the authority, as urlsplit
+# reads it (a password holding "@" leaked its tail with a first-"@" match).
+_URL_PASSWORD = re.compile(r"(//[^/@:?#]*:)[^/?#]*@")
+# A password holding "/", "?" or "#" (not percent-encoded) ends the authority
+# early, so urlsplit misreads it; still hide everything up to the "@".
+_URL_PASSWORD_LOOSE = re.compile(r"(//[^/@:?#]*:)[^@]*@")
 _QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pass|token|auth)=)[^&#]*", re.I)
 
 
@@ -36,8 +41,11 @@ def redact_url(url: Any) -> str:
     """``url`` with any password (``user:password@``, ``?password=``) replaced
     by ``***``: the form every message, repr and log line uses."""
     text = url if isinstance(url, str) else str(url)
+    # Query secrets first: an "@" inside ``?password=`` must not be taken
+    # for the end of a ``user:password@`` part.
+    text = _QUERY_SECRET.sub(r"\1***", text)
     text = _URL_PASSWORD.sub(r"\1***@", text)
-    return _QUERY_SECRET.sub(r"\1***", text)
+    return _URL_PASSWORD_LOOSE.sub(r"\1***@", text)
 
 _SSL_CERT_REQS = {
     "none": _ssl.CERT_NONE,
@@ -168,8 +176,10 @@ def _parse_url(url: str, ssl_context: Optional[_ssl.SSLContext], connect_timeout
         raise ValueError(f"node URL {shown!r} has no host")
     try:
         port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"node URL {shown!r}: bad port ({redact_url(exc)})") from None
+    except ValueError:
+        # Not urlsplit's text: it quotes the "port", which is a piece of the
+        # password when the password holds a "/" (``redis://:pa/ss@host``).
+        raise ValueError(f"node URL {shown!r}: the port must be an integer in 1-65535") from None
     if port is None:
         port = DEFAULT_PORT
     elif port == 0:
@@ -240,6 +250,16 @@ def parse_nodes(nodes: Any, ssl_context: Optional[_ssl.SSLContext] = None, conne
     "majority" would not be one (docs/faults.md row 20)."""
     if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
         if hasattr(nodes, "connection_pool"):
+            # Accepted (a quick test against one server), but said out loud:
+            # one server is a single point of failure, not a Redlock quorum.
+            warnings.warn(
+                "nodes: one redis-py client makes a 1-node lock manager, not a Redlock quorum "
+                "(a single server's failure or restart loses every lock); pass a list of 3 or 5 "
+                "independent masters, e.g. [redis.Redis(host='a'), redis.Redis(host='b'), "
+                "redis.Redis(host='c')] or their URLs",
+                UserWarning,
+                stacklevel=3,
+            )
             nodes = [nodes]
         elif isinstance(nodes, str):
             raise TypeError(f"nodes must be a list of URLs, got the string {redact_url(nodes)!r} (wrap it in a list)")

@@ -134,7 +134,7 @@ class GuardState:
             self.counted_after[i] = max(self.counted_after[i], now_ns + int(wait * 1e9))
             # Only a real exclusion is worth a warning.
             (log.warning if wait > 0 else log.debug)(
-                "quorumlock: %s %s (up %.0fs): not counted in quorums for %.1fs (restart guard)",
+                "%s %s (up %.0fs): not counted in quorums for %.1fs (restart guard)",
                 spec.name, "restarted" if restarted else "is freshly started", uptime, wait,
             )
         return self.counted_after[i]

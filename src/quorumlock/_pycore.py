@@ -1694,7 +1694,7 @@ class Engine:
 
     def _log_error(self, name, what, obj):
         # A stray reply may carry a token: never log it verbatim.
-        self.logger.warning("quorumlock: %s: %s: %s", name, what, scrub_text(repr(obj)))
+        self.logger.warning("%s: %s: %s", name, what, scrub_text(repr(obj)))
 
     # -- operations (each returns its Op; the waiter is a future, or None
     #    for the blocking engine) ----------------------------------------
@@ -1864,16 +1864,16 @@ class Engine:
                 self.clock_warned[i] = state
                 if state == 1:
                     self.logger.warning(
-                        "quorumlock: %s: wall clock %+.3f s from this client's, ahead of a majority of the "
+                        "%s: wall clock %+.3f s from this client's, ahead of a majority of the "
                         "nodes by %.3f s, more than the %.3f s a delayed restart covers: not counted in "
                         "fenced quorums", self.node_names[i], self.clock_off_ns[i] / 1e9, ahead / 1e9, d / 1e9)
                 elif state == 2:
                     self.logger.warning(
-                        "quorumlock: %s: wall clock %+.3f s from this client's, behind a majority of the "
+                        "%s: wall clock %+.3f s from this client's, behind a majority of the "
                         "nodes by %.3f s, more than the %.3f s a delayed restart covers: it refuses their "
                         "fences", self.node_names[i], self.clock_off_ns[i] / 1e9, behind / 1e9, d / 1e9)
                 else:
-                    self.logger.info("quorumlock: %s: wall clock back within %.3f s of a majority's",
+                    self.logger.info("%s: wall clock back within %.3f s of a majority's",
                                      self.node_names[i], d / 1e9)
 
     def clock_text(self, idx):
@@ -1921,7 +1921,7 @@ class Engine:
         if now < self.refuse_log_at:
             return
         self.refuse_log_at = now + 1000000000
-        self.logger.warning("quorumlock: fenced acquire of %r refused in the commit round: %s",
+        self.logger.warning("fenced acquire of %r refused in the commit round: %s",
                             op.key, "; ".join(map(repr, op.outcomes())))
 
     def clock_offsets(self):

@@ -195,7 +195,7 @@ class LockManager(ManagerBase):
             raise config_errors[0]
         for i, r in enumerate(results):
             if isinstance(r, BaseException) and not isinstance(r, ConfigurationError):
-                log.warning("quorumlock: %s unreachable at connect (%r); retrying in the background",
+                log.warning("%s unreachable at connect (%r); retrying in the background",
                             self._specs[i].name, r)
                 self._schedule_reconnect(i)
         return self
@@ -312,19 +312,19 @@ class LockManager(ManagerBase):
                     return
                 try:
                     await self._connect_node(i, initial=False)
-                    log.info("quorumlock: reconnected to %s", self._specs[i].name)
+                    log.info("reconnected to %s", self._specs[i].name)
                     return
                 except DuplicateNode as exc:
                     # Retried slowly: it counts again only if the node it
                     # duplicates goes away.  Said once, not at every retry.
                     if i not in self._dup_logged:
                         self._dup_logged.add(i)
-                        log.error("quorumlock: %s", exc)
+                        log.error("%s", exc)
                     delay = max(delay, 0.5)
                 except ConfigurationError as exc:
-                    log.error("quorumlock: %s: %s", self._specs[i].name, exc)
+                    log.error("%s: %s", self._specs[i].name, exc)
                 except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-                    log.debug("quorumlock: reconnect to %s failed: %r", self._specs[i].name, exc)
+                    log.debug("reconnect to %s failed: %r", self._specs[i].name, exc)
                 delay = min(delay * 2, _RECONNECT_MAX)
         finally:
             self._reconnecting.pop(i, None)

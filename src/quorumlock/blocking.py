@@ -260,7 +260,7 @@ class LockManager(ManagerBase):
                 dup = _handshake.duplicate_of(i, node.run_id, eng.nodes)
                 if dup is not None:
                     eng.down_detail[i] = _handshake.duplicate_text(self._specs, i, dup)
-                    (log.debug if i in self._dup_logged else log.error)("quorumlock: %s", eng.down_detail[i])
+                    (log.debug if i in self._dup_logged else log.error)("%s", eng.down_detail[i])
                     self._dup_logged.add(i)
                     node.abort()
                     continue
@@ -276,7 +276,7 @@ class LockManager(ManagerBase):
             eng.node_ready(i)   # clean-up releases held back while it was away
             eng.backoff[i] = 0.05
             if self._warned.pop(i, None) is not None:
-                log.info("quorumlock: reconnected to %s", spec.name)
+                log.info("reconnected to %s", spec.name)
         if errors:
             eng.close()
             raise errors[0]
@@ -333,10 +333,10 @@ class LockManager(ManagerBase):
         last = self._warned.get(i)
         if last is None or now - last >= _WARN_EVERY:
             self._warned[i] = now
-            log.warning("quorumlock: %s %s (%r); retrying in the background",
+            log.warning("%s %s (%r); retrying in the background",
                         self._specs[i].name, what, exc)
         else:
-            log.debug("quorumlock: %s %s: %r", self._specs[i].name, what, exc)
+            log.debug("%s %s: %r", self._specs[i].name, what, exc)
 
     def _maintain(self, eng: Any) -> None:
         now = self._core.monotonic_ns()
@@ -348,7 +348,7 @@ class LockManager(ManagerBase):
             try:
                 self._connect_nodes(eng, due, timeout, initial=False)
             except ConfigurationError as exc:
-                log.error("quorumlock: %s", exc)
+                log.error("%s", exc)
         with self._mutex:
             for i, nd in enumerate(eng.nodes):
                 ca = self._guard.counted_after[i]

@@ -198,7 +198,7 @@ def exclusive(
         def skipped(k: Any) -> Any:
             stats["skipped"] += 1
             _metrics.bump(locks, "jobs_skipped")
-            log.info("quorumlock: skipped %s: %r is held by another runner", name, k)
+            log.info("skipped %s: %r is held by another runner", name, k)
             if on_skip is not None:
                 on_skip(k)
             if raise_on_skip:
@@ -208,7 +208,7 @@ def exclusive(
         def lost(k: Any, lease: Any) -> None:
             stats["lost"] += 1
             _metrics.bump(locks, "jobs_lost")
-            log.error("quorumlock: %s lost its lock %r while running: %s", name, k, lease.reason)
+            log.error("%s lost its lock %r while running: %s", name, k, lease.reason)
 
         if is_coro:
             async def acquire_async(k: Any) -> Any:

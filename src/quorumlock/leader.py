@@ -172,7 +172,7 @@ class LeaderElection(_Base):
             try:
                 lock = self._campaign()
             except Exception as exc:  # nodes down, manager closed ...
-                log.warning("quorumlock: %s: campaign for %r failed: %r", self.identity, self.name, exc)
+                log.warning("%s: campaign for %r failed: %r", self.identity, self.name, exc)
                 if self._stop.wait(self._jitter()):
                     break
                 continue
@@ -187,7 +187,7 @@ class LeaderElection(_Base):
                                            on_lost=lambda lk, why: self._wake.set())._state
             self.terms += 1
             self._elected.set()
-            log.info("quorumlock: %s elected leader of %r (term %d)", self.identity, self.name, self.terms)
+            log.info("%s elected leader of %r (term %d)", self.identity, self.name, self.terms)
             _call(self.on_elected)
             # Hold until the lease is lost or we are asked to stop; also wake
             # at the guard moment in case the renewal thread is held up.
@@ -199,7 +199,7 @@ class LeaderElection(_Base):
                 self._lease.reason or "validity ran out")
             self._elected.clear()
             self._lease = None
-            log.info("quorumlock: %s stepped down as leader of %r: %s", self.identity, self.name, reason)
+            log.info("%s stepped down as leader of %r: %s", self.identity, self.name, reason)
             _call(self.on_demoted, reason)
             self._lock = None
             # Release after on_demoted: the old leader's work has ended before
@@ -216,7 +216,7 @@ def _call(cb: Optional[Callable[..., Any]], *args: Any) -> None:
     try:
         cb(*args)
     except Exception:
-        log.exception("quorumlock: leader election callback %r raised", cb)
+        log.exception("leader election callback %r raised", cb)
 
 
 class AsyncLeaderElection(_Base):
@@ -295,7 +295,7 @@ class AsyncLeaderElection(_Base):
             try:
                 lock = await self._campaign()
             except Exception as exc:
-                log.warning("quorumlock: %s: campaign for %r failed: %r", self.identity, self.name, exc)
+                log.warning("%s: campaign for %r failed: %r", self.identity, self.name, exc)
                 await self._sleep(self._jitter())
                 continue
             if lock is None:
@@ -310,7 +310,7 @@ class AsyncLeaderElection(_Base):
                                            on_lost=lambda lk, why: wake.set())._state
             self.terms += 1
             self._elected.set()
-            log.info("quorumlock: %s elected leader of %r (term %d)", self.identity, self.name, self.terms)
+            log.info("%s elected leader of %r (term %d)", self.identity, self.name, self.terms)
             await _acall(self.on_elected)
             while not self._stopping and self.is_leader:
                 left = (lock.deadline_ns - self._lease.margin_ns - _now_ns()) / 1e9
@@ -319,7 +319,7 @@ class AsyncLeaderElection(_Base):
                 self._lease.reason or "validity ran out")
             self._elected.clear()
             self._lease = None
-            log.info("quorumlock: %s stepped down as leader of %r: %s", self.identity, self.name, reason)
+            log.info("%s stepped down as leader of %r: %s", self.identity, self.name, reason)
             await _acall(self.on_demoted, reason)
             self._lock = None
             await asyncio.shield(self.locks.release(lock))
@@ -333,4 +333,4 @@ async def _acall(cb: Optional[Callable[..., Any]], *args: Any) -> None:
         if r is not None and hasattr(r, "__await__"):
             await r
     except Exception:
-        log.exception("quorumlock: leader election callback %r raised", cb)
+        log.exception("leader election callback %r raised", cb)

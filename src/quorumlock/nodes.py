@@ -1040,7 +1040,7 @@ class _Core:
             try:
                 self.on_event(node, event, t)
             except Exception:  # a broken callback must not kill the supervisor
-                log.exception("quorumlock: on_event callback failed")
+                log.exception("on_event callback failed")
 
     def run(self) -> None:
         while True:
@@ -1048,7 +1048,7 @@ class _Core:
                 if not self.tick():
                     return
             except Exception:  # never let one bad tick end supervision
-                log.exception("quorumlock: supervisor tick failed")
+                log.exception("supervisor tick failed")
             # Wait for the next tick, or a nudge from kill()/restart()/stop().
             self.wake.wait(_POLL_INTERVAL)
             self.wake.clear()

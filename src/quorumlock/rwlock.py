@@ -268,7 +268,7 @@ class RWLock(_RWBase):
             try:
                 mgr.release_many(extras)
             except Exception as exc:
-                log.warning("quorumlock: releasing reader permits of %r failed: %r", self.name, exc)
+                log.warning("releasing reader permits of %r failed: %r", self.name, exc)
         return keep
 
     def acquire_read(self, ttl: Optional[float] = None, *, timeout: Optional[float] = None,
@@ -365,7 +365,7 @@ class RWLock(_RWBase):
                     try:
                         mgr.release_many(back)
                     except Exception as exc:
-                        log.warning("quorumlock: releasing a failed write attempt on %r: %r", self.name, exc)
+                        log.warning("releasing a failed write attempt on %r: %r", self.name, exc)
         raise LockTimeout(self.name, attempts)
 
     def write(self, ttl: Optional[float] = None, *, timeout: Optional[float] = None,

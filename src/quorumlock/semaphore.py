@@ -154,7 +154,7 @@ class Semaphore(_Base):
             try:
                 mgr.release_many(extras)
             except Exception as exc:  # they expire on their own; never lose the kept permit
-                log.warning("quorumlock: releasing extra permits of %r failed: %r", self.name, exc)
+                log.warning("releasing extra permits of %r failed: %r", self.name, exc)
         return keep
 
     def acquire(self, ttl: Optional[float] = None, *, timeout: Optional[float] = None,
@@ -196,7 +196,7 @@ class Semaphore(_Base):
                         watches = [sub.watch(_kb(k), woke.set) for k in self.keys]
                         continue  # a release before the subscription: covered by this retry
                     except Exception as exc:
-                        log.debug("quorumlock: cannot subscribe for %r: %r; polling", self.name, exc)
+                        log.debug("cannot subscribe for %r: %r; polling", self.name, exc)
                 if watches:
                     woke.wait(delay)
                 else:
@@ -321,7 +321,7 @@ class AsyncSemaphore(_Base):
                             watches.append(await sub.watch(_kb(k), woke.set))
                         continue
                     except Exception as exc:
-                        log.debug("quorumlock: cannot subscribe for %r: %r; polling", self.name, exc)
+                        log.debug("cannot subscribe for %r: %r; polling", self.name, exc)
                 if watches:
                     try:
                         await asyncio.wait_for(woke.wait(), delay)

@@ -484,7 +484,7 @@ cdef class Engine:
 
     def _log_error(self, name, what, obj):
         # A stray reply may carry a token: never log it verbatim.
-        self.logger.warning("quorumlock: %s: %s: %s", name, what, scrub_text(repr(obj)))
+        self.logger.warning("%s: %s: %s", name, what, scrub_text(repr(obj)))
 
     # -- operations ------------------------------------------------------
 
@@ -687,16 +687,16 @@ cdef class Engine:
                 self.clock_warned[i] = <unsigned char>state
                 if state == 1:
                     self.logger.warning(
-                        "quorumlock: %s: wall clock %+.3f s from this client's, ahead of a majority of the "
+                        "%s: wall clock %+.3f s from this client's, ahead of a majority of the "
                         "nodes by %.3f s, more than the %.3f s a delayed restart covers: not counted in "
                         "fenced quorums", self.node_names[i], self.clock_off_ns[i] / 1e9, ahead / 1e9, d / 1e9)
                 elif state == 2:
                     self.logger.warning(
-                        "quorumlock: %s: wall clock %+.3f s from this client's, behind a majority of the "
+                        "%s: wall clock %+.3f s from this client's, behind a majority of the "
                         "nodes by %.3f s, more than the %.3f s a delayed restart covers: it refuses their "
                         "fences", self.node_names[i], self.clock_off_ns[i] / 1e9, behind / 1e9, d / 1e9)
                 else:
-                    self.logger.info("quorumlock: %s: wall clock back within %.3f s of a majority's",
+                    self.logger.info("%s: wall clock back within %.3f s of a majority's",
                                      self.node_names[i], d / 1e9)
         return 0
 
@@ -756,7 +756,7 @@ cdef class Engine:
         if now < self.refuse_log_at:
             return 0
         self.refuse_log_at = now + 1000000000ULL
-        self.logger.warning("quorumlock: fenced acquire of %r refused in the commit round: %s",
+        self.logger.warning("fenced acquire of %r refused in the commit round: %s",
                             op.key, "; ".join(map(repr, op.outcomes())))
         return 0
 

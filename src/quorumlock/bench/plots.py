@@ -34,7 +34,9 @@ def _save(fig: Any, path: str) -> None:
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=_DPI, format="png")
+    # bbox_inches="tight": a label or legend past the figure's edge is kept,
+    # not cut off.
+    fig.savefig(buf, dpi=_DPI, format="png", bbox_inches="tight", pad_inches=0.08)
     try:
         from PIL import Image  # a matplotlib dependency
     except ImportError:  # pragma: no cover
@@ -44,6 +46,20 @@ def _save(fig: Any, path: str) -> None:
     buf.seek(0)
     img = Image.open(buf).convert("RGB").quantize(colors=128)
     img.save(path, format="PNG", optimize=True)
+
+
+def _figure_legend(fig: Any, ncol: int) -> int:
+    """One legend for the whole figure, below its panels (never over a
+    curve); returns how many entries it has."""
+    handles, labels = [], []
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    return len(labels)
 
 
 def _ok_rows(doc: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -94,16 +110,14 @@ def _throughput(doc: Dict[str, Any], path: str) -> None:
                 ax.set_ylabel("cycles/s", fontsize=8)
             if i == len(ns) - 1:
                 ax.set_xlabel("concurrency (tasks / threads)", fontsize=8)
-    handles, labels = [], []
-    for ax in fig.axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.suptitle("acquire+release cycles/s vs concurrency (dotted: redis-benchmark ceiling)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(labels) + 2) // 3), 1, 0.96))
+    labels = _figure_legend(fig, ncol=3)
+    fig.suptitle("acquire+release cycles/s vs concurrency\n(dotted: redis-benchmark ceiling)", fontsize=10)
+    # Room below the panels for the legend rows (0.2 in each) and above for
+    # the two-line title, added to the figure rather than taken from the panels.
+    rows = (labels + 2) // 3
+    h = 3.0 * len(ns) + 0.6 + 0.2 * rows
+    fig.set_figheight(h)
+    fig.tight_layout(rect=(0, (0.1 + 0.2 * rows) / h, 1, 1 - 0.5 / h))
     _save(fig, path)
     plt.close(fig)
 
@@ -114,6 +128,9 @@ def _latency(doc: Dict[str, Any], path: str) -> None:
     rows = [r for r in _ok_rows(doc) if r["n"] == n and r["latency"] and r["latency"]["unit"] == "call"]
     modes = [m for m in doc["config"]["modes"] if any(r["mode"] == m for r in rows)] or ["-"]
     fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.6), squeeze=False, sharey=True)
+    n_series = len({(r["library"], r["workload"]) for r in rows})
+    cmap = plt.get_cmap("tab10" if n_series <= 10 else "tab20")  # no two series share a colour
+    colors: Dict[str, Any] = {}  # one colour per series in every panel: one shared legend
     for j, mode in enumerate(modes):
         ax = axes[0][j]
         for r in [r for r in rows if r["mode"] == mode]:
@@ -127,15 +144,20 @@ def _latency(doc: Dict[str, Any], path: str) -> None:
                 xs.append(edge)
                 ys.append(acc / total)
             style = "-" if r["library"] == "quorumlock" else "--"
-            ax.step(xs, ys, style, where="post", linewidth=1.1, label=f"{r['library']} {r['workload']}")
+            ax.step(xs, ys, style, where="post", linewidth=1.1, label=f"{r['library']} {r['workload']}",
+                    color=colors.setdefault(f"{r['library']} {r['workload']}", cmap(len(colors) % cmap.N)))
         ax.set_xscale("log")
         ax.set_title(f"acquire latency CDF, {mode}, N={n}", fontsize=9)
         ax.set_xlabel("µs (log)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=6, loc="lower right")
     axes[0][0].set_ylabel("fraction of acquires", fontsize=8)
-    fig.tight_layout()
+    # The legend goes below the panels: inside, it covered the slowest curves
+    # (the lower right of a CDF is where they rise).
+    rows = (_figure_legend(fig, ncol=3) + 2) // 3
+    h = 3.6 + 0.2 * rows
+    fig.set_figheight(h)
+    fig.tight_layout(rect=(0, (0.1 + 0.2 * rows) / h, 1, 1))
     _save(fig, path)
     plt.close(fig)
 
@@ -154,6 +176,7 @@ def _modes(doc: Dict[str, Any], path: str) -> None:
     width = 0.8 / max(1, len(modes))
     for i, n in enumerate(ns):
         ax = axes[i][0]
+        top_pct = 0.0
         for k, mode in enumerate(modes):
             xs, ys, labels = [], [], []
             for w_i, w in enumerate(wls):
@@ -166,14 +189,20 @@ def _modes(doc: Dict[str, Any], path: str) -> None:
             bars = ax.bar(xs, ys, width, label=mode)
             for b, v in zip(bars, labels):
                 txt = f"{v / 1000:.0f}k" if v >= 1000 else f"{v:.0f}"
-                ax.text(b.get_x() + b.get_width() / 2, b.get_height(), txt, ha="center", va="bottom", fontsize=6)
+                # Vertical: side by side, horizontal labels of adjacent bars overlapped.
+                ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1.5, txt, ha="center", va="bottom",
+                        fontsize=6, rotation=90)  # fmt: skip
+            top = max([top_pct] + ys)
+            top_pct = top
+        ax.set_ylim(0, max(100.0, top_pct) * 1.25)
         ax.axhline(100, color="k", linestyle=":", linewidth=1)
         ax.set_xticks(range(len(wls)))
         ax.set_xticklabels(wls, rotation=35, ha="right", fontsize=7)
         ax.set_title(f"quorumlock, N={n}: % of the mode's ceiling (labels: cycles/s)", fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_ylabel("% of ceiling", fontsize=8)
-        ax.legend(fontsize=7)
+        # Outside, to the right: inside, it sat on the tallest bars.
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         ax.grid(True, axis="y", alpha=0.25)
     fig.tight_layout()
     _save(fig, path)

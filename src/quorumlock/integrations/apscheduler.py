@@ -191,7 +191,7 @@ class ThreadPoolExecutor(_TickLocks, _ThreadPoolExecutor):
             lock = claim(self.locks, key, self._tick_ttl(job, rt))
             if lock is None:
                 self.skipped += 1
-                log.debug("quorumlock: tick %s of job %r runs elsewhere", rt, job.id)
+                log.debug("tick %s of job %r runs elsewhere", rt, job.id)
                 continue
             permit = None
             if self.limit is not None:
@@ -248,7 +248,7 @@ class AsyncIOExecutor(_TickLocks, _AsyncIOExecutor):
             lock = await aclaim(self.locks, key, self._tick_ttl(job, rt))
             if lock is None:
                 self.skipped += 1
-                log.debug("quorumlock: tick %s of job %r runs elsewhere", rt, job.id)
+                log.debug("tick %s of job %r runs elsewhere", rt, job.id)
                 continue
             permit = None
             if self.limit is not None:

@@ -142,9 +142,9 @@ def exclusive(key: Any = None, ttl: float = 30.0, *, on_busy: str = "skip", defe
             if on_busy == "retry":
                 from arq.worker import Retry
 
-                log.info("quorumlock: job %s deferred %.3g s: %r is held by another run", name, defer, k)
+                log.info("job %s deferred %.3g s: %r is held by another run", name, defer, k)
                 raise Retry(defer=defer)
-            log.info("quorumlock: skipped job %s: %r is held by another run", name, k)
+            log.info("skipped job %s: %r is held by another run", name, k)
 
         @functools.wraps(fn)
         async def job(ctx: Any, *args: Any, **kwargs: Any) -> Any:
@@ -223,7 +223,7 @@ def cron(coroutine: Callable[..., Any], *, name: Optional[str] = None, tick_ttl:
         lock = await aclaim(locks, key, max(tick_ttl, ttl))
         if lock is None:
             stats["skipped"] += 1
-            log.info("quorumlock: tick %s of %s runs on another worker", tick, job_name)
+            log.info("tick %s of %s runs on another worker", tick, job_name)
             return None
         # The tick's claim is not released: it expires after tick_ttl.
         stats["run"] += 1

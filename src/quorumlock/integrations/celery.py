@@ -139,9 +139,9 @@ class ExclusiveTask(celery.Task):
         lock = self._acquire(key)
         if lock is None:
             if self.lock_retry is not None:
-                log.info("quorumlock: %s%r is running elsewhere; retrying in %s s", self.name, args, self.lock_retry)
+                log.info("%s%r is running elsewhere; retrying in %s s", self.name, args, self.lock_retry)
                 raise self.retry(countdown=self.lock_retry)
-            log.info("quorumlock: skipped %s%r: a run with the same arguments is in progress", self.name, args)
+            log.info("skipped %s%r: a run with the same arguments is in progress", self.name, args)
             return self.lock_skip_result
         locks = self.locks
         locks.guard(lock, auto_extend=True, max_hold=self.lock_max_hold)

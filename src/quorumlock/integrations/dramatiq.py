@@ -170,11 +170,11 @@ class QuorumLock(Middleware):
             self.stats["busy"] += 1
             on_busy = self._option(message, actor, "exclusive_on_busy", self.on_busy)
             if on_busy == "skip":
-                log.info("quorumlock: skipped message %s (%s): %r is held by a running duplicate",
+                log.info("skipped message %s (%s): %r is held by a running duplicate",
                          message.message_id, message.actor_name, key)
                 raise SkipMessage(f"{key!r} is held by a running duplicate")
             delay = int(self._option(message, actor, "exclusive_retry_delay", self.retry_delay))
-            log.info("quorumlock: message %s (%s) deferred %d ms: %r is held by a running duplicate",
+            log.info("message %s (%s) deferred %d ms: %r is held by a running duplicate",
                      message.message_id, message.actor_name, delay, key)
             raise Busy(f"{key!r} is held by a running duplicate", delay=delay)
         tid = threading.get_ident()
@@ -187,7 +187,7 @@ class QuorumLock(Middleware):
     def _lost_callback(self, message: Any, tid: int) -> Callable[[Any, Any], None]:
         def on_lost(lock: Any, reason: Any) -> None:
             self.stats["lost"] += 1
-            log.error("quorumlock: message %s (%s) lost its lock %r: %s", message.message_id,
+            log.error("message %s (%s) lost its lock %r: %s", message.message_id,
                       message.actor_name, lock.key, reason)
             # Under the mutex: once _release has taken the entry, the thread
             # may be running another message and must not get the exception.
@@ -210,7 +210,7 @@ class QuorumLock(Middleware):
         try:
             locks.release(lock)
         except Exception:  # the key expires by itself
-            log.warning("quorumlock: release of %r failed", lock.key, exc_info=True)
+            log.warning("release of %r failed", lock.key, exc_info=True)
 
     def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
                               exception: Optional[BaseException] = None) -> None:

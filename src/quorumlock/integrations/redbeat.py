@@ -109,13 +109,13 @@ class RedBeatScheduler(_RedBeatScheduler):
         if not is_due:
             return next_time_to_run
         if not self.is_leader:
-            log.warning("quorumlock: beat lease lost before %s was sent; leaving it to the next leader", entry.name)
+            log.warning("beat lease lost before %s was sent; leaving it to the next leader", entry.name)
             return min(next_time_to_run, self.leader_ttl)
         key = tick_key(entry)
         lock = claim(self.locks, key, self.tick_ttl)
         if lock is None:
             self.skipped += 1
-            log.info("quorumlock: tick %s of %s was already sent by another beat", key, entry.name)
+            log.info("tick %s of %s was already sent by another beat", key, entry.name)
             return next_time_to_run
         # The claim is kept (never released): it expires after tick_ttl.
         self.fired += 1

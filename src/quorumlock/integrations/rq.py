@@ -151,15 +151,15 @@ def exclusive_job(
                 try:
                     job.save_meta()
                 except Exception:  # pragma: no cover - best effort
-                    log.debug("quorumlock: could not save the meta of job %s", job.id, exc_info=True)
-            log.info("quorumlock: skipped job %s%s: %r is held by another run",
+                    log.debug("could not save the meta of job %s", job.id, exc_info=True)
+            log.info("skipped job %s%s: %r is held by another run",
                      func_name, "" if job is None else f" ({job.id})", k)
 
         mutex = threading.Lock()
 
         def on_lost(lock: Any, reason: Any) -> None:
             stats["lost"] += 1
-            log.error("quorumlock: job %s lost its lock %r: %s", func_name, lock.key, reason)
+            log.error("job %s lost its lock %r: %s", func_name, lock.key, reason)
             # Under the mutex: once the body has ended, the thread runs RQ's
             # code and must not get the exception.
             with mutex:
@@ -255,7 +255,7 @@ class Scheduler(_RQScheduler):  # type: ignore[misc,valid-type]
         done = []
         for job in jobs:
             if not self._election().is_leader:
-                self.log.warning("quorumlock: lost the scheduler lease in a pass; %d job(s) left to the next "
+                self.log.warning("lost the scheduler lease in a pass; %d job(s) left to the next "
                                  "leader", len(jobs) - len(done))
                 break
             self.enqueue_job(job)
@@ -336,7 +336,7 @@ class RQScheduler(_RQBuiltinScheduler):  # type: ignore[misc,valid-type]
         led = {q for q, e in self._elect().items() if e.is_leader}
         if led != self._acquired_locks:
             if led - self._acquired_locks:
-                self.log.info("quorumlock: scheduler %s leads %s", self.name, ", ".join(sorted(led)))
+                self.log.info("scheduler %s leads %s", self.name, ", ".join(sorted(led)))
             self._scheduled_job_registries = []
         self._acquired_locks = led
         self.lock_acquisition_time = datetime.now()
@@ -384,7 +384,7 @@ class RQScheduler(_RQBuiltinScheduler):  # type: ignore[misc,valid-type]
                 for job_id in job_ids:
                     registry.remove(job_id, pipeline=pipeline)
                 if not election.is_leader:
-                    self.log.warning("quorumlock: lost the lease of %s in a pass; left to the next leader",
+                    self.log.warning("lost the lease of %s in a pass; left to the next leader",
                                      registry.name)
                     continue
                 pipeline.execute()

@@ -142,7 +142,7 @@ class AsyncRenewer:
             # Nodes did not answer (down, timeout): try again soon, until the
             # guard moment decides.
             lease.next_renew_ns = now + max(lease.renew_every_ns // 8, 10_000_000)
-            log.debug("quorumlock: renewal of %r failed (%s); retrying", lock.key, lease.last_failure)
+            log.debug("renewal of %r failed (%s); retrying", lock.key, lease.last_failure)
         self._arm(min(lease.next_renew_ns, lease.doom_ns)
                   if not lease.capped else lease.doom_ns)
 
@@ -155,7 +155,7 @@ class AsyncRenewer:
         self.lost += 1
         _metrics.bump(self.mgr, "lost")
         lock = lease.lock
-        log.warning("quorumlock: lease on %r lost: %s (validity left %.3f s)", lock.key, reason, lock.validity)
+        log.warning("lease on %r lost: %s (validity left %.3f s)", lock.key, reason, lock.validity)
         task = lease.task
         # Cancel first: the guarded work must stop before validity runs out.
         if lease.cancel and lease.in_body and task is not None and not task.done():
@@ -173,7 +173,7 @@ class AsyncRenewer:
     def _task_done(self, t: Any) -> None:
         self.tasks.discard(t)
         if not t.cancelled() and t.exception() is not None:
-            log.error("quorumlock: on_lost callback raised", exc_info=t.exception())
+            log.error("on_lost callback raised", exc_info=t.exception())
 
 
 def renewer(mgr: Any) -> AsyncRenewer:
@@ -347,7 +347,7 @@ async def acquire(mgr: Any, key: Any, ttl: Any, *, timeout: Optional[float], ret
                 try:
                     watch = await sub.watch(_kb(key), woke.set)
                 except Exception as exc:  # no subscription: plain polling
-                    log.debug("quorumlock: cannot subscribe for %r: %r; polling", key, exc)
+                    log.debug("cannot subscribe for %r: %r; polling", key, exc)
                     watch = None
                 if watch is not None:
                     continue

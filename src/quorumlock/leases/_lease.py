@@ -165,4 +165,4 @@ def call_on_lost(lease: Lease, spawn: Optional[Callable[[Any], Any]] = None) -> 
         if r is not None and hasattr(r, "__await__") and spawn is not None:
             spawn(r)
     except Exception:
-        log.exception("quorumlock: on_lost callback for %r raised", lease.lock.key)
+        log.exception("on_lost callback for %r raised", lease.lock.key)

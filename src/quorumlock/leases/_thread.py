@@ -129,7 +129,7 @@ class ThreadRenewer:
                 if batch:
                     self._renew(batch)
         except Exception:  # pragma: no cover - must be loud, never silent
-            log.exception("quorumlock: the renewal thread failed")
+            log.exception("the renewal thread failed")
             with self.cond:
                 leases, self.leases = list(self.leases), set()
             for lease in leases:
@@ -168,7 +168,7 @@ class ThreadRenewer:
                 self._lose(lease, f"renewal refused: the key is not ours on a majority ({lease.last_failure})")
                 continue
             lease.next_renew_ns = now + max(lease.renew_every_ns // 8, 10_000_000)
-            log.debug("quorumlock: renewal of %r failed (%s); retrying", lock.key, lease.last_failure)
+            log.debug("renewal of %r failed (%s); retrying", lock.key, lease.last_failure)
 
     def _lose(self, lease: Lease, reason: str) -> None:
         if lease.reason is not None:
@@ -178,7 +178,7 @@ class ThreadRenewer:
         self.lost += 1
         _metrics.bump(self.mgr, "lost")
         lock = lease.lock
-        log.warning("quorumlock: lease on %r lost: %s (validity left %.3f s)", lock.key, reason, lock.validity)
+        log.warning("lease on %r lost: %s (validity left %.3f s)", lock.key, reason, lock.validity)
         lease.event.set()
         call_on_lost(lease)
 
@@ -353,7 +353,7 @@ def acquire(mgr: Any, key: Any, ttl: Any, *, timeout: Optional[float], retry_cou
                 try:
                     watch = sub.watch(_kb(key), woke.set)
                 except Exception as exc:
-                    log.debug("quorumlock: cannot subscribe for %r: %r; polling", key, exc)
+                    log.debug("cannot subscribe for %r: %r; polling", key, exc)
                     watch = None
                 if watch is not None:
                     continue

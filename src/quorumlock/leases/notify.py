@@ -67,7 +67,7 @@ class Watch:
         try:
             self.wake()
         except Exception:  # pragma: no cover
-            log.exception("quorumlock: waiter wake-up failed")
+            log.exception("waiter wake-up failed")
 
 
 def _resp(*args: bytes) -> bytes:
@@ -98,7 +98,7 @@ class _SubProtocol(asyncio.Protocol):
             try:
                 r = self.reader.gets()
             except Exception as exc:  # protocol error: drop the connection
-                log.warning("quorumlock: pub/sub protocol error from %s: %r", self.sub.names[self.idx], exc)
+                log.warning("pub/sub protocol error from %s: %r", self.sub.names[self.idx], exc)
                 self.transport.abort()
                 return
             if r is False:
@@ -179,7 +179,7 @@ class AsyncSubscriber:
                 return w
             left = deadline - time.monotonic()
             if left <= 0:
-                log.debug("quorumlock: subscription to %r not confirmed by %s", key,
+                log.debug("subscription to %r not confirmed by %s", key,
                           [self.names[i] for i in missing])
                 return w
             try:
@@ -241,7 +241,7 @@ class AsyncSubscriber:
                 proto.send(_resp(*args))
                 r = await asyncio.wait_for(fut, self.connect_timeout)
                 if isinstance(r, hiredis.ReplyError):
-                    log.error("quorumlock: pub/sub AUTH to %s failed: %s", spec.name, r)
+                    log.error("pub/sub AUTH to %s failed: %s", spec.name, r)
                     proto.transport.close()
                     return
             if self.closed:
@@ -255,7 +255,7 @@ class AsyncSubscriber:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.debug("quorumlock: pub/sub connect to %s failed: %r", spec.name, exc)
+            log.debug("pub/sub connect to %s failed: %r", spec.name, exc)
             self._retry_later(i)
         finally:
             if self.connecting[i] is asyncio.current_task():
