@@ -132,7 +132,7 @@ class _TickLocks:
     def _no_permit(self, job: Any, rt: datetime) -> None:
         self.skipped += 1
         self.limited += 1
-        log.info("quorumlock: skipped tick %s of job %r: %d runs of it are in progress", rt, job.id, self.limit)
+        log.info("skipped tick %s of job %r: %d runs of it are in progress", rt, job.id, self.limit)
 
     def _drop_lease(self, lock: Any) -> None:
         leases = getattr(self.locks, "_leases", None)
