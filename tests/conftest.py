@@ -95,3 +95,34 @@ def _no_leaked_servers() -> Iterator[None]:
             pass
     if leaked:
         pytest.fail("server processes left alive by the tests: " + "; ".join(described))
+
+
+# --------------------------------------------------------------------------
+# soak: the longest slow variants
+# --------------------------------------------------------------------------
+
+#: Slow tests CI's short slow stage leaves out (``-m 'slow and not soak'``):
+#: the same check runs there on the compiled build or a smaller case, and
+#: these repeat it on the pure-Python twin or at full size.  Run them with
+#: ``python -m pytest -m soak``.
+SOAK = (
+    "tests/test_memory_bounds.py::test_majority_down_200k_attempts_memory[python]",
+    "tests/test_memory_bounds.py::test_acquire_many_million_keys[python]",
+    "tests/test_semaphore.py::test_32_holders_slow_matrix[",
+    "tests/test_semaphore.py::test_32_holders_in_4_processes[3-5]",
+    "tests/test_semaphore.py::test_32_holders_in_4_processes[5-2]",
+    "tests/test_semaphore.py::test_32_holders_in_4_processes[5-5]",
+    "tests/test_fencing_offsets.py::test_row30_no_stale_write_under_a_constant_clock_offset[python--0.9]",
+    "tests/test_fencing_offsets.py::test_row30_no_stale_write_under_a_constant_clock_offset[python-5.0]",
+    "tests/test_fencing_offsets.py::test_row30_no_stale_write_under_a_constant_clock_offset[python--5.0]",
+    "tests/test_fencing_offsets.py::test_row30_no_stale_write_under_a_constant_clock_offset[python-3600.0]",
+    "tests/test_fencing_offsets.py::test_row30_no_stale_write_under_a_constant_clock_offset[python--3600.0]",
+    "tests/test_green.py::test_green_threads_contend_without_blocking_the_process[python-",
+)
+
+
+def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SOAK):
+            assert item.get_closest_marker("slow"), f"{item.nodeid}: only slow tests may be soak tests"
+            item.add_marker(pytest.mark.soak)
