@@ -130,12 +130,23 @@ def test_async_lost_event_without_auto_extend(run, core, clusters):
 
 def test_async_renewals_share_one_round(run, core, clusters):
     """200 auto-extended locks of one manager: every renewal round extends all
-    of them in one loop iteration (the engine writes them once per node)."""
+    of them in one loop iteration (the engine writes them once per node).
+
+    Timing margins for a loaded machine: the 200-key batch must complete
+    inside its TTL or the engine (rightly) grants none of it, which a stalled
+    process did once with ttl 0.6 s; so the batch is retried (a few times,
+    releasing whatever it got) and the TTL is 0.9 s (renewals every 0.3 s,
+    0.6 s of slack before a lease would be lost)."""
     cluster = clusters(3)
+    keys = [f"le:many{i}" for i in range(200)]
 
     async def body():
-        async with AsyncLockManager(cluster.urls, ttl=0.6, _core=core) as locks:
-            held = await locks.acquire_many([f"le:many{i}" for i in range(200)])
+        async with AsyncLockManager(cluster.urls, ttl=0.9, _core=core) as locks:
+            for _ in range(5):
+                held = await locks.acquire_many(keys)
+                if all(held):
+                    break
+                await locks.release_many([lk for lk in held if lk is not None])
             assert all(held)
             for lk in held:
                 locks.guard(lk, auto_extend=True)
@@ -154,11 +165,12 @@ def test_async_renewals_share_one_round(run, core, clusters):
             r.timer.cancel()
             r.timer = None
             r._arm(time.monotonic_ns())
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.8)
             assert all(lk.valid for lk in held)
-            # one renewal every ttl/3 = 0.2 s, all 200 locks in each round
+            # one renewal every ttl/3 = 0.3 s (6 in 1.8 s; fewer when the loop
+            # is starved), all 200 locks in each round
             assert rounds and max(rounds) == 200 and rounds.count(200) >= len(rounds) - 1, rounds
-            assert 5 <= len(rounds) <= 9, rounds
+            assert 3 <= len(rounds) <= 9, rounds
             assert await locks.release_many(held) == [True] * 200
 
     run(body())
