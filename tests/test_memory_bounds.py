@@ -288,7 +288,11 @@ def test_acquire_many_big_batch_all_granted_and_released(sync_core, clusters):
     no key left on any node.
 
     First-round code: 87,500 (cython) / 83,000 (python) of 100,000 granted:
-    the batch deadline (2 us per key) ran out on this 2-core machine."""
+    the batch deadline (2 us per key) ran out on this 2-core machine.  With
+    20 us per key (3 s here) a full-suite run under load still granted only
+    95,500 / 72,000: the one client thread reads all 3 nodes' replies (the
+    pure-Python engine needs ~2.1 s for this batch on a quiet machine), so the
+    allowance is now 20 us per key and node."""
     assert _batch(sync_core, clusters(3), 100000) == (100000, 100000, 0)
 
 
