@@ -201,7 +201,9 @@ def test_async_wait_notify_wakes_on_release(run, core, make_cluster, publish):
             await lock.release()
             await w
             latency = got["t"] - t_rel
-            assert latency < 0.3, latency  # polling would take 1 s
+            # polling: the next attempt 1 s after the first, 0.7 s after the
+            # release; 0.5 leaves a loaded machine room and still fails that
+            assert latency < 0.5, latency
 
     run(body())
 

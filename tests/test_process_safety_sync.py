@@ -324,7 +324,8 @@ class _Interrupt(Exception):
 def test_ctrl_c_during_a_long_node_wait(sync_core, clusters):
     """Ctrl-C.  SIGINT during a blocking wait on a node that never answers
     (a 3 s ``call_nodes`` to a paused node) raises KeyboardInterrupt within
-    250 ms.
+    1 s (milliseconds here; the bound leaves a loaded machine's scheduling
+    delays room and still fails the 3 s of an ignored EINTR).
 
     First-round code: the compiled poll loop ignored EINTR, so the handler
     ran only when the whole wait ended (KeyboardInterrupt after 3.00 s); the
@@ -346,7 +347,7 @@ def test_ctrl_c_during_a_long_node_wait(sync_core, clusters):
             locks.call_nodes([("BLPOP", "sig:empty", "3")] + [None] * 2, timeout=3.0)
         took = time.monotonic() - sent[0]
         t.join()
-        assert took < 0.25, took
+        assert took < 1.0, took
 
 
 def test_interrupts_inside_with_lock_leave_no_key(sync_core, clusters):
