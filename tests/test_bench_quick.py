@@ -106,6 +106,30 @@ def test_rows_cover_the_selection(quick_run: Dict[str, Any]) -> None:
     assert must <= {r["id"] for r in _ran(doc)}
 
 
+def _check_rates(r: Dict[str, Any]) -> None:
+    """The rates of a row follow from its counts and times, as reported."""
+    rid = r["id"]
+    assert math.isclose(r["cycles_per_s"], r["cycles"] / r["wall_s"], rel_tol=1e-3), rid
+    assert math.isclose(r["lock_ops_per_s"], (r["attempts"] + r["cycles"]) / r["wall_s"], rel_tol=1e-3), rid
+    assert math.isclose(r["cpu_us_per_cycle"], r["cpu_s"] / r["cycles"] * 1e6, rel_tol=1e-3), rid
+
+
+def test_rates_of_a_slow_short_row_follow_from_its_counts() -> None:
+    """A row a loaded machine makes slow and short (3 cycles in 0.7 s, 0.21 ms
+    of CPU): its rates still agree with its counts to 1e-3.  First-round code
+    (fixed decimals: cycles_per_s to 0.1, cpu_s to 1 us) gave cycles_per_s
+    4.3 for 4.2857 (3.3e-3 off) and cpu_us_per_cycle 71.133 for 71.0 (1.9e-3)."""
+    from quorumlock.bench.runner import _row
+    from quorumlock.bench.workloads import Measurement, Workload
+
+    w = Workload(library="quorumlock", name="async-c64", api="async", run=lambda ctx: Measurement())
+    m = Measurement(attempts=5, acquisitions=3, cycles=3, releases_ok=3, wall_s=0.7000001, cpu_s=0.0002134)
+    m.latencies_ns.extend([1000, 2000, 3000, 4000, 5000])
+    r = _row(w, "volatile", 1, m, 0, [5])
+    _check_rates(r)
+    assert r["wall_s"] == 0.7000001 and r["cpu_s"] == 0.0002134   # 7 significant digits kept
+
+
 def test_counts_are_consistent(quick_run: Dict[str, Any]) -> None:
     for r in _ran(quick_run["doc"]):
         rid = r["id"]
@@ -113,9 +137,7 @@ def test_counts_are_consistent(quick_run: Dict[str, Any]) -> None:
         # every acquired lock was released, and every release succeeded
         assert r["cycles"] == r["acquisitions"] == r["releases_ok"], rid
         assert r["failed"] == r["attempts"] - r["acquisitions"], rid
-        assert math.isclose(r["cycles_per_s"], r["cycles"] / r["wall_s"], rel_tol=1e-3), rid
-        assert math.isclose(r["lock_ops_per_s"], (r["attempts"] + r["cycles"]) / r["wall_s"], rel_tol=1e-3), rid
-        assert math.isclose(r["cpu_us_per_cycle"], r["cpu_s"] / r["cycles"] * 1e6, rel_tol=1e-3), rid
+        _check_rates(r)
         lat = r["latency"]
         if lat["unit"] == "call":
             assert lat["count"] == r["attempts"], rid

@@ -111,9 +111,10 @@ def test_acquire_locked_extend_release(sync_core, clusters, n):
     assert lock.acquire() is True
     token = _on_nodes(cluster, "GET", "redlock:printer")[0]
     assert len(token) == 32 and _on_nodes(cluster, "GET", "redlock:printer") == [token] * n
-    assert all(800 < ms <= 1000 for ms in _on_nodes(cluster, "PTTL", "redlock:printer"))
+    # margins for a loaded machine: the TTL is the 1 s asked for, read a while later
+    assert all(500 < ms <= 1000 for ms in _on_nodes(cluster, "PTTL", "redlock:printer"))
     validity = lock.locked()
-    assert isinstance(validity, float) and 0.7 < validity < 1.0  # seconds left, drift deducted
+    assert isinstance(validity, float) and 0.4 < validity < 1.0  # seconds left, drift deducted
     other = Redlock(key="printer", masters=masters, auto_release_time=1)
     assert other.acquire(blocking=False) is False
     assert other.locked() == 0  # held, but not by other

@@ -106,7 +106,11 @@ def _cron_runs(mod, env, kind, seconds, kill_at=None):
             victim = max(finished(mod.read_spans(spans)), key=lambda s: s[1])[3]
             os.killpg(victim, signal.SIGKILL)
             t_kill = time.monotonic_ns()
-        time.sleep(seconds - (time.monotonic() - t0))
+            # A bounded wait for 3 cron runs after the kill (a loaded machine
+            # can stall the survivor for seconds), at least until `seconds`.
+            wait_until(lambda: sum(s[0].startswith("cron:") and s[1] > t_kill
+                                   for s in finished(mod.read_spans(spans))) >= 3, 20, step=0.1)
+        time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
     finally:
         errs = stop_all(workers)
     return [s for s in finished(mod.read_spans(spans)) if s[0].startswith("cron:")], victim, t_kill, errs
@@ -127,7 +131,38 @@ def test_arq_cron_two_workers_each_tick_once(env):
     assert len(after) >= 2 and victim not in {s[3] for s in after}, runs
     ticks = sorted(per_tick)
     missing = set(range(ticks[0], ticks[-1] + 1)) - set(ticks)
-    assert len(missing) <= 1, missing           # liveness: ticks go on (one may be lost under load)
+    assert len(missing - _folded(runs)) <= 1, missing   # liveness: ticks go on (the victim's may be lost)
+
+
+def _folded(runs):
+    """Ticks a stalled worker skipped: when its cron loop comes back after
+    missing ticks, arq enqueues the missed ones late (score = now, not the
+    x.500 tick), and with ``unique=False`` nothing tells which tick such a job
+    was for, so they all claim the current tick and run once.  The ticks of a
+    gap that ends at such a late run are those.  (Seen once under load:
+    6 consecutive ticks; a worker SIGSTOPped for 4 s shows the same.)  A gap
+    ending at an on-time run is a tick really lost, and still fails."""
+    scores = {_tick(s): int(s[0].split(":")[1]) for s in runs}
+    out = set()
+    for tick, score in scores.items():
+        if score % 1000 != 500:            # enqueued late: the ticks before it were folded into it
+            t = tick - 1
+            while t not in scores and t > min(scores):
+                out.add(t)
+                t -= 1
+    return out
+
+
+def test_arq_cron_folded_ticks_only_before_a_late_run():
+    """The liveness check's allowance: a gap in the ticks is forgiven only when
+    the run that ends it was enqueued late (a worker SIGSTOPped for 4 s here
+    ran ticks ..347, 348, 349, then one run scored 352.792 s: 350 and 351 were
+    folded into it); a gap ending at an on-time run is not."""
+    def runs(*scores):
+        return [(f"cron:{sc}", 0, 1, 1) for sc in scores]
+
+    assert _folded(runs(347500, 348500, 349500, 352792, 353500)) == {350, 351}
+    assert _folded(runs(347500, 348500, 349500, 352500, 353500)) == set()
 
 
 def test_arq_cron_without_the_claim_runs_ticks_twice(env):

@@ -130,12 +130,23 @@ def test_async_lost_event_without_auto_extend(run, core, clusters):
 
 def test_async_renewals_share_one_round(run, core, clusters):
     """200 auto-extended locks of one manager: every renewal round extends all
-    of them in one loop iteration (the engine writes them once per node)."""
+    of them in one loop iteration (the engine writes them once per node).
+
+    Timing margins for a loaded machine: the 200-key batch must complete
+    inside its TTL or the engine (rightly) grants none of it, which a stalled
+    process did once with ttl 0.6 s; so the batch is retried (a few times,
+    releasing whatever it got) and the TTL is 0.9 s (renewals every 0.3 s,
+    0.6 s of slack before a lease would be lost)."""
     cluster = clusters(3)
+    keys = [f"le:many{i}" for i in range(200)]
 
     async def body():
-        async with AsyncLockManager(cluster.urls, ttl=0.6, _core=core) as locks:
-            held = await locks.acquire_many([f"le:many{i}" for i in range(200)])
+        async with AsyncLockManager(cluster.urls, ttl=0.9, _core=core) as locks:
+            for _ in range(5):
+                held = await locks.acquire_many(keys)
+                if all(held):
+                    break
+                await locks.release_many([lk for lk in held if lk is not None])
             assert all(held)
             for lk in held:
                 locks.guard(lk, auto_extend=True)
@@ -154,12 +165,58 @@ def test_async_renewals_share_one_round(run, core, clusters):
             r.timer.cancel()
             r.timer = None
             r._arm(time.monotonic_ns())
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.8)
             assert all(lk.valid for lk in held)
-            # one renewal every ttl/3 = 0.2 s, all 200 locks in each round
+            # one renewal every ttl/3 = 0.3 s (6 in 1.8 s; fewer when the loop
+            # is starved), all 200 locks in each round
             assert rounds and max(rounds) == 200 and rounds.count(200) >= len(rounds) - 1, rounds
-            assert 5 <= len(rounds) <= 9, rounds
+            assert 3 <= len(rounds) <= 9, rounds
             assert await locks.release_many(held) == [True] * 200
+
+    run(body())
+
+
+def test_async_renewal_groups_split_by_a_stall_merge(run, core, clusters):
+    """40 auto-extended locks whose renewals a stall split into two groups
+    0.45 of an interval apart (as a loaded machine did: 178 + 22 of 200):
+    within a few rounds all 40 are renewed in one round again.  First-round
+    code (coalescing window a third of the interval): the groups never merged,
+    rounds [20, 20, 20, 20, ...]."""
+    cluster = clusters(3)
+
+    async def body():
+        async with AsyncLockManager(cluster.urls, ttl=0.9, _core=core) as locks:
+            for _ in range(5):
+                held = await locks.acquire_many([f"le:split{i}" for i in range(40)])
+                if all(held):
+                    break
+                await locks.release_many([lk for lk in held if lk is not None])
+            assert all(held)
+            for lk in held:
+                locks.guard(lk, auto_extend=True)
+            r = locks._leases
+            rounds = []
+            orig = r._tick
+
+            def tick():
+                before = sum(1 for ls in r.leases if ls.inflight)
+                orig()
+                issued = sum(1 for ls in r.leases if ls.inflight) - before
+                if issued:
+                    rounds.append(issued)
+
+            r._tick = tick
+            late = {id(lk) for lk in held[:20]}
+            for ls in r.leases:
+                if id(ls.lock) in late:
+                    ls.next_renew_ns += int(0.45 * ls.renew_every_ns)
+            r.timer.cancel()
+            r.timer = None
+            r._arm(time.monotonic_ns())
+            await asyncio.sleep(1.8)
+            assert all(lk.valid for lk in held)
+            assert rounds[-2:] == [40, 40], rounds
+            assert await locks.release_many(held) == [True] * 40
 
     run(body())
 
@@ -189,7 +246,9 @@ def test_async_wait_notify_wakes_on_release(run, core, make_cluster, publish):
             await lock.release()
             await w
             latency = got["t"] - t_rel
-            assert latency < 0.3, latency  # polling would take 1 s
+            # polling: the next attempt 1 s after the first, 0.7 s after the
+            # release; 0.5 leaves a loaded machine room and still fails that
+            assert latency < 0.5, latency
 
     run(body())
 

@@ -53,7 +53,10 @@ def _majority_down_run(sync_core, cluster, free_port, attempts: int):
     urls = [cluster.urls[0], f"redis://127.0.0.1:{free_port}", f"redis://127.0.0.1:{free_port + 1}"]
     logging.getLogger("quorumlock").setLevel(logging.ERROR)
     try:
-        with LockManager(urls, ttl=2.0, node_timeout=0.2, _core=sync_core) as locks:
+        # node_timeout 1 s: the live node must not be made suspect by a loaded
+        # machine (a suspect node is rightly not waited for, and then the
+        # backlog bound does not apply: 1247 pending once with 0.2 s).
+        with LockManager(urls, ttl=2.0, node_timeout=1.0, _core=sync_core) as locks:
             eng = locks._checkout()
             for i in range(2000):   # warm up: caches, pools, the ring
                 assert locks.try_acquire(f"m:{i % 100}") is None
@@ -288,7 +291,11 @@ def test_acquire_many_big_batch_all_granted_and_released(sync_core, clusters):
     no key left on any node.
 
     First-round code: 87,500 (cython) / 83,000 (python) of 100,000 granted:
-    the batch deadline (2 us per key) ran out on this 2-core machine."""
+    the batch deadline (2 us per key) ran out on this 2-core machine.  With
+    20 us per key (3 s here) a full-suite run under load still granted only
+    95,500 / 72,000: the one client thread reads all 3 nodes' replies (the
+    pure-Python engine needs ~2.1 s for this batch on a quiet machine), so the
+    allowance is now 20 us per key and node."""
     assert _batch(sync_core, clusters(3), 100000) == (100000, 100000, 0)
 
 

@@ -104,7 +104,7 @@ _now_ns = _clock_now_ns
 
 MAX_NODES = 32          # also quorumlock._config.MAX_NODES
 INBUF_SIZE = 65536      # read buffer handed to the transport (BufferedProtocol)
-_BATCH_NS_PER_KEY = 20000  # reply deadline allowance per key of a batch (ns)
+_BATCH_NS_PER_KEY = 20000  # reply deadline allowance per key and node of a batch (ns)
 
 # What one node answered for one key of one operation (the compiled core's
 # ``cdef enum NodeStatus``, same numbers).
@@ -2072,9 +2072,10 @@ class Engine:
         op.drift_ns = self.drift_ns_for(ttl_ms)
         op.chunk = chunk = self.batch_chunk
         op._alloc(m)
-        # A node works through a batch at roughly 1-2 us per key; allow it
-        # _BATCH_NS_PER_KEY (a 10^6-key batch gets 20 s), see engine.pxi.
-        deadline = op.t0 + self.node_timeout_ns + m * _BATCH_NS_PER_KEY
+        # A node works through a batch at roughly 1-2 us per key, but this one
+        # thread also reads every node's replies: allow _BATCH_NS_PER_KEY per
+        # key per node (a 10^6-key batch on 3 nodes gets 60 s), see engine.pxi.
+        deadline = op.t0 + self.node_timeout_ns + m * self.n * _BATCH_NS_PER_KEY
         pre = self.pre_acquire_many
         ttl_b = _bulk_int(ttl_ms)
         for start in range(0, m, chunk):
@@ -2102,9 +2103,10 @@ class Engine:
         op.tokens = tokens = [lk._token for lk in locks_l]
         op.chunk = chunk = self.batch_chunk
         op._alloc(m)
-        # A node works through a batch at roughly 1-2 us per key; allow it
-        # _BATCH_NS_PER_KEY (a 10^6-key batch gets 20 s), see engine.pxi.
-        deadline = op.t0 + self.node_timeout_ns + m * _BATCH_NS_PER_KEY
+        # A node works through a batch at roughly 1-2 us per key, but this one
+        # thread also reads every node's replies: allow _BATCH_NS_PER_KEY per
+        # key per node (a 10^6-key batch on 3 nodes gets 60 s), see engine.pxi.
+        deadline = op.t0 + self.node_timeout_ns + m * self.n * _BATCH_NS_PER_KEY
         pre = self.pre_release_many
         for start in range(0, m, chunk):
             end = min(start + chunk, m)

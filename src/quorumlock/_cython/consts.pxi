@@ -5,7 +5,7 @@ cdef enum:
     INBUF_SIZE = 65536      # read buffer handed to the transport (BufferedProtocol)
     RING_INITIAL = 256      # pending-reply slots per connection, grows by doubling
     HELD_BACK_MAX = 4096    # clean-up releases kept per down node for its reconnect
-    BATCH_NS_PER_KEY = 20000  # reply deadline allowance per key of a batch (ns)
+    BATCH_NS_PER_KEY = 20000  # reply deadline allowance per key and node of a batch (ns)
 
 # What one node answered for one key of one operation.  The same numbers are
 # used by the pure-Python twin (quorumlock._pycore).

@@ -16,6 +16,7 @@ import argparse
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -277,9 +278,23 @@ def _skipped_row(w: Workload, mode: str, n: int, note: str) -> Dict[str, Any]:
     }  # fmt: skip
 
 
+def _sig(x: float, digits: int = 7) -> float:
+    """``x`` rounded to ``digits`` significant digits (0.0 stays 0.0)."""
+    if not x or not math.isfinite(x):
+        return float(x)
+    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
+
+
 def _row(w: Workload, mode: str, n: int, m: Measurement, keys_left: int, set_calls: List[int]) -> Dict[str, Any]:
     row = _skipped_row(w, mode, n, None)  # type: ignore[arg-type]
-    wall = m.wall_s or 1e-9
+    # The rates are derived from the times as reported, and every figure keeps
+    # 7 significant digits (not a fixed number of decimals): a slow or short
+    # row (a few cycles/s, well under a millisecond of CPU) then still agrees
+    # with its own counts, which fixed decimals broke (cycles_per_s to 0.1 is
+    # off by more than 1e-3 below 50 cycles/s, cpu_s to 1 us below 0.5 ms).
+    wall_s = _sig(m.wall_s)
+    cpu_s = _sig(m.cpu_s)
+    wall = wall_s or 1e-9
     row.update(
         skipped=False,
         cycles=m.cycles,
@@ -288,11 +303,11 @@ def _row(w: Workload, mode: str, n: int, m: Measurement, keys_left: int, set_cal
         failed=m.attempts - m.acquisitions,
         releases_ok=m.releases_ok,
         warmup_attempts=m.warmup_attempts,
-        wall_s=round(m.wall_s, 6),
-        cpu_s=round(m.cpu_s, 6),
-        cycles_per_s=round(m.cycles / wall, 1),
-        lock_ops_per_s=round((m.attempts + m.cycles) / wall, 1),
-        cpu_us_per_cycle=round(m.cpu_s / m.cycles * 1e6, 3) if m.cycles else None,
+        wall_s=wall_s,
+        cpu_s=cpu_s,
+        cycles_per_s=_sig(m.cycles / wall),
+        lock_ops_per_s=_sig((m.attempts + m.cycles) / wall),
+        cpu_us_per_cycle=_sig(cpu_s / m.cycles * 1e6) if m.cycles else None,
         latency=summarize(m.latencies_ns, m.latency_unit),
         keys_left=keys_left,
         overlaps=m.overlaps,

@@ -15,8 +15,8 @@ Used through the managers::
 Auto-extension
     Every manager has one renewer (asyncio: one loop timer; blocking: one
     daemon thread with its own connection set).  A lease is renewed when a
-    third of its TTL (``renew_fraction``) has passed; leases due within a
-    quarter of their interval join the same round, and a round issues all its
+    third of its TTL (``renew_fraction``) has passed; leases due within
+    half of their interval join the same round, and a round issues all its
     extends before waiting, so each node gets one write per round.  Renewal
     stops when the block ends, when ``max_hold`` is reached (the last renewal
     is cut so that the lease ends there), or when renewals fail to reach a

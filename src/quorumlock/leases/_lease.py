@@ -84,11 +84,16 @@ class Lease:
 
     def due(self, now: int) -> bool:
         """A renewal should go out now.  Coalescing: the renewer wakes when
-        the first lease is due, and every lease due within a third of its
+        the first lease is due, and every lease due within half of its
         interval joins that round (renewed a little early), so that locks
-        held together are renewed together: one write per node per round."""
+        held together are renewed together: one write per node per round.
+        Half, not less: two groups of leases split by a stall (their replies
+        read in loop iterations far apart on a loaded machine) are then
+        always merged at the next round; with a third, groups 1/3 to 2/3 of
+        an interval apart never merged (seen: 200 leases renewed as 178 + 22
+        in every round)."""
         return (self.auto_extend and not self.inflight and not self.capped
-                and self.next_renew_ns - now <= self.renew_every_ns // 3)
+                and self.next_renew_ns - now <= self.renew_every_ns // 2)
 
     def renew_ttl_ms(self, now: int, drift_factor: float) -> Optional[int]:
         """TTL of the next renewal, or None when ``max_hold`` makes further
