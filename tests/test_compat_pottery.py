@@ -228,7 +228,12 @@ def test_databases_of_one_server(sync_core, aio_core, clusters, run):
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             won = list(pool.map(lambda lk: lk.acquire(blocking=False), locks))
     assert "counted 5 times" in str(caught[0].message)
-    assert won.count(True) == 1
+    # At most one holder; none is possible too, when six simultaneous
+    # attempts split the five votes so that nobody reaches three.
+    assert won.count(True) <= 1
+    if not any(won):
+        won[0] = locks[0].acquire(blocking=True, timeout=5)
+        assert won[0]
     values = [redis.Redis(port=port, db=db).get("redlock:dbs") for db in range(1, 6)]
     assert max(values.count(v) for v in values if v) >= 3  # the winner's token on a majority of the databases
     locks[won.index(True)].release()
