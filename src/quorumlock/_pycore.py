@@ -2703,15 +2703,25 @@ class SyncEngine(Engine):
         return op.result
 
     def close(self, drain_timeout=0.5):
-        """Wait (at most ``drain_timeout`` s) for the replies still owed, then
+        """Wait for the replies still owed (``drain_timeout`` s without progress, at most 30 times that), then
         close (see the compiled core: unread replies make close() a reset)."""
         waiter = Op(self, None)
-        until = monotonic_ns() + int(drain_timeout * 1e9)
+        window = int(drain_timeout * 1e9)
+        until = monotonic_ns() + window
+        # While the nodes keep answering, keep waiting (a big batch's
+        # releases take longer than the window to drain), up to 30 windows.
+        cap = monotonic_ns() + 30 * window
+        last_owed = -1
         while True:
             self._flush()
-            if not any(node.slots and node.connected for node in self.nodes):
+            owed = sum(len(node.slots) for node in self.nodes if node.connected)
+            if owed == 0:
                 break
-            step = monotonic_ns() + 1_000_000
+            step = monotonic_ns()
+            if last_owed >= 0 and owed < last_owed:
+                until = min(step + window, cap)
+            last_owed = owed
+            step += 1_000_000
             if step >= until:
                 break
             self._wait(waiter, step)

@@ -617,20 +617,33 @@ cdef class SyncEngine(Engine):
         return op.result
 
     def close(self, double drain_timeout=0.5):
-        """Wait (at most ``drain_timeout`` s) for the replies still owed, then
+        """Wait for the replies still owed (``drain_timeout`` s without progress, at most 30 times that), then
         close.  Closing a socket with unread replies makes the kernel send a
         reset, and the node drops the commands it had not read yet: releases
         sent just before would be lost and their keys left until the TTL."""
         cdef NodeConn node
         cdef Op waiter = Op.__new__(Op)
-        cdef uint64_t until, step
+        cdef uint64_t until, step, cap, window
+        cdef Py_ssize_t owed, last_owed = -1
         waiter._init(self, None)
-        until = now_ns() + <uint64_t>(drain_timeout * 1e9)
+        window = <uint64_t>(drain_timeout * 1e9)
+        until = now_ns() + window
+        # While the nodes keep answering, keep waiting (a big batch's
+        # releases take longer than the window to drain), up to 30 windows.
+        cap = now_ns() + 30 * window
         while True:
             self._flush()
-            if not any((<NodeConn>node).count and (<NodeConn>node).connected for node in self.nodes):
+            owed = 0
+            for node in self.nodes:
+                if node.connected:
+                    owed += node.count
+            if owed == 0:
                 break
-            step = now_ns() + 1000000ULL
+            step = now_ns()
+            if last_owed >= 0 and owed < last_owed:
+                until = min(step + window, cap)
+            last_owed = owed
+            step += 1000000ULL
             if step >= until:
                 break
             self._wait(waiter, step)
