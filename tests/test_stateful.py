@@ -248,12 +248,14 @@ class Model(RuleBasedStateMachine):
         if self.api == "asyncio":
 
             async def go() -> Any:
-                async with asyncio.timeout(delay):
-                    return await self.mgrs[m].try_acquire(key)
+                if hasattr(asyncio, "timeout"):  # Python >= 3.11
+                    async with asyncio.timeout(delay):
+                        return await self.mgrs[m].try_acquire(key)
+                return await asyncio.wait_for(self.mgrs[m].try_acquire(key), delay)
 
             try:
                 lock = self._run(go())
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):
                 cancelled = True
         else:
             armed = [True]
@@ -266,15 +268,16 @@ class Model(RuleBasedStateMachine):
             old = signal.signal(signal.SIGUSR1, handler)
             timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGUSR1))
             try:
-                timer.start()
-                lock = self.mgrs[m].try_acquire(key)
-                armed[0] = False
+                try:
+                    timer.start()
+                    lock = self.mgrs[m].try_acquire(key)
+                finally:  # disarmed before anything else runs
+                    armed[0] = False
+                    timer.cancel()
+                    timer.join()
             except _Cancel:
                 cancelled = True
             finally:
-                armed[0] = False
-                timer.cancel()
-                timer.join()
                 time.sleep(0.001)  # a signal already sent is handled (ignored) here
                 signal.signal(signal.SIGUSR1, old)
         if lock is not None:

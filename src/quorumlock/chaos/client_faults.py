@@ -292,18 +292,19 @@ def d_signals(cfg: Dict[str, Any], rec: Rec) -> None:
         entered = False
         err = None
         try:
-            armed[0] = True
-            signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.02, 1.5) * span)
-            with mgr.lock(key):
-                entered = True
+            try:
+                armed[0] = True
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.02, 1.5) * span)
+                with mgr.lock(key):
+                    entered = True
+            finally:  # disarmed before any handler below runs
+                armed[0] = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
         except _Interrupt:
             err = "KeyboardInterrupt"
             interrupted += 1
         except Exception as exc:
-            err = repr(exc)[:200]
-        finally:
-            armed[0] = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            err = f"{type(exc).__name__}: {exc}"[:200]
         # A block the timer did not interrupt cannot fail: a fresh key, every
         # node up (an interrupt that desynchronised a connection shows here).
         rec.op("with-lock", key, t, _now(), entered and err is None, error=err,
@@ -314,16 +315,17 @@ def d_signals(cfg: Dict[str, Any], rec: Rec) -> None:
     t_arm = _now()
     caught = None
     try:
-        armed[0] = True
-        signal.setitimer(signal.ITIMER_REAL, delay)
-        slow.try_acquire(cfg["wait_key"])
+        try:
+            armed[0] = True
+            signal.setitimer(signal.ITIMER_REAL, delay)
+            slow.try_acquire(cfg["wait_key"])
+        finally:
+            armed[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
     except _Interrupt:
         caught = _now()
     except Exception:
         pass
-    finally:
-        armed[0] = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
     if caught is None:  # the wait ended without the interrupt surfacing inside it
         caught = _now()
     rec.op("interrupt", cfg["wait_key"], t_arm + int(delay * S), caught, True,
@@ -362,12 +364,9 @@ def d_cancel(cfg: Dict[str, Any], rec: Rec) -> None:
             lk = None
             err = None
             try:
-                async with asyncio.timeout(rng.uniform(0.3, 1.5) * rtt):
-                    if i % 2:
-                        lk = await mgr.try_acquire(key)
-                    else:
-                        lk = await mgr.acquire(key, retry_count=1)
-            except TimeoutError:
+                call = mgr.try_acquire(key) if i % 2 else mgr.acquire(key, retry_count=1)
+                lk = await _within(call, rng.uniform(0.3, 1.5) * rtt)
+            except (TimeoutError, asyncio.TimeoutError):
                 err = "cancelled by asyncio.timeout"
                 cancelled += 1
             except Exception as exc:
@@ -383,6 +382,16 @@ def d_cancel(cfg: Dict[str, Any], rec: Rec) -> None:
 
     got = asyncio.run(run())
     rec.say(event="done", **got)
+
+
+async def _within(aw: Any, seconds: float) -> Any:
+    """``await aw`` under ``asyncio.timeout(seconds)`` (``wait_for`` before 3.11)."""
+    import asyncio
+
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await aw
+    return await asyncio.wait_for(aw, seconds)
 
 
 def d_refused(cfg: Dict[str, Any], rec: Rec) -> None:
