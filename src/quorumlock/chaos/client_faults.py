@@ -696,7 +696,9 @@ def s_fork_storm(env: Any, sc: Any, guard: bool) -> None:
     Violations: a child granted ``k0`` (an overlap with B: ME), a free-key
     acquire that failed or a child that never ended (STALL).
 
-    First-round code: see docs/safety.md row 22 for the figures."""
+    First-round code: ME; compiled 1 of 4,868 ``k0`` attempts granted and
+    309/4,868 fresh-key acquires refused, pure Python 1/3,065 and 260/3,065
+    (under the quick matrix's load: STALL, 44/1,195 and 38/705 refused)."""
     from ..blocking import LockManager
 
     b = LockManager(env.cluster.urls, ttl=30.0, retry_count=1).connect()
@@ -727,7 +729,12 @@ def s_signal_storm(env: Any, sc: Any, guard: bool) -> None:
     inside ``with locks.lock(k): pass`` (TTL 30 s, a fresh key each time);
     then Ctrl-C 0.2 s into a blocking wait on two paused nodes
     (node_timeout 2 s).  Violations: a key left on a node at the end (LEAK),
-    the interrupt surfacing more than 250 ms after it was raised (LATE)."""
+    a block the timer did not interrupt failing (STALL), the interrupt
+    surfacing more than 250 ms after it was raised (LATE).
+
+    First-round code: LEAK; compiled 157/300 keys left, Ctrl-C surfaced
+    after 1,801 ms; pure Python 10/300 left and 240 blocks refused after an
+    interrupt desynchronised a connection."""
     count = 300
 
     def cfg(build: str) -> Dict[str, Any]:
@@ -755,7 +762,10 @@ def s_signal_storm(env: Any, sc: Any, guard: bool) -> None:
 def s_cancel_storm(env: Any, sc: Any, guard: bool) -> None:
     """Row 24: 600 asyncio ``acquire``/``try_acquire`` calls of fresh keys
     (TTL 30 s) under ``asyncio.timeout`` drawn around the measured round
-    trip (0.3-1.5x).  Violation: a key left on a node at the end (LEAK)."""
+    trip (0.3-1.5x).  Violation: a key left on a node at the end (LEAK).
+
+    First-round code: LEAK; compiled 382/600 keys left (410 cancelled), pure
+    Python 323/600 (383 cancelled)."""
     count = 600
 
     def cfg(build: str) -> Dict[str, Any]:
@@ -779,7 +789,10 @@ def s_short_extend(env: Any, sc: Any, guard: bool) -> None:
     and apply the short PEXPIRE; B polls and gets the key ~0.3 s after; A
     then checks ``lock.valid``.  The failed extend records the deadline A
     believes in afterwards (``valid_until``).  Violation: A's belief (or its
-    valid check) overlapping B's hold (ME)."""
+    valid check) overlapping B's hold (ME).
+
+    First-round code, both builds: ME; ``LockNotOwned`` with 2.82 s of
+    validity left after it, ``lock.valid`` True after B's grant."""
     from ..blocking import LockManager
 
     for build in _builds():
@@ -881,7 +894,10 @@ def s_duplicate_late(env: Any, sc: Any, guard: bool) -> None:
     compare-and-pexpire succeeds on both spellings of node 0).  Each granted
     acquire or extend records how many distinct real servers hold A's token
     right after it (``servers``, node 1 not counted while paused) against
-    the majority of A's list (``quorum``).  Violation: one real server counted twice (DUP)."""
+    the majority of A's list (``quorum``).  Violation: one real server counted twice (DUP).
+
+    First-round code, both builds: DUP; the extend succeeded with one real
+    server holding the token."""
     from ..blocking import LockManager
 
     p0, p1 = env.cluster.ports[0], env.cluster.ports[1]
@@ -974,7 +990,10 @@ def _free_ports(k: int) -> List[int]:
 def s_majority_refused(env: Any, sc: Any, guard: bool) -> None:
     """Row 27: nodes 1 and 2 of the client's list are closed ports (connection
     refused); up to 100k blocking ``try_acquire`` calls (at most 2 s).
-    Violation: the client's peak RSS more than 16 MiB above its start (MEM)."""
+    Violation: the client's peak RSS more than 16 MiB above its start (MEM).
+
+    First-round code: MEM; compiled +57 MiB over 100,000 attempts, pure
+    Python +61 MiB over 56,800."""
     refused = _free_ports(2)
 
     def cfg(build: str) -> Dict[str, Any]:
@@ -988,7 +1007,10 @@ def s_majority_refused(env: Any, sc: Any, guard: bool) -> None:
 def s_stopped_node(env: Any, sc: Any, guard: bool) -> None:
     """Row 28: node 2 SIGSTOPped while 64 asyncio tasks acquire and release
     fresh keys for 1.5 s (TTL 30 s).  Violation: the client's peak RSS more
-    than 16 MiB above its start (MEM)."""
+    than 16 MiB above its start (MEM).
+
+    First-round code: MEM; compiled +89 MiB over 93,700 operations, pure
+    Python +36 MiB over 27,600."""
 
     def cfg(build: str) -> Dict[str, Any]:
         _bound(env, "rss-growth", client=f"stopped-{build}", limit=16 * MIB)
@@ -1122,7 +1144,10 @@ def s_oversized_reply(env: Any, sc: Any, guard: bool) -> None:
     blocking and one asyncio ``try_acquire``.  Violations: an acquire that
     ends more than 850 ms after it began (LATE: the deadline is the node
     timeout; 0.85 s leaves room for a loaded machine), the client's peak RSS
-    more than 32 MiB above its start (MEM)."""
+    more than 32 MiB above its start (MEM).
+
+    First-round code, both builds: MEM, +77 MiB; the deadline held (301 ms)
+    at this rate."""
     floods: List[FloodServer] = []
     try:
 
