@@ -23,6 +23,9 @@ operations that show it.  It checks:
   turned an overlap into no harm ("ME-only" in FAULTS.md (b)).
 * **leftover lock keys** at the end of the run, attributed to the attempt that
   set them; a lock key without an expiry is a violation (it never frees).
+* **the client process** (:func:`check_client`, rows 22-29 of docs/safety.md):
+  one server counted twice, keys left under a ``no-leftover`` bound, stalls,
+  ops slower than their bound, RSS growth over its bound.
 
 :func:`classify` turns a report into the labels of the fault matrix.
 """
