@@ -483,9 +483,11 @@ def _settings(examples: int, steps: int, shrink: bool) -> settings:
 _PENDING = pytest.mark.xfail(strict=True, reason="fixed on branch h11-sync / h11-async")
 
 
-@_PENDING
-@pytest.mark.parametrize("build", ["cython", "python"])
-@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+_COMBOS = [pytest.param(api, build, marks=_PENDING, id=f"{api}-{build}")
+           for api in ("blocking", "asyncio") for build in ("cython", "python")]
+
+
+@pytest.mark.parametrize("api,build", _COMBOS)
 def test_stateful_managers(api, build, stateful_cluster):
     """Default run: 10 examples of up to 12 steps per API and build.  On the
     first-round engine it fails on every combination (figures in
@@ -496,9 +498,7 @@ def test_stateful_managers(api, build, stateful_cluster):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@_PENDING
-@pytest.mark.parametrize("build", ["cython", "python"])
-@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+@pytest.mark.parametrize("api,build", _COMBOS)
 def test_stateful_managers_long(api, build, stateful_cluster):
     """The slow variant: 40 examples of up to 30 steps each."""
     run_state_machine_as_test(_machine(api, build, stateful_cluster), settings=_settings(40, 30, shrink=True))
