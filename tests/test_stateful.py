@@ -500,5 +500,5 @@ def test_stateful_managers(api, build, stateful_cluster):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("api,build", _COMBOS)
 def test_stateful_managers_long(api, build, stateful_cluster):
-    """The slow variant: 40 examples of up to 30 steps each."""
-    run_state_machine_as_test(_machine(api, build, stateful_cluster), settings=_settings(40, 30, shrink=True))
+    """The slow variant: 25 examples of up to 25 steps each, with shrinking."""
+    run_state_machine_as_test(_machine(api, build, stateful_cluster), settings=_settings(25, 25, shrink=True))
