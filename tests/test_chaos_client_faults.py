@@ -216,8 +216,14 @@ def test_row26_duplicate_server_coming_up_late_is_not_counted_twice(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", [pytest.param(f, marks=_PENDING, id=f) for f in (
-    "fork-storm", "signal-storm", "majority-refused", "stopped-node", "oversized-reply")])
+@pytest.mark.parametrize("fault", [
+    pytest.param("fork-storm", marks=_PENDING),
+    # Still LEAK with the fixes merged: the pure-Python twin leaves 2-4/300 keys.
+    pytest.param("signal-storm", marks=_PENDING),
+    pytest.param("majority-refused", marks=_PENDING),
+    pytest.param("stopped-node", marks=_PENDING),
+    pytest.param("oversized-reply", marks=_PENDING),
+])
 def test_rows_22_23_27_28_29(fault, tmp_path):
     """Rows 22, 23, 27, 28, 29 (first-round figures in docs/safety.md):
     fork storm ME + STALL, signal storm LEAK + LATE, refused majority MEM,

@@ -483,8 +483,12 @@ def _settings(examples: int, steps: int, shrink: bool) -> settings:
 _PENDING = pytest.mark.xfail(strict=True, reason="fixed on branch h11-sync / h11-async")
 
 
-_COMBOS = [pytest.param(api, build, marks=_PENDING, id=f"{api}-{build}")
-           for api in ("blocking", "asyncio") for build in ("cython", "python")]
+_COMBOS = [
+    pytest.param("blocking", "cython", marks=_PENDING, id="blocking-cython"),
+    pytest.param("blocking", "python", marks=_PENDING, id="blocking-python"),
+    pytest.param("asyncio", "cython", marks=_PENDING, id="asyncio-cython"),
+    pytest.param("asyncio", "python", marks=_PENDING, id="asyncio-python"),
+]
 
 
 @pytest.mark.parametrize("api,build", _COMBOS)
@@ -500,5 +504,6 @@ def test_stateful_managers(api, build, stateful_cluster):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("api,build", _COMBOS)
 def test_stateful_managers_long(api, build, stateful_cluster):
-    """The slow variant: 25 examples of up to 25 steps each, with shrinking."""
-    run_state_machine_as_test(_machine(api, build, stateful_cluster), settings=_settings(25, 25, shrink=True))
+    """The slow variant: 25 examples of up to 25 steps each (no shrinking either:
+    a failing run stays short; the printed blob reproduces it)."""
+    run_state_machine_as_test(_machine(api, build, stateful_cluster), settings=_settings(25, 25, shrink=False))
