@@ -96,6 +96,7 @@ class Model(RuleBasedStateMachine):
         self.seq = 0
         self.held: Dict[int, Dict[str, Any]] = {}  # id(lock) -> record
         self.tainted: set = set()  # keys touched while a fault was active
+        self.touched: List[set] = [set(), set()]  # keys each manager operated on
         self.steps = 0
         self.kill_step = -10
         self.fresh = 0
@@ -143,6 +144,7 @@ class Model(RuleBasedStateMachine):
                 and all(nd.up for nd in self.cluster.nodes))
 
     def _record(self, **ev: Any) -> Dict[str, Any]:
+        self.touched[int(ev["client"][1:])].add(ev["key"])
         self.seq += 1
         ev = dict({"type": "op", "id": f"{ev['client']}:{self.seq}"}, **ev)
         self.history.append(ev)
@@ -374,9 +376,11 @@ class Model(RuleBasedStateMachine):
 
     def _link(self, m: int, i: int, mode: str) -> None:
         if mode != "pass":
-            # A release of these may find the connection reset when the link
-            # heals, and not reach that node: a leftover bounded by the TTL.
-            self.tainted.update(r["key"] for r in self.held.values() if r["m"] == m)
+            # A release of the keys this manager holds, or a clean-up of an
+            # attempt still in flight (a cancelled asyncio acquire releases in
+            # the background), may now be lost on this link: a leftover
+            # bounded by the TTL, not a leak.
+            self.tainted.update(self.touched[m])
         if mode != "pass" or self.link_mode[m][i] != "pass":
             self.recovering[m] = True
         self.proxies[m][i].set_mode(mode, 0.05 if mode == "latency" else 0.0)
@@ -395,7 +399,7 @@ class Model(RuleBasedStateMachine):
         """SIGKILL a node; it restarts at once (unsafe mode: empty), and the
         clients' restart guard keeps it out of their quorums for a while."""
         if all(nd.up for nd in self.cluster.nodes):
-            self.tainted.update(r["key"] for r in self.held.values())
+            self.tainted.update(self.touched[0] | self.touched[1])
             self.cluster.kill(i)
             self.recovering = [True, True]
             self.kill_step = self.steps
