@@ -495,6 +495,7 @@ _COMBOS = [
 ]
 
 
+@pytest.mark.timeout(120, method="thread")  # an interrupt deadlocking the first-round engine must not hang CI
 @pytest.mark.parametrize("api,build", _COMBOS)
 def test_stateful_managers(api, build, stateful_cluster):
     """Default run: 10 examples of up to 12 steps per API and build.  On the
@@ -505,7 +506,7 @@ def test_stateful_managers(api, build, stateful_cluster):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600, method="thread")
 @pytest.mark.parametrize("api,build", _COMBOS)
 def test_stateful_managers_long(api, build, stateful_cluster):
     """The slow variant: 25 examples of up to 25 steps each (no shrinking either:
