@@ -23,6 +23,9 @@ operations that show it.  It checks:
   turned an overlap into no harm ("ME-only" in docs/faults.md).
 * **leftover lock keys** at the end of the run, attributed to the attempt that
   set them; a lock key without an expiry is a violation (it never frees).
+* **the client process** (:func:`check_client`, rows 22-29 of docs/safety.md):
+  one server counted twice, keys left under a ``no-leftover`` bound, stalls,
+  ops slower than their bound, RSS growth over its bound.
 
 :func:`classify` turns a report into the labels of the fault matrix.
 """
@@ -33,10 +36,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
 
-__all__ = ["Report", "check", "classify", "LABELS", "check_capacity", "check_rw", "peak_holders"]
+__all__ = ["Report", "check", "classify", "LABELS", "check_capacity", "check_rw", "peak_holders",
+           "check_client", "CLIENT_LABELS"]
 
 #: Observed labels, in the vocabulary of docs/faults.md.
-LABELS = ("SAFE", "VIOL", "ME-only", "ME", "LOST", "STALE", "REGRESS", "REJECTED", "ERROR", "SKIP")
+LABELS = ("SAFE", "VIOL", "ME-only", "ME", "LOST", "STALE", "REGRESS", "REJECTED", "ERROR", "SKIP",
+          "DUP", "LEAK", "STALL", "LATE", "MEM")
 
 # Ops that show the client acting as the holder.
 _STORAGE_OPS = ("read", "write")
@@ -79,6 +84,7 @@ class Report:
     stale_rejected: List[Dict[str, Any]] = field(default_factory=list)
     leftover: List[Dict[str, Any]] = field(default_factory=list)
     immortal: List[Dict[str, Any]] = field(default_factory=list)
+    client: List[Dict[str, Any]] = field(default_factory=list)  # check_client: rows 22-29
     stats: Dict[str, Any] = field(default_factory=dict)
     intervals: List[Interval] = field(default_factory=list)
 
@@ -86,7 +92,7 @@ class Report:
     def safe(self) -> bool:
         """No safety property broken (leftover keys with an expiry are liveness only)."""
         return not (self.overlaps or self.lost_updates or self.fence_regressions
-                    or self.stale_accepted or self.immortal)
+                    or self.stale_accepted or self.immortal or self.client)
 
     def to_dict(self, intervals: bool = False) -> Dict[str, Any]:
         d = {
@@ -99,6 +105,7 @@ class Report:
             "stale_rejected": self.stale_rejected,
             "leftover": self.leftover,
             "immortal": self.immortal,
+            "client": self.client,
             "stats": self.stats,
         }
         if intervals:
@@ -114,6 +121,7 @@ class Report:
             "stale_rejected": len(self.stale_rejected),
             "leftover": len(self.leftover),
             "immortal": len(self.immortal),
+            "client": len(self.client),
         }
 
 
@@ -137,6 +145,8 @@ def classify(report: Report) -> str:
         return "STALE" if report.stale_accepted else "VIOL"
     if report.fence_regressions:
         return "REGRESS"
+    if report.client:
+        return client_label(report.client)
     return "SAFE"
 
 
@@ -171,20 +181,26 @@ def check(events: Iterable[Dict[str, Any]]) -> Report:
         end = int(acq.get("valid_until") or start)
         acts = 0
         release_at: Optional[int] = None
-        for op in by_lock.get(lid, ()):
+        acted = start  # the holder's acts stretch the interval to here
+        # In time order: a failed extend that recorded the deadline the
+        # holder believes in afterwards (row 25) replaces the belief.
+        for op in sorted(by_lock.get(lid, ()), key=lambda o: int(o["invoke"])):
             kind = op.get("op")
             if kind == "release":
                 t = int(op["invoke"])
                 release_at = t if release_at is None else min(release_at, t)
+            elif kind == "extend" and not op.get("ok") and op.get("valid_until") is not None:
+                end = int(op["valid_until"])
             elif kind == "extend" and op.get("ok") and op.get("valid_until") is not None:
                 end = max(end, int(op["valid_until"]))
                 acts += 1
             elif kind == "check" and op.get("ok"):
-                end = max(end, int(op["invoke"]))
+                acted = max(acted, int(op["invoke"]))
                 acts += 1
             elif kind in _STORAGE_OPS:
-                end = max(end, _end_of(op))
+                acted = max(acted, _end_of(op))
                 acts += 1
+        end = max(end, acted)
         if release_at is not None:
             end = min(end, release_at)
         end = max(end, start)
@@ -313,6 +329,7 @@ def check(events: Iterable[Dict[str, Any]]) -> Report:
             rep.immortal.append(item)
 
     n_acq = sum(1 for a in acquires.values())
+    rep.client = check_client(evs)
     rep.stats = {
         "ops": len(ops),
         "acquire_attempts": n_acq,
@@ -344,6 +361,8 @@ def format_report(rep: Report, limit: int = 3) -> str:
                      f"<= {fr['earlier']['id']} fence {fr['earlier']['fence']}")
     for lo in rep.leftover[:limit]:
         lines.append(f"  leftover {lo.get('key')!r} on node {lo.get('node')} pttl {lo.get('pttl')}: {lo['why']}")
+    for cf in rep.client[:limit]:
+        lines.append(f"  {cf['kind']}: {cf['what']}")
     return "\n".join(lines)
 
 
@@ -435,4 +454,87 @@ def check_rw(events: Iterable[Dict[str, Any]], max_readers: Optional[int] = None
             out["too_many_readers"].append({"sem": sem, "readers": n, "limit": max_readers,
                                             "intervals": [iv.to_dict() for iv in witness]})
     out["ok"] = not (out["writer_overlaps"] or out["too_many_readers"])
+# client-process faults (docs/safety.md rows 22-29)
+# --------------------------------------------------------------------------
+
+#: finding kind -> label, in order of precedence
+CLIENT_LABELS = {"double-count": "DUP", "leftover": "LEAK", "stall": "STALL", "late": "LATE", "memory": "MEM"}
+
+
+def client_label(findings: List[Dict[str, Any]]) -> str:
+    """The label of the most serious of :func:`check_client`'s findings."""
+    kinds = {f["kind"] for f in findings}
+    for kind, label in CLIENT_LABELS.items():
+        if kind in kinds:
+            return label
+    return "SAFE"
+
+
+def check_client(events: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Findings about the client process itself, from a history.
+
+    Pure, like :func:`check`.  It reads the op fields and event types the
+    client-fault scenarios record (schema in docs/safety.md):
+
+    * ``double-count``: a successful ``acquire``/``extend`` whose ``servers``
+      (distinct real servers holding the token right after it) is below its
+      ``quorum``: one server was counted twice.
+    * ``leftover``: a ``bound`` event ``no-leftover`` with a ``prefix``, and
+      a lock key with that prefix on a node in the ``final`` event (the
+      client released, or was interrupted or cancelled before it could own,
+      every lock it took: nothing may remain).
+    * ``stall``: an op with ``expect_ok`` that failed or never completed.
+    * ``late``: an op with ``bound_ms`` that took longer, or never completed.
+    * ``memory``: a ``bound`` event ``rss-growth`` (``client``, ``limit``
+      bytes) and ``sample`` events ``rss`` of that client whose largest value
+      exceeds the first by more than the limit.
+    """
+    evs = list(events)
+    out: List[Dict[str, Any]] = []
+    finals = [e for e in evs if e.get("type") == "final"]
+    final = finals[-1] if finals else {}
+    bounds = [e for e in evs if e.get("type") == "bound"]
+    for op in evs:
+        if op.get("type") != "op":
+            continue
+        kind = op.get("op")
+        if op.get("ok") and kind in ("acquire", "extend") and op.get("servers") is not None \
+                and op.get("quorum") is not None and int(op["servers"]) < int(op["quorum"]):
+            out.append({"kind": "double-count", "op": _brief(op),
+                        "what": f"{op['id']} {kind} of {op.get('key')!r} succeeded with {op['servers']} real "
+                                f"server(s) holding the token, quorum {op['quorum']}"})
+        if op.get("expect_ok") and (not op.get("ok") or op.get("complete") is None):
+            out.append({"kind": "stall", "op": _brief(op),
+                        "what": f"{op['id']} {kind} of {op.get('key')!r} could not fail, yet "
+                                + ("never completed" if op.get("complete") is None else "failed")
+                                + (f" ({op['error']})" if op.get("error") else "")})
+        if op.get("bound_ms") is not None:
+            c = op.get("complete")
+            took = None if c is None else (int(c) - int(op["invoke"])) / 1e6
+            if took is None or took > float(op["bound_ms"]):
+                out.append({"kind": "late", "op": _brief(op), "took_ms": None if took is None else round(took, 1),
+                            "what": f"{op['id']} {kind} of {op.get('key')!r} took "
+                                    + ("forever" if took is None else f"{took:.0f} ms")
+                                    + f" (bound {op['bound_ms']} ms)"})
+    locks = final.get("locks") or ()
+    for b in bounds:
+        if b.get("name") == "no-leftover":
+            prefix = str(b.get("prefix") or "")
+            left = [e for e in locks if str(e.get("key", "")).startswith(prefix)]
+            if left:
+                keys = sorted({e["key"] for e in left})
+                out.append({"kind": "leftover", "prefix": prefix, "keys": len(keys), "entries": len(left),
+                            "examples": left[:5],
+                            "what": f"{len(keys)} key(s) {prefix}* left on the nodes ({len(left)} node entries) "
+                                    f"by {b.get('client', 'the client')}"})
+        elif b.get("name") == "rss-growth":
+            who = b.get("client")
+            vals = [int(e["value"]) for e in evs
+                    if e.get("type") == "sample" and e.get("name") == "rss" and e.get("client") == who]
+            if len(vals) >= 2:
+                growth = max(vals) - vals[0]
+                if growth > int(b["limit"]):
+                    out.append({"kind": "memory", "client": who, "growth": growth, "limit": int(b["limit"]),
+                                "what": f"{who}: RSS grew {growth / 2**20:.1f} MiB "
+                                        f"(bound {int(b['limit']) / 2**20:.0f} MiB)"})
     return out

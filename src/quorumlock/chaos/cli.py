@@ -230,3 +230,35 @@ def main(args: argparse.Namespace) -> int:
     if args.matrix:
         return _run_matrix(args)
     return _run_one(args)
+
+
+# --------------------------------------------------------------------------
+# rows 22-29: the client-process scenarios, and their findings in the table
+# --------------------------------------------------------------------------
+
+def _register_client_faults() -> None:
+    from .client_faults import register
+    from .scenarios import FAULTS
+
+    register(FAULTS)
+
+
+_add_parser_base = add_parser
+_verdict_rows_base = _verdict_rows
+
+
+def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:  # noqa: F811
+    _register_client_faults()
+    _add_parser_base(sub)
+
+
+def _verdict_rows(res: Any) -> List[List[str]]:  # noqa: F811
+    rows = _verdict_rows_base(res)
+    rep = res.report
+    if rep is not None:
+        found = rep.client
+        detail = "; ".join(f["what"] for f in found[:2])[:160] if found else "no leftover, stall, late op, " \
+            "double count or memory growth over its bound"
+        rows.insert(len(rows) - 1, ["client process", "VIOLATED" if found else "ok",
+                                    (f"{len(found)} finding(s): " if found else "") + detail])
+    return rows

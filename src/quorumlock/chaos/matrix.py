@@ -247,4 +247,22 @@ ROWS += [
         _t("fence-offset-restart", fencing="write-only"), "SAFE", require={"A_refused": True}),
     Row("30-NC", "NC", "the same with the first-round fence commit (no clock check)",
         _t("fence-offset-restart-unchecked", fencing="write-only"), "VIOL", require={"A_refused": False}),
+# --------------------------------------------------------------------------
+# rows 22-29: faults inside the client process (quorumlock.chaos.client_faults)
+# --------------------------------------------------------------------------
+
+from .client_faults import register as _register_client_faults  # noqa: E402
+from .scenarios import FAULTS as _FAULTS  # noqa: E402
+
+_register_client_faults(_FAULTS)
+
+ROWS += [
+    Row("22", "22", "fork storm after connect (blocking)", _t("fork-storm"), "SAFE"),
+    Row("23", "23", "KeyboardInterrupt storm in `with lock`; Ctrl-C in a wait", _t("signal-storm"), "SAFE"),
+    Row("24", "24", "asyncio.timeout about one round trip", _t("cancel-storm"), "SAFE"),
+    Row("25", "25", "failed extend(ttl=shorter), nodes paused", _t("short-extend"), "SAFE"),
+    Row("26", "26", "one server listed twice, down at first connect", _t("duplicate-late"), "SAFE"),
+    Row("27", "27", "majority refusing connections, blocking load", _t("majority-refused"), "SAFE"),
+    Row("28", "28", "one node SIGSTOPped, asyncio load", _t("stopped-node"), "SAFE"),
+    Row("29", "29", "two nodes stream a huge reply", _t("oversized-reply"), "SAFE"),
 ]
