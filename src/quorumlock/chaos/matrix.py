@@ -247,6 +247,8 @@ ROWS += [
         _t("fence-offset-restart", fencing="write-only"), "SAFE", require={"A_refused": True}),
     Row("30-NC", "NC", "the same with the first-round fence commit (no clock check)",
         _t("fence-offset-restart-unchecked", fencing="write-only"), "VIOL", require={"A_refused": False}),
+]
+
 # --------------------------------------------------------------------------
 # rows 22-29: faults inside the client process (quorumlock.chaos.client_faults)
 # --------------------------------------------------------------------------
