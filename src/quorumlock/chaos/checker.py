@@ -454,6 +454,10 @@ def check_rw(events: Iterable[Dict[str, Any]], max_readers: Optional[int] = None
             out["too_many_readers"].append({"sem": sem, "readers": n, "limit": max_readers,
                                             "intervals": [iv.to_dict() for iv in witness]})
     out["ok"] = not (out["writer_overlaps"] or out["too_many_readers"])
+    return out
+
+
+# --------------------------------------------------------------------------
 # client-process faults (docs/safety.md rows 22-29)
 # --------------------------------------------------------------------------
 
