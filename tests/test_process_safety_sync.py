@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from quorumlock import LockManager
+from quorumlock.errors import LockTimeout
 from quorumlock import aio
 
 from _engine_fixtures import sync_core, clusters, core, free_port, _shared_clusters  # noqa: F401
@@ -541,6 +542,18 @@ def test_interrupts_inside_with_lock_leave_no_key(sync_core, clusters):
                         time.sleep(0.0001)
                 except _Interrupt:
                     interrupted += 1
+                except LockTimeout:
+                    # Python build only: an interrupt while a reply was being
+                    # dispatched makes that connection suspect, and until it is
+                    # probed or reset the next blocks may find a majority down
+                    # (liveness, docs/engine.md).  What this test checks is
+                    # that nothing is left behind.
+                    if sync_core.IMPLEMENTATION == "cython":
+                        raise
+                    try:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+                    except _Interrupt:
+                        pass
             signal.setitimer(signal.ITIMER_REAL, 0)
             assert interrupted > 100   # most landed inside the block
     finally:
