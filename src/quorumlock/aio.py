@@ -620,6 +620,19 @@ class LockManager(ManagerBase):
     def _lock_exit(self, lock: Any, exc_type: Any) -> None:
         raise TypeError("this lock belongs to an asyncio LockManager: use 'async with'")
 
+    # The LockOwner protocol (quorumlock._faces): what a Lock and the engine
+    # call on the manager that issued them.  Transitional aliases of the
+    # private callbacks above, so the engine can move to the public names.
+    release_lock = _release
+    extend_lock = _extend
+    lock_lost_event = _lost_event
+    check_lock = _check_lock
+    enter_lock = _lock_enter
+    exit_lock = _lock_exit
+    aenter_lock = _lock_aenter
+    aexit_lock = _lock_aexit
+    node_lost = _node_lost
+
     def __repr__(self) -> str:
         state = "connected" if self._engine is not None else "not connected"
         return f"<quorumlock.aio.LockManager {self.n} nodes quorum={self.quorum} {state} [{self._core.IMPLEMENTATION}]>"

@@ -652,6 +652,19 @@ class LockManager(ManagerBase):
     def _node_lost(self, i: int, exc: Any) -> None:  # the SyncEngine tracks its own reconnects
         pass
 
+    # The LockOwner protocol (quorumlock._faces): what a Lock and the engine
+    # call on the manager that issued them.  Transitional aliases of the
+    # private callbacks above, so the engine can move to the public names.
+    release_lock = _release
+    extend_lock = _extend
+    lock_lost_event = _lost_event
+    check_lock = _check_lock
+    enter_lock = _lock_enter
+    exit_lock = _lock_exit
+    aenter_lock = _lock_aenter
+    aexit_lock = _lock_aexit
+    node_lost = _node_lost
+
     def __repr__(self) -> str:
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
                 f"threads={len(self._engines)} [{self._core.IMPLEMENTATION}]>")
