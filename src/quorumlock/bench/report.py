@@ -99,6 +99,47 @@ def evaluate_targets(doc: Dict[str, Any], n: int = TARGET_N) -> List[Dict[str, A
             "blocking-t8-vs-pottery", mode, f"blocking, 8 threads, N={n}: cycles/s vs pottery Redlock, 8 threads",
             av, bv, None if ok is None else av / bv, "ratio >= 20", ok,
             "missing row" if ok is None else f"{fmt_rate(av)} vs {fmt_rate(bv)} cycles/s = {av / bv:.1f}x"))
+        # 6. issue 14: what users pick instead. Blocking, 8 threads: >= 2x PostgreSQL
+        #    session advisory locks with 8 threads; sequential p50 <= 0.5x PostgreSQL's.
+        a = _find(doc, mode, n, "quorumlock/blocking-t8")
+        b = _find(doc, mode, n, "postgresql.advisory/blocking-t8")
+        av = a and a["cycles_per_s"]
+        bv = b and b["cycles_per_s"]
+        ok = None if not (av and bv) else av >= 2 * bv
+        out.append(_target(
+            "blocking-t8-vs-postgres", mode,
+            f"blocking, 8 threads, N={n}: cycles/s vs PostgreSQL advisory locks, 8 threads",
+            av, bv, None if ok is None else av / bv, "ratio >= 2", ok,
+            "missing row" if ok is None else f"{fmt_rate(av)} vs {fmt_rate(bv)} cycles/s = {av / bv:.2f}x"))
+        a = _find(doc, mode, n, "quorumlock/blocking-seq")
+        b = _find(doc, mode, n, "postgresql.advisory/blocking-seq")
+        av = a and a["latency"]["p50_us"]
+        bv = b and b["latency"]["p50_us"]
+        ok = None if not (av and bv) else av <= 0.5 * bv
+        out.append(_target(
+            "blocking-p50-vs-postgres", mode,
+            f"blocking sequential acquire p50 at N={n} vs PostgreSQL pg_try_advisory_lock p50",
+            av, bv, None if ok is None else av / bv, "ratio <= 0.5", ok,
+            "missing row" if ok is None else f"{av:.1f} us vs {bv:.1f} us = {av / bv:.2f}x"))
+        # 7. native release commands on vs off, same nodes, same run (>= 1.25x). Only
+        #    meaningful on nodes that have them: N/A when the "on" row used the script.
+        a = _find(doc, mode, n, "quorumlock/async-c1024")
+        b = _find(doc, mode, n, "quorumlock/async-c1024-native-off")
+        paths = (a or {}).get("extra", {}).get("release_path") or []
+        native = bool(paths) and all(p in ("DELIFEQ", "DELEX") for p in paths)
+        av = a and a["cycles_per_s"]
+        bv = b and b["cycles_per_s"]
+        ok = None if not (av and bv and native) else av >= 1.25 * bv
+        if not (av and bv):
+            detail = "missing row"
+        elif not native:
+            detail = f"the nodes have no native release (release path {paths or '?'}): no comparison"
+        else:
+            detail = f"{fmt_rate(av)} vs {fmt_rate(bv)} cycles/s = {av / bv:.2f}x (release {paths[0]})"
+        out.append(_target(
+            "native-on-off-c1024", mode,
+            f"try_acquire+release at concurrency 1024, N={n}: native_commands=True vs False, same nodes",
+            av, bv, None if ok is None else av / bv, "ratio >= 1.25", ok, detail))
     return out
 
 
@@ -183,7 +224,7 @@ def markdown(doc: Dict[str, Any]) -> str:
                 continue
             lat = r["latency"] or {}
             unit = " (per batch)" if lat.get("unit") == "batch" else ""
-            nodes = "" if r["nodes_used"] == r["n"] else " (node 0)"
+            nodes = "" if r["nodes_used"] == r["n"] else (" (own server)" if r["nodes_used"] == 0 else " (node 0)")
             add(f"| {r['n']} | {r['library']}{nodes} | {r['workload']} | {r['concurrency']} | "
                 f"{fmt_rate(r['cycles_per_s'])} | {fmt_rate(r['ceiling_cycles_per_s'])} | {_pct(r['pct_of_ceiling'])} | "
                 f"{fmt_rate(r['lock_ops_per_s'])} | {_f(r['cpu_us_per_cycle'], 2)} | "
