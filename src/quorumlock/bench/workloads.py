@@ -464,11 +464,11 @@ def _batch(size: int, batches_in_flight: int) -> Callable[[Context], Measurement
     return lambda ctx: run_async(ctx, body)
 
 
-def _blocking(threads: int) -> Callable[[Context], Measurement]:
+def _blocking(threads: int, **manager_kw: Any) -> Callable[[Context], Measurement]:
     def run(ctx: Context) -> Measurement:
         from ..blocking import LockManager
 
-        with LockManager(ctx.urls, ttl=ctx.ttl) as lm:
+        with LockManager(ctx.urls, ttl=ctx.ttl, **manager_kw) as lm:
             from .._backend import core
 
             rel = core.Lock.release
@@ -601,6 +601,8 @@ _ql("async-batch1000-x4", "async", _batch(1000, 4), concurrency=4, batch=1000,
     description="acquire_many + release_many of 1,000 keys, 4 batches in flight")  # fmt: skip
 _ql("blocking-seq", "blocking", _blocking(1), concurrency=1, quick=True,
     description="blocking try_acquire + release, one thread")  # fmt: skip
+_ql("blocking-seq-native-off", "blocking", _blocking(1, native_commands=False), concurrency=1,
+    description="as blocking-seq with native_commands=False")  # fmt: skip
 _ql("blocking-t8", "blocking", _blocking(8), concurrency=8, quick=True,
     description="blocking try_acquire + release, 8 threads sharing one manager")  # fmt: skip
 _ql("contended", "async", _contended(4, 64, 4, 0.002), concurrency=256, quick=True,
