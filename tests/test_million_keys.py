@@ -11,8 +11,7 @@ number of locks -- and the growth of the process's RSS over the same span
 measuring starts (they are the caller's, not the locks'), so the figures are
 what the ``Lock`` objects and the list holding them add.  They are printed
 (``-s``) and stated in docs/benchmarks.md; the test checks they stay under a
-generous bound (1 KiB per lock), not a speed.  Runs on whichever engine build
-``QUORUMLOCK_NO_EXTENSIONS`` selects (run the file on both)."""
+generous bound (1 KiB per lock), not a speed.  Runs on both engine builds."""
 
 from __future__ import annotations
 
@@ -25,8 +24,8 @@ import psutil
 import pytest
 import redis
 
+from _engine_fixtures import core  # noqa: F401
 from quorumlock import aio
-from quorumlock._backend import IMPLEMENTATION
 
 BATCH = 10_000
 #: Bytes per held lock above which the test fails: ~3x today's figure, so a
@@ -34,7 +33,7 @@ BATCH = 10_000
 BOUND = 1024
 
 
-def _hold_all(urls: List[str], keys: List[str], trace: bool) -> Tuple[int, int, Dict[str, Any]]:
+def _hold_all(urls: List[str], keys: List[str], trace: bool, core: Any) -> Tuple[int, int, Dict[str, Any]]:
     """Acquire every key in batches, keep them all, measure, release all.
     Returns (granted, released, {"rss": B/lock, "traced": B/lock or None, "top": lines})."""
 
@@ -43,7 +42,7 @@ def _hold_all(urls: List[str], keys: List[str], trace: bool) -> Tuple[int, int, 
         # tracemalloc, on a loaded machine, once took longer than the default
         # per-node deadline (at most 1 s) and was, correctly, not granted; this
         # test is about holding many locks, not about latency.
-        async with aio.LockManager(urls, ttl=600.0, node_timeout=60.0) as lm:
+        async with aio.LockManager(urls, ttl=600.0, node_timeout=60.0, _core=core) as lm:
             held: List[Any] = []
             proc = psutil.Process()
             gc.collect()
@@ -66,7 +65,7 @@ def _hold_all(urls: List[str], keys: List[str], trace: bool) -> Tuple[int, int, 
             top = [str(s) for s in after.compare_to(before, "lineno")[:6]] if after and before else []
             granted = sum(1 for lk in held if lk is not None)
             traced = used / len(keys) if trace else None
-            print(f"\n[{IMPLEMENTATION}] {len(keys):,} locks held: RSS +{rss:.0f} B per held lock"
+            print(f"\n[{core.IMPLEMENTATION}] {len(keys):,} locks held: RSS +{rss:.0f} B per held lock"
                   + (f", tracemalloc {traced:.0f} B per held lock ({used / 2**20:.1f} MiB)" if trace else ""))
             for line in top:
                 print("  ", line)
@@ -80,11 +79,11 @@ def _hold_all(urls: List[str], keys: List[str], trace: bool) -> Tuple[int, int, 
     return asyncio.run(main())
 
 
-def _check(make_cluster: Any, count: int, trace: bool) -> None:
+def _check(make_cluster: Any, count: int, trace: bool, core: Any) -> None:
     cluster = make_cluster(n=3, mode="volatile", max_ttl=600.0)
     keys = [f"mk:{i}" for i in range(count)]
     assert len(set(keys)) == count
-    granted, released, info = _hold_all(cluster.urls, keys, trace)
+    granted, released, info = _hold_all(cluster.urls, keys, trace, core)
     assert granted == count, f"{count - granted} of {count:,} keys not granted"
     assert released == count, f"{count - released} of {count:,} releases failed"
     for p in cluster.ports:
@@ -98,11 +97,11 @@ def _check(make_cluster: Any, count: int, trace: bool) -> None:
         assert info["traced"] < BOUND, f"{info['traced']:.0f} B per held lock; top allocations: {info['top']}"
 
 
-def test_hundred_thousand_keys_held_at_once(make_cluster: Any) -> None:
-    _check(make_cluster, 100_000, trace=False)
+def test_hundred_thousand_keys_held_at_once(make_cluster: Any, core: Any) -> None:
+    _check(make_cluster, 100_000, trace=False, core=core)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # tracemalloc slows the pure-Python build's 10^6 attempts ~2x
-def test_million_keys_held_at_once(make_cluster: Any) -> None:
-    _check(make_cluster, 1_000_000, trace=True)
+def test_million_keys_held_at_once(make_cluster: Any, core: Any) -> None:
+    _check(make_cluster, 1_000_000, trace=True, core=core)
