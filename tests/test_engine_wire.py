@@ -253,3 +253,24 @@ def test_comparison_catches_one_changed_byte() -> None:
     changed = [[b"*05\r\n$7\r\nEVALSHA\r\n$20\r\n" + b"a" * 20 + b"\r\n$16\r\n1700000000000000\r\n"]]
     assert normalize(base) == normalize(other_tokens)
     assert normalize(base) != normalize(changed)
+
+
+@pytest.mark.parametrize("build", ["cython", "python"])
+def test_call_sync_returns_error_replies_on_both_builds(build: str) -> None:
+    """``SyncEngine.call_sync`` returns a node's error reply (a
+    ``hiredis.ReplyError``, as ``call_nodes`` does) and raises only for no
+    answer (TimeoutError / ConnectionError), on both builds: the pure build
+    used to raise the error reply."""
+    from hiredis import ReplyError
+
+    from quorumlock import _pycore
+    core = _pycore if build == "python" else _compiled
+    if core is None:
+        pytest.skip("compiled core not built")
+    with LocalCluster(1) as cluster:
+        with LockManager(cluster.urls, _core=core) as m:
+            eng = m._checkout()
+            assert eng.call_sync(0, (b"SET", b"w:s", b"x")) == b"OK"
+            got = eng.call_sync(0, (b"INCR", b"w:s"))
+            assert isinstance(got, ReplyError), got
+            assert "not an integer" in str(got)

@@ -2698,10 +2698,11 @@ class SyncEngine(Engine):
         return self._call(idx, args, timeout)
 
     def call_sync(self, idx, args, timeout=None):
-        """One command to one node; raises TimeoutError/ConnectionError."""
+        """One command to one node; raises TimeoutError/ConnectionError.
+        An error reply is returned, as by the compiled core."""
         op = self._call(idx, args, timeout)
         self._wait(op, 0)
-        if isinstance(op.result, BaseException):
+        if isinstance(op.result, (TimeoutError, ConnectionError)):
             raise op.result
         return op.result
 
