@@ -179,6 +179,7 @@ def _blocking_ops(urls: List[str], core: Any) -> None:
         held = m.acquire_many([f"s:b{i}" for i in range(5)])
         assert m.release_many(held) == [True] * 5
         assert m.call_nodes([[b"PING"]] * len(urls)) == [b"PONG"] * len(urls)
+        assert m._checkout().call_sync(0, (b"ECHO", b"call_sync")) == b"call_sync"
         assert m.health() is not None
     with LockManager(urls, fencing=True, **kw) as m:
         lk = m.acquire("s:f")
