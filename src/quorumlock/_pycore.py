@@ -42,6 +42,8 @@ from quorumlock._scripts import (
 )
 
 IMPLEMENTATION = "python"
+_RELEASE_NUMKEYS = S_RELEASE.numkeys        # every release carries its EVAL fallback
+_RELEASE_EX_NUMKEYS = S_RELEASE_EX.numkeys
 TOKEN_SIZE = 20
 _POOL_SIZE = 4096
 
@@ -864,10 +866,10 @@ class ReleaseOp(Op):
 
     def resend_eval(self, node, aux, deadline):
         if self.ex:
-            cmd = encode_command(b"EVAL", self.engine.release_ex_script, S_RELEASE_EX.numkeys, self.key_b,
+            cmd = encode_command(b"EVAL", self.engine.release_ex_script, _RELEASE_EX_NUMKEYS, self.key_b,
                                  DELAY_PREFIX + self.key_b, self.token)
         else:
-            cmd = encode_command(b"EVAL", self.engine.release_script, S_RELEASE.numkeys, self.key_b, self.token)
+            cmd = encode_command(b"EVAL", self.engine.release_script, _RELEASE_NUMKEYS, self.key_b, self.token)
         node.send(cmd, self, aux, deadline)
         self.engine.script_missing(node)
 
@@ -1598,10 +1600,10 @@ class Engine:
             dk = DELAY_PREFIX + key_b
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
                 self.pre_release_ex, len(key_b), key_b, len(dk), dk, len(token), token)
-            op.eval_args = (b"EVAL", self.release_ex_script, S_RELEASE_EX.numkeys, key_b, dk, token)
+            op.eval_args = (b"EVAL", self.release_ex_script, _RELEASE_EX_NUMKEYS, key_b, dk, token)
         else:
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(key_b), key_b, len(token), token)
-            op.eval_args = (b"EVAL", self.release_script, S_RELEASE.numkeys, key_b, token)
+            op.eval_args = (b"EVAL", self.release_script, _RELEASE_NUMKEYS, key_b, token)
         return cmd, op
 
     def send_release(self, key_b, token, waiter, skip, sent=0, expiry=0):

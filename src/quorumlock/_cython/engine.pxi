@@ -359,11 +359,11 @@ cdef class Engine:
             b.write_bytes(self.pre_release_ex)
             b.write_bulk_bytes(key_b)
             b.write_bulk_bytes(DELAY_PREFIX + key_b)
-            op.eval_args = (b"EVAL", self.release_ex_script, S_RELEASE_EX.numkeys, key_b, DELAY_PREFIX + key_b, token)
+            op.eval_args = (b"EVAL", self.release_ex_script, RELEASE_EX_NUMKEYS, key_b, DELAY_PREFIX + key_b, token)
         else:
             b.write_bytes(self.pre_release)
             b.write_bulk_bytes(key_b)
-            op.eval_args = (b"EVAL", self.release_script, S_RELEASE.numkeys, key_b, token)
+            op.eval_args = (b"EVAL", self.release_script, RELEASE_NUMKEYS, key_b, token)
         b.write_bulk_bytes(token)
         return op
 

@@ -387,10 +387,10 @@ cdef class ReleaseOp(Op):
         cdef WriteBuffer b = self.engine.scratch2
         b.clear()
         if self.ex:
-            b.write_command((b"EVAL", self.engine.release_ex_script, S_RELEASE_EX.numkeys, self.key_b, DELAY_PREFIX + self.key_b,
+            b.write_command((b"EVAL", self.engine.release_ex_script, RELEASE_EX_NUMKEYS, self.key_b, DELAY_PREFIX + self.key_b,
                              self.token))
         else:
-            b.write_command((b"EVAL", self.engine.release_script, S_RELEASE.numkeys, self.key_b, self.token))
+            b.write_command((b"EVAL", self.engine.release_script, RELEASE_NUMKEYS, self.key_b, self.token))
         node.send(b, self, aux, deadline)
         self.engine.script_missing(node)
         return 0
