@@ -148,6 +148,11 @@ async def _async_ops(urls: List[str], core: Any) -> None:
         assert await op.result.release() is True
         op = await m.attempt_token("w:tok", b"caller-token-0000002", px=3000)
         assert await op.result.release() is True
+        op = await m.attempt_token("w:sig", b"caller-token-0000004", px=3000)    # release by token, signalled
+        assert op.result is not None
+        op = await m.release_token("w:sig", b"caller-token-0000004", signal="w:sig:list", signal_ms=700)
+        assert op.result is True
+        assert (await m.release_token("w:sig", b"caller-token-0000004")).result is False
         held = await m.acquire_many([f"w:b{i}" for i in range(5)])
         assert all(held)
         assert await m.release_many(held) == [True] * 5
@@ -169,6 +174,8 @@ async def _async_ops(urls: List[str], core: Any) -> None:
     async with aio.LockManager(urls, notify=True, **kw) as m:
         lk = await m.acquire("w:n")
         assert await lk.release() is True
+        op = await m.attempt_token("w:ns", b"caller-token-0000005", px=3000)
+        assert (await m.release_token("w:ns", b"caller-token-0000005", signal=b"w:ns:list")).result is True
     # Batches split in chunks, and the EVAL fallbacks: after SCRIPT FLUSH every
     # script call is answered NOSCRIPT and re-sent as EVAL with its body.  An
     # operation is decided by a quorum; the last node's NOSCRIPT and its EVAL
@@ -189,6 +196,12 @@ async def _async_ops(urls: List[str], core: Any) -> None:
         await m.call_nodes([[b"SCRIPT", b"FLUSH"]] * len(urls))
         assert await lk.release() is True
         await settle()
+        op = await m.attempt_token("w:se", b"caller-token-0000006", px=3000)
+        await settle()
+        await m.call_nodes([[b"SCRIPT", b"FLUSH"]] * len(urls))
+        op = await m.release_token("w:se", b"caller-token-0000006", signal="w:se:list", signal_ms=900)
+        assert op.result is True
+        await settle()
     # (Not compared: the EVAL fallback of a fenced acquire.  Its fence commit
     # goes out when a quorum acquired, so whether a slow node's EVAL re-send
     # or the commit comes first on that node's connection depends on which
@@ -204,6 +217,8 @@ def _blocking_ops(urls: List[str], core: Any) -> None:
         assert lk.release() is True
         op = m.attempt_token("s:tok", b"caller-token-0000003")
         assert op.result.release() is True
+        op = m.attempt_token("s:sig", b"caller-token-0000007", px=3000)
+        assert m.release_token("s:sig", b"caller-token-0000007", signal="s:sig:list").result is True
         held = m.acquire_many([f"s:b{i}" for i in range(5)])
         assert m.release_many(held) == [True] * 5
         assert m.call_nodes([[b"PING"]] * len(urls)) == [b"PONG"] * len(urls)

@@ -38,12 +38,16 @@ from quorumlock._scripts import (
     RELEASE_EX as RELEASE_EX_SCRIPT, RELEASE_EX_SHA, EXTEND_EX as EXTEND_EX_SCRIPT, EXTEND_EX_SHA,
     FENCE_PREFIX, DELAY_PREFIX, RESERVED_PREFIX,
     RELEASE_NOTIFY as RELEASE_NOTIFY_SCRIPT, RELEASE_NOTIFY_SHA,
-    RELEASE_EX_NOTIFY as RELEASE_EX_NOTIFY_SCRIPT, RELEASE_EX_NOTIFY_SHA,
+    RELEASE_EX_NOTIFY as RELEASE_EX_NOTIFY_SCRIPT, RELEASE_EX_NOTIFY_SHA, S_RELEASE_SIGNAL,
 )
 
 IMPLEMENTATION = "python"
 _RELEASE_NUMKEYS = S_RELEASE.numkeys        # every release carries its EVAL fallback
 _RELEASE_EX_NUMKEYS = S_RELEASE_EX.numkeys
+# The release by caller token with a wake-up signal (Engine.release_token).
+_RELEASE_SIGNAL_SCRIPT = S_RELEASE_SIGNAL.body
+_RELEASE_SIGNAL_NUMKEYS = S_RELEASE_SIGNAL.numkeys
+_RELEASE_SIGNAL_HEADER = S_RELEASE_SIGNAL.evalsha_header
 TOKEN_SIZE = 20
 _POOL_SIZE = 4096
 
@@ -875,6 +879,32 @@ class ReleaseOp(Op):
 
     def decide(self):
         self.finish(self.n_ok >= self.quorum)
+
+
+#: Signal list expiry of Engine.release_token, ms: 1 ms to 2^31 - 1 ms (24 days).
+MAX_SIGNAL_MS = 2147483647
+
+
+def _signal_expiry(signal_ms):
+    """``signal_ms`` checked: an int (not bool) of 1 to MAX_SIGNAL_MS ms."""
+    if type(signal_ms) is bool or not isinstance(signal_ms, int):
+        raise TypeError(f"signal_ms must be int (ms), got {type(signal_ms).__name__}")
+    if not 1 <= signal_ms <= MAX_SIGNAL_MS:
+        raise ValueError(f"signal_ms must be 1 to {MAX_SIGNAL_MS} ms, got {signal_ms}")
+    return int(signal_ms)
+
+
+class SignalReleaseOp(ReleaseOp):
+    """Compare-and-delete by the caller's token that pushes one element on a
+    signal list where it deleted (RELEASE_SIGNAL, python-redis-lock's
+    unlock).  Decided as ReleaseOp: True if deleted on a majority."""
+
+    __slots__ = ("signal_b", "signal_ms", "notify")    # notify b"1": the script also PUBLISHes
+
+    def resend_eval(self, node, aux, deadline):
+        node.send(encode_command(b"EVAL", _RELEASE_SIGNAL_SCRIPT, _RELEASE_SIGNAL_NUMKEYS, self.key_b, self.signal_b,
+                                 self.token, self.signal_ms, self.notify), self, aux, deadline)
+        self.engine.script_missing(node)
 
 
 class MultiReleaseOp(Op):
@@ -2020,6 +2050,54 @@ class Engine:
         self.fanout(cmd, op, 0, op.t0 + self.node_timeout_ns, False)
         return op
 
+    def _release_token(self, key, token, signal, signal_ms, timeout):
+        """Compare-and-delete ``key`` if it holds the caller's ``token``, on
+        every node; with ``signal`` (a list key), where it deleted, also
+        ``DEL signal``, ``LPUSH signal 1``, ``PEXPIRE signal signal_ms`` in
+        the same script call.  Decided by ReleaseOp (True on a majority)."""
+        timeout = _c_double(timeout)
+        kb = self.key_bytes(key)
+        tok = _caller_token(token)
+        sms = _signal_expiry(signal_ms)
+        if self.lock_delay_ms > 0:
+            raise ValueError("caller-token releases lift no lock-delay: use a manager without lock_delay")
+        if not (0.0 <= timeout <= 1e9):
+            raise ValueError(f"timeout must be > 0 and <= 1e9 seconds (0: node_timeout), got {timeout!r}")
+        wait_ns = int(timeout * 1e9) if timeout > 0 else self.node_timeout_ns
+        if signal is None:
+            # The engine's own release, with the caller's key and token.
+            op = ReleaseOp(self, self.new_waiter())
+            op.key_b = kb
+            op.token = tok
+            op.ex = False
+            cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(kb), kb, len(tok), tok)
+            if (self.nat_delifeq | self.nat_delex) and self.native_allowed():
+                n1, n2 = self.native_release_cmds(kb, tok)
+                self.fanout(cmd, op, 0, op.t0 + wait_ns, False, n1, self.nat_delifeq, n2, self.nat_delex)
+            else:
+                self.fanout(cmd, op, 0, op.t0 + wait_ns, False)
+            return op
+        if not isinstance(signal, (str, bytes)):
+            raise TypeError(f"signal must be str or bytes (a list key) or None, got {type(signal).__name__}")
+        if len(signal) == 0:
+            raise ValueError("signal must not be empty")
+        try:
+            sb = self.key_bytes(signal)
+        except ValueError as exc:
+            raise ValueError(f"signal: {exc}") from None
+        op = SignalReleaseOp(self, self.new_waiter())
+        op.key_b = kb
+        op.token = tok
+        op.ex = False
+        op.signal_b = sb
+        op.signal_ms = sms
+        op.notify = b"1" if self.release_notify else b"0"
+        ms_b = b"%d" % sms
+        cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\n%b\r\n" % (
+            _RELEASE_SIGNAL_HEADER, len(kb), kb, len(sb), sb, len(tok), tok, len(ms_b), ms_b, op.notify)
+        self.fanout(cmd, op, 0, op.t0 + wait_ns, False)
+        return op
+
     def _extend(self, lock, ttl_ms):
         _check_lock(lock)
         if type(ttl_ms) is not int or ttl_ms < _LL_MIN or ttl_ms > _LL_MAX:
@@ -2192,6 +2270,18 @@ class Engine:
         node answered (the drop-ins tell "not ours any more" from "nodes out
         of reach")."""
         return self._release(lock)
+
+    def release_token(self, key, token, signal=None, signal_ms=1000, timeout=0.0):
+        """Compare-and-delete ``key`` where it holds the caller's ``token``
+        (bytes, as ``attempt_token``), decided at a majority like
+        ``release_op``; returns the operation (``waiter``: True if deleted on
+        a majority).  ``signal`` (a list key, or None): where the key was
+        deleted, the same script call also deletes the list, pushes ``1`` on
+        it and gives it ``signal_ms`` ms of life, which wakes a client
+        blocked in ``BLPOP signal`` (python-redis-lock's unlock).
+        ``timeout`` (s, > 0): the per-node reply deadline instead of
+        ``node_timeout``."""
+        return self._release_token(key, token, signal, signal_ms, timeout)
 
     def extend_op(self, lock, ttl_ms):
         """``extend`` returning the operation (like ``attempt``): its

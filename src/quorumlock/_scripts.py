@@ -168,6 +168,24 @@ end
 return 0"""
 
 
+# Compare-and-delete by the caller's token that then wakes the waiters blocked
+# in BLPOP on a signal list (python-redis-lock's unlock: the lock key and the
+# list are deleted, one element pushed, the list given an expiry so a signal
+# nobody pops does not stay).  KEYS[1]: lock key; KEYS[2]: signal list;
+# ARGV[1]: token; ARGV[2]: signal expiry ms; ARGV[3]: "1" to also PUBLISH
+# on 'ql:released:' .. KEYS[1] (a manager with notify=True).
+# Returns 1 if our token was deleted (and the signal pushed), else 0: a
+# key not ours is left alone and nothing is pushed.
+RELEASE_SIGNAL = b"""if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1], KEYS[2])
+  redis.call('lpush', KEYS[2], 1)
+  redis.call('pexpire', KEYS[2], ARGV[2])
+  if ARGV[3] == '1' then redis.call('publish', 'ql:released:' .. KEYS[1], '1') end
+  return 1
+end
+return 0"""
+
+
 def sha1(script: bytes) -> bytes:
     """The hex SHA1 digest ``EVALSHA`` names ``script`` by, as bytes."""
     return hashlib.sha1(script).hexdigest().encode()
@@ -224,10 +242,11 @@ S_RELEASE_EX = Script("release_ex", RELEASE_EX, ("key", "delay_key"), ("token",)
 S_EXTEND_EX = Script("extend_ex", EXTEND_EX, ("key", "delay_key"), ("token", "ttl_ms", "delay_ms"))
 S_RELEASE_NOTIFY = Script("release_notify", RELEASE_NOTIFY, ("key",), ("token",))
 S_RELEASE_EX_NOTIFY = Script("release_ex_notify", RELEASE_EX_NOTIFY, ("key", "delay_key"), ("token",))
+S_RELEASE_SIGNAL = Script("release_signal", RELEASE_SIGNAL, ("key", "signal_key"), ("token", "signal_ms", "notify"))
 
 #: Every script the engine loads on a node (``SCRIPT LOAD`` at connect).
 SCRIPTS = (S_RELEASE, S_EXTEND, S_ACQUIRE_MANY, S_RELEASE_MANY, S_ACQUIRE_EX, S_FENCE_COMMIT,
-           S_RELEASE_EX, S_EXTEND_EX, S_RELEASE_NOTIFY, S_RELEASE_EX_NOTIFY)
+           S_RELEASE_EX, S_EXTEND_EX, S_RELEASE_NOTIFY, S_RELEASE_EX_NOTIFY, S_RELEASE_SIGNAL)
 
 RELEASE_SHA = S_RELEASE.sha
 EXTEND_SHA = S_EXTEND.sha
@@ -240,6 +259,7 @@ RELEASE_EX_SHA = S_RELEASE_EX.sha
 EXTEND_EX_SHA = S_EXTEND_EX.sha
 RELEASE_NOTIFY_SHA = S_RELEASE_NOTIFY.sha
 RELEASE_EX_NOTIFY_SHA = S_RELEASE_EX_NOTIFY.sha
+RELEASE_SIGNAL_SHA = S_RELEASE_SIGNAL.sha
 
 #: (body, sha) pairs of :data:`SCRIPTS` (the older form, kept for its callers).
 ALL = tuple((s.body, s.sha) for s in SCRIPTS)

@@ -501,6 +501,18 @@ class LockManager(ManagerBase):
         """Same as ``await lock.release()``."""
         return await self._release(lock)
 
+    async def release_token(self, key: Any, token: bytes, *, signal: Optional[Any] = None, signal_ms: int = 1000,
+                            timeout: Optional[float] = None) -> Any:
+        """Release ``key`` where it holds the caller's ``token``, decided at a
+        majority, with an optional wake-up pushed on the list ``signal``
+        (``signal_ms``: its expiry).  As ``quorumlock.LockManager.release_token``:
+        returns the decided operation (``.result``, ``.outcomes()``)."""
+        eng = self._require()
+        t = 0.0 if timeout is None else check_seconds("timeout", timeout)
+        op = eng.release_token(key, token, signal, signal_ms, t)
+        await op.waiter
+        return op
+
     async def call_nodes(
         self,
         commands: Sequence[Optional[Sequence[Any]]],

@@ -516,6 +516,23 @@ class LockManager(ManagerBase):
         eng.wait(op)
         return op
 
+    def release_token(self, key: Any, token: bytes, *, signal: Optional[Any] = None, signal_ms: int = 1000,
+                      timeout: Optional[float] = None) -> Any:
+        """Release ``key`` where it holds ``token`` (the caller's, as given to
+        ``attempt_token``): compare-and-delete on every node, decided at a
+        majority like ``release_op`` (late replies are drained, not waited
+        for).  ``signal`` (a list key): where the key was deleted, the same
+        script also pushes ``1`` on that list and sets its expiry to
+        ``signal_ms`` ms, waking a client blocked in ``BLPOP signal`` (the
+        python-redis-lock drop-in's wake-up).  Returns the decided operation:
+        ``.result`` True if deleted on a majority, ``.outcomes()`` per node.
+        ``timeout``: the per-node reply deadline, s (default ``node_timeout``)."""
+        t = 0.0 if timeout is None else check_seconds("timeout", timeout)
+        eng = self._checkout()
+        op = eng.release_token(key, token, signal, signal_ms, t)
+        eng.wait(op)
+        return op
+
     def call_nodes(
         self,
         commands: Sequence[Optional[Sequence[Any]]],

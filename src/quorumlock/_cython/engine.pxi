@@ -871,6 +871,64 @@ cdef class Engine:
         self.fanout(b, op, 0, op.t0 + self.node_timeout_ns, False)
         return op
 
+    cdef Op _release_token(self, object key, object token, object signal, object signal_ms, double timeout):
+        """Compare-and-delete ``key`` if it holds the caller's ``token``, on
+        every node; with ``signal`` (a list key), where it deleted, also
+        ``DEL signal``, ``LPUSH signal 1``, ``PEXPIRE signal signal_ms`` in
+        the same script call.  Decided by ReleaseOp (True on a majority)."""
+        cdef bytes kb = self.key_bytes(key)
+        cdef bytes tok = caller_token(token)
+        cdef bytes sb
+        cdef long long sms = signal_expiry(signal_ms)
+        cdef ReleaseOp op
+        cdef SignalReleaseOp sop
+        cdef WriteBuffer b = self.scratch
+        if self.lock_delay_ms > 0:
+            raise ValueError("caller-token releases lift no lock-delay: use a manager without lock_delay")
+        if not (0.0 <= timeout <= 1e9):
+            raise ValueError(f"timeout must be > 0 and <= 1e9 seconds (0: node_timeout), got {timeout!r}")
+        cdef uint64_t wait_ns = <uint64_t>(timeout * 1e9) if timeout > 0 else self.node_timeout_ns
+        b.clear()
+        if signal is None:
+            # The engine's own release, with the caller's key and token.
+            op = ReleaseOp.__new__(ReleaseOp)
+            op._init(self, self.new_waiter())
+            op.key_b = kb
+            op.token = tok
+            b.write_bytes(self.pre_release)
+            b.write_bulk_bytes(kb)
+            b.write_bulk_bytes(tok)
+            if self.native_allowed() and (self.nat_delifeq | self.nat_delex):
+                self.encode_native_release(kb, tok)
+                self.fanout(b, op, 0, op.t0 + wait_ns, False,
+                            self.scratch_nat1, self.nat_delifeq, self.scratch_nat2, self.nat_delex)
+            else:
+                self.fanout(b, op, 0, op.t0 + wait_ns, False)
+            return op
+        if type(signal) is not str and type(signal) is not bytes and not isinstance(signal, (str, bytes)):
+            raise TypeError(f"signal must be str or bytes (a list key) or None, got {type(signal).__name__}")
+        if len(signal) == 0:
+            raise ValueError("signal must not be empty")
+        try:
+            sb = self.key_bytes(signal)
+        except ValueError as exc:
+            raise ValueError(f"signal: {exc}") from None
+        sop = SignalReleaseOp.__new__(SignalReleaseOp)
+        sop._init(self, self.new_waiter())
+        sop.key_b = kb
+        sop.token = tok
+        sop.signal_b = sb
+        sop.signal_ms = sms
+        sop.notify = b"1" if self.release_notify else b"0"
+        b.write_bytes(RELEASE_SIGNAL_HEADER)
+        b.write_bulk_bytes(kb)
+        b.write_bulk_bytes(sb)
+        b.write_bulk_bytes(tok)
+        b.write_bulk_int(sms)
+        b.write_bulk_bytes(sop.notify)
+        self.fanout(b, sop, 0, sop.t0 + wait_ns, False)
+        return sop
+
     cdef Op _extend(self, Lock lock, long long ttl_ms):
         cdef ExtendOp op
         cdef WriteBuffer b = self.scratch
@@ -1075,6 +1133,18 @@ cdef class Engine:
         node answered (the drop-ins tell "not ours any more" from "nodes out
         of reach")."""
         return self._release(lock)
+
+    def release_token(self, key, token, signal=None, signal_ms=1000, double timeout=0.0):
+        """Compare-and-delete ``key`` where it holds the caller's ``token``
+        (bytes, as ``attempt_token``), decided at a majority like
+        ``release_op``; returns the operation (``waiter``: True if deleted on
+        a majority).  ``signal`` (a list key, or None): where the key was
+        deleted, the same script call also deletes the list, pushes ``1`` on
+        it and gives it ``signal_ms`` ms of life, which wakes a client
+        blocked in ``BLPOP signal`` (python-redis-lock's unlock).
+        ``timeout`` (s, > 0): the per-node reply deadline instead of
+        ``node_timeout``."""
+        return self._release_token(key, token, signal, signal_ms, timeout)
 
     def extend_op(self, Lock lock not None, long long ttl_ms):
         """``extend`` returning the operation (like ``attempt``): its

@@ -402,6 +402,40 @@ cdef class ReleaseOp(Op):
         return self.finish(self.n_ok >= self.quorum)
 
 
+# Signal list expiry of Engine.release_token, ms: 1 ms to 2^31 - 1 ms (24 days).
+MAX_SIGNAL_MS = 2147483647
+
+
+cdef long long signal_expiry(object signal_ms) except -1:
+    """``signal_ms`` checked: an int (not bool) of 1 to MAX_SIGNAL_MS ms."""
+    if type(signal_ms) is bool or not isinstance(signal_ms, int):
+        raise TypeError(f"signal_ms must be int (ms), got {type(signal_ms).__name__}")
+    if not 1 <= signal_ms <= MAX_SIGNAL_MS:
+        raise ValueError(f"signal_ms must be 1 to {MAX_SIGNAL_MS} ms, got {signal_ms}")
+    return <long long>signal_ms
+
+
+@cython.no_gc
+cdef class SignalReleaseOp(ReleaseOp):
+    """Compare-and-delete by the caller's token that pushes one element on a
+    signal list where it deleted (RELEASE_SIGNAL, python-redis-lock's
+    unlock).  Decided as ReleaseOp: True if deleted on a majority."""
+
+    cdef:
+        bytes signal_b
+        long long signal_ms
+        bytes notify      # b"1": the script also PUBLISHes (release_notify)
+
+    cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
+        cdef WriteBuffer b = self.engine.scratch2
+        b.clear()
+        b.write_command((b"EVAL", RELEASE_SIGNAL_SCRIPT, RELEASE_SIGNAL_NUMKEYS, self.key_b, self.signal_b,
+                         self.token, self.signal_ms, self.notify))
+        node.send(b, self, aux, deadline)
+        self.engine.script_missing(node)
+        return 0
+
+
 @cython.no_gc
 cdef class MultiReleaseOp(Op):
     """The releases of one loop iteration, sent as one RELEASE_MANY call per
