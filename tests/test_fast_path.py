@@ -412,14 +412,17 @@ def test_pottery_blocking_acquire_too_short_raises_at_once(compat_core, clusters
 
 def test_drop_ins_take_the_engine_path(compat_core, clusters, monkeypatch):
     """Every drop-in's acquire goes through ``attempt_token`` (and redis-py's
-    and pottery's release through ``release_op``), with the class's own token
-    on the nodes.  First-round code: 0 calls (the drop-ins sent per-node
-    commands through ``call_nodes`` and counted the replies themselves)."""
+    and pottery's release through ``release_op``, python-redis-lock's through
+    ``release_token`` with its wake-up list), with the class's own token on
+    the nodes.  First-round code: 0 calls (the drop-ins sent per-node
+    commands through ``call_nodes`` and counted the replies themselves);
+    python-redis-lock's release went through ``call_nodes`` until
+    ``release_token`` (0 calls)."""
     from quorumlock.compat import pottery, redis_lock, redis_py
 
     cluster = clusters(3)
     cs = _clients(cluster)
-    calls = {"attempt_token": 0, "release_op": 0}
+    calls = {"attempt_token": 0, "release_op": 0, "release_token": 0}
     for name in calls:
         orig = getattr(SyncLockManager, name, None)
         if orig is None:
@@ -442,7 +445,7 @@ def test_drop_ins_take_the_engine_path(compat_core, clusters, monkeypatch):
         assert nl.acquire(blocking=False)
         assert [c.get("lock:fp:rl") for c in cs] == [nl.id.encode()] * 3
         nl.release()
-        assert calls == {"attempt_token": 3, "release_op": 2}
+        assert calls == {"attempt_token": 3, "release_op": 2, "release_token": 1}
         for c in cs:
             assert set(c.keys()) <= {b"lock-signal:fp:rl"}   # python-redis-lock's wake-up list
     finally:

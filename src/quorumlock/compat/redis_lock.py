@@ -46,8 +46,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .._backend import core
-from . import (SharedManager, Script, Tally, describe, drift_ns, failed_count, lease_timeout, node_list, noscript_retry,
-               run_script, script_commands, sync_manager)
+from . import (SharedManager, Script, Tally, describe, drift_ns, failed_count, lease_timeout, node_list,
+               run_script, sync_manager)
 from .redis_py import QuorumUnavailable
 
 __all__ = [
@@ -101,15 +101,9 @@ class NotExpirable(RuntimeError):
     """``extend()`` of a lock whose key has no expiry."""
 
 
-# KEYS[1] lock key, KEYS[2] signal list; ARGV[1] id, ARGV[2] signal expiry ms.
-# 0: deleted and signalled; 1: the key does not hold this id.
-_UNLOCK = Script("""if redis.call('get', KEYS[1]) == ARGV[1] then
-  redis.call('del', KEYS[1], KEYS[2])
-  redis.call('lpush', KEYS[2], 1)
-  redis.call('pexpire', KEYS[2], ARGV[2])
-  return 0
-end
-return 1""")
+# The unlock (compare, delete the key and the signal list, push one element on
+# the list, give it signal_expire ms) is the engine's release_signal script
+# (quorumlock._scripts.RELEASE_SIGNAL), run by LockManager.release_token.
 
 # KEYS[1] lock key; ARGV[1] id, ARGV[2] seconds.
 # 0: expiry set; 1: not this id's; 2: the key has no expiry.
@@ -291,8 +285,7 @@ class Lock(object):
         # Built once: the keys and the unlock command every release sends.
         self._key_b = self._name.encode()
         self._signal_b = self._signal.encode()
-        self._unlock_args = [self._id.encode(), signal_expire]
-        self._unlock_cmds: Optional[List[Any]] = None
+        self._token_b = self._id.encode()
         self.register_scripts(redis_client)
 
     @classmethod
@@ -629,20 +622,22 @@ class Lock(object):
             self._stop_lock_renewer()
         logger_for_release.debug("Releasing Lock(%r).", self._name)
         sh = self._shared()
-        # One round: the unlock script (compare, delete, signal) on every node.
-        cmds = self._unlock_cmds
-        if cmds is None or len(cmds) != sh.n:
-            cmds = self._unlock_cmds = script_commands(_UNLOCK, self._keys(), self._unlock_args, sh.n)
-        results = sh.manager.call_nodes(cmds, _deadline(sh), guarded=False)
-        redo = noscript_retry(_UNLOCK, self._keys(), self._unlock_args, results)
-        if redo is not None:
-            again = sh.manager.call_nodes(redo, _deadline(sh), guarded=False)
-            results = [a if c is not None else r for r, a, c in zip(results, again, redo)]
-        if sum(1 for r in results if type(r) is int and r == 0) >= sh.quorum:
+        # One round through the engine (``LockManager.release_token``): the
+        # unlock script (compare, delete, signal) on every node, decided at a
+        # majority; late replies are drained, not waited for.
+        op = sh.manager.release_token(self._key_b, self._token_b, signal=self._signal_b,
+                                      signal_ms=self._signal_expire, timeout=_deadline(sh))
+        if op.result:
             self._may_hold = self._id_out
             return
-        tally = Tally(sh.manager.nodes, results, lambda r: r == 0)
-        self._unavailable(sh, tally, "release")
+        outcomes = op.outcomes()
+        if failed_count(outcomes) > sh.n - sh.quorum:
+            raise QuorumUnavailable(
+                f"cannot release Lock({self._name!r}): a majority of {sh.quorum} of {sh.n} nodes is out of reach: "
+                f"{describe(outcomes)}",
+                outcomes,
+                self._name,
+            )
         self._may_hold = self._id_out
         raise NotAcquired(f"Lock({self._name}) is not acquired or it already expired.")
 
