@@ -286,6 +286,7 @@ class Lock(object):
         self._key_b = self._name.encode()
         self._signal_b = self._signal.encode()
         self._token_b = self._id.encode()
+        self._dl: Any = None
         self.register_scripts(redis_client)
 
     @classmethod
@@ -303,6 +304,15 @@ class Lock(object):
             self._nodes = node_list(self._client)
             sh = self._shared_mgr = sync_manager(self._nodes)
         return sh
+
+    def _deadlines(self, sh: SharedManager) -> Any:
+        """``(sh, px, acquire deadline, release deadline)`` for the manager
+        in use: computed once per manager, not on every cycle."""
+        d = self._dl
+        if d is None or d[0] is not sh:
+            ttl_ms = self._expire * 1000 if self._expire else None
+            d = self._dl = (sh, ttl_ms, _deadline(sh, ttl_ms), _deadline(sh))
+        return d
 
     @property
     def _held(self) -> bool:
@@ -356,8 +366,8 @@ class Lock(object):
         every node, through the engine (``LockManager.attempt_token``: decided
         at a majority by the engine's rule, taken back everywhere on failure)."""
         sh = self._shared()
-        ttl_ms = self._expire * 1000 if self._expire else None
-        op = sh.manager.attempt_token(self._keys()[0], self._id.encode(), ttl_ms, timeout=_deadline(sh, ttl_ms))
+        d = self._deadlines(sh)
+        op = sh.manager.attempt_token(self._key_b, self._token_b, d[1], timeout=d[2])
         if op.result is not None:
             return True
         outcomes = op.outcomes()
@@ -626,7 +636,7 @@ class Lock(object):
         # unlock script (compare, delete, signal) on every node, decided at a
         # majority; late replies are drained, not waited for.
         op = sh.manager.release_token(self._key_b, self._token_b, signal=self._signal_b,
-                                      signal_ms=self._signal_expire, timeout=_deadline(sh))
+                                      signal_ms=self._signal_expire, timeout=self._deadlines(sh)[3])
         if op.result:
             self._may_hold = self._id_out
             return
