@@ -190,3 +190,30 @@ def test_async_release_token(run, core, clusters, free_port):
         run(body())
     finally:
         _close(cs)
+
+
+def test_sync_notify_manager_also_publishes_and_lock_delay_refused(sync_core, clusters):
+    """On a ``notify=True`` manager the signalled release also publishes on
+    ``ql:released:<key>`` (the engine's own waiters are told too); on a
+    ``lock_delay`` manager a release by token is refused at once (it would
+    leave the delay marker)."""
+    cluster = clusters(3)
+    cs = _clients(cluster)
+    ps = cs[0].pubsub()
+    try:
+        ps.subscribe("ql:released:rt:f")
+        assert ps.get_message(timeout=1.0)["type"] == "subscribe"
+        with SyncLockManager(cluster.urls, ttl=5.0, notify=True, _core=sync_core) as locks:
+            for c in cs:
+                c.set("rt:f", TOKEN, px=5000)
+            assert locks.release_token("rt:f", TOKEN, signal="rt:f:signal").result is True
+            msg = ps.get_message(timeout=2.0)
+            assert msg is not None and msg["type"] == "message" and msg["data"] == b"1"
+        with SyncLockManager(cluster.urls, ttl=5.0, lock_delay=0.2, _core=sync_core) as locks:
+            cs[0].set("rt:g", TOKEN, px=5000)
+            with pytest.raises(ValueError, match="lock_delay"):
+                locks.release_token("rt:g", TOKEN, signal="rt:g:signal")
+            assert cs[0].get("rt:g") == TOKEN
+    finally:
+        ps.close()
+        _close(cs)
