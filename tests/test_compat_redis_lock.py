@@ -305,6 +305,19 @@ def test_quorum_unavailable(sync_core, clusters, free_port):
     assert isinstance(ei.value, redis.exceptions.ConnectionError)
     assert [o.status for o in ei.value.outcomes].count("down") == 2
     assert _on_nodes(cluster, "EXISTS", "lock:down") == [0]  # the one SET that landed was taken back
+    # A release through the engine (release_token) with two of three nodes
+    # down: not decided for us, and not "not acquired" either: the nodes are
+    # out of reach.  The one live node still had the key deleted and signalled.
+    nodes[0].set("lock:down", "held-id", ex=5)
+    held = Lock(nodes, "down", id="held-id", expire=5)
+    with pytest.raises(QuorumUnavailable, match="cannot release") as ei:
+        held.release()
+    assert [o.status for o in ei.value.outcomes].count("down") == 2
+    deadline = time.monotonic() + 2.0      # decided before the live node's reply: poll
+    while _on_nodes(cluster, "EXISTS", "lock:down") != [0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _on_nodes(cluster, "EXISTS", "lock:down") == [0]
+    assert _on_nodes(cluster, "LRANGE", "lock-signal:down", 0, -1) == [[b"1"]]
 
 
 @pytest.mark.parametrize("n", [1, 3])

@@ -338,6 +338,18 @@ class Lock(object):
                 self._name,
             )
 
+    def _op_unavailable(self, sh: SharedManager, op: Any, what: str) -> None:
+        """Raise ``QuorumUnavailable`` when an engine operation (``op``, not
+        decided in our favour) failed on more nodes than a quorum can spare."""
+        outcomes = op.outcomes()
+        if failed_count(outcomes) > sh.n - sh.quorum:
+            raise QuorumUnavailable(
+                f"cannot {what} Lock({self._name!r}): a majority of {sh.quorum} of {sh.n} nodes is out of reach: "
+                f"{describe(outcomes)}",
+                outcomes,
+                self._name,
+            )
+
     def get_owner_id(self) -> Optional[str]:
         """The id that holds the lock on a majority of the nodes, or None."""
         sh = self._shared()
@@ -370,14 +382,7 @@ class Lock(object):
         op = sh.manager.attempt_token(self._key_b, self._token_b, d[1], timeout=d[2])
         if op.result is not None:
             return True
-        outcomes = op.outcomes()
-        if failed_count(outcomes) > sh.n - sh.quorum:
-            raise QuorumUnavailable(
-                f"cannot acquire Lock({self._name!r}): a majority of {sh.quorum} of {sh.n} nodes is out of reach: "
-                f"{describe(outcomes)}",
-                outcomes,
-                self._name,
-            )
+        self._op_unavailable(sh, op, "acquire")
         return False
 
     def acquire(self, blocking: bool = True, timeout: Any = None) -> bool:
@@ -640,14 +645,7 @@ class Lock(object):
         if op.result:
             self._may_hold = self._id_out
             return
-        outcomes = op.outcomes()
-        if failed_count(outcomes) > sh.n - sh.quorum:
-            raise QuorumUnavailable(
-                f"cannot release Lock({self._name!r}): a majority of {sh.quorum} of {sh.n} nodes is out of reach: "
-                f"{describe(outcomes)}",
-                outcomes,
-                self._name,
-            )
+        self._op_unavailable(sh, op, "release")
         self._may_hold = self._id_out
         raise NotAcquired(f"Lock({self._name}) is not acquired or it already expired.")
 
