@@ -217,3 +217,19 @@ def test_sync_notify_manager_also_publishes_and_lock_delay_refused(sync_core, cl
     finally:
         ps.close()
         _close(cs)
+
+
+def test_script_loaded_at_connect(sync_core, clusters):
+    """The signalled release script is loaded on every node at connect (so
+    the first release goes out as EVALSHA and is not answered NOSCRIPT)."""
+    from quorumlock import _scripts
+
+    cluster = clusters(3)
+    cs = _clients(cluster)
+    try:
+        for c in cs:
+            c.script_flush()
+        with SyncLockManager(cluster.urls, ttl=5.0, _core=sync_core):
+            assert [c.script_exists(_scripts.RELEASE_SIGNAL_SHA.decode()) for c in cs] == [[True]] * 3
+    finally:
+        _close(cs)
