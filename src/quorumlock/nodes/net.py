@@ -75,6 +75,14 @@ def _resp(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
+def _probe_request(password: Optional[str]) -> Tuple[bytes, int]:
+    """The bytes of (AUTH and) PING, and how many reply lines they get."""
+    payload = b""
+    if password is not None:
+        payload += _resp(b"AUTH", password.encode())
+    return payload + _resp(b"PING"), 2 if password is not None else 1
+
+
 def _ping(
     host: str,
     port: int,
@@ -84,11 +92,7 @@ def _ping(
     timeout: float = _PROBE_TIMEOUT,
 ) -> Optional[str]:
     """Send (AUTH and) PING over a fresh connection; None on ``+PONG``, else why not."""
-    payload = b""
-    if password is not None:
-        payload += _resp(b"AUTH", password.encode())
-    payload += _resp(b"PING")
-    need = 2 if password is not None else 1
+    payload, need = _probe_request(password)
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw:
             sock: socket.socket = raw
@@ -123,11 +127,7 @@ async def _aping(
     timeout: float = _PROBE_TIMEOUT,
 ) -> Optional[str]:
     """Async twin of :func:`_ping`, for :meth:`LocalCluster.await_up`."""
-    payload = b""
-    if password is not None:
-        payload += _resp(b"AUTH", password.encode())
-    payload += _resp(b"PING")
-    need = 2 if password is not None else 1
+    payload, need = _probe_request(password)
 
     async def _go() -> Optional[str]:
         reader, writer = await asyncio.open_connection(
