@@ -270,11 +270,11 @@ def find_stale_writes(ops: List[Dict[str, Any]]) -> tuple:
     ``stale`` (the evidence that fencing made an overlap harmless)."""
     accepted: List[Dict[str, Any]] = []
     rejected: List[Dict[str, Any]] = []
-    raisers: Dict[str, List[Dict[str, Any]]] = defaultdict(list)  # accepted ops carrying a fence
+    raisers: Dict[Any, List[Dict[str, Any]]] = defaultdict(list)  # accepted ops carrying a fence
     for op in ops:
         kind = op.get("op")
         if kind in _STORAGE_OPS and op.get("status") == "stale":
-            rejected.append(_brief(op))
+            rejected.append(_brief(op) or {})
         if op.get("status") == "ok" and isinstance(op.get("fence"), int) and op.get("complete") is not None:
             if kind == "write" or (kind == "read" and op.get("fenced")):
                 raisers[op.get("skey")].append(op)
@@ -301,7 +301,7 @@ def find_lost_updates(ops: List[Dict[str, Any]], counters: Dict[str, Any]) -> tu
     such pair read the same count), and a final counter below the number of
     accepted increments.  Writes with an unknown outcome are not counted."""
     out: List[Dict[str, Any]] = []
-    writes: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+    writes: Dict[Any, List[Dict[str, Any]]] = defaultdict(list)
     for op in ops:
         if op.get("op") == "write":
             writes[op.get("skey")].append(op)
@@ -344,9 +344,9 @@ def find_leftover_keys(acquires: Dict[str, Dict[str, Any]], ops: List[Dict[str, 
     leftover: List[Dict[str, Any]] = []
     immortal: List[Dict[str, Any]] = []
     tokens: Dict[str, Dict[str, Any]] = {}
-    for acq in acquires.values():
-        if acq.get("token"):
-            tokens[acq["token"]] = acq
+    for a in acquires.values():
+        if a.get("token"):
+            tokens[a["token"]] = a
     released = {op["lock"] for op in ops if op.get("op") == "release" and op.get("ok")}
     release_failed = {op["lock"] for op in ops if op.get("op") == "release" and not op.get("ok")}
     for entry in final.get("locks") or ():
