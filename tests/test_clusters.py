@@ -362,7 +362,6 @@ def test_failover_guard_replica_less_rule():
     assert guard.rule(qc.SlotMap.from_shards([]), 0) is None  # slot nobody serves
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("server", SERVERS)
 def test_primary_sigkill_replica_promoted_by_the_cluster(server):
     clock = _Clock()
@@ -377,6 +376,19 @@ def test_primary_sigkill_replica_promoted_by_the_cluster(server):
         assert m.missing_slots() == 0
         assert [n.address for n in guard.observe(m)] == [c.addresses[3]]
         assert guard.rule(m, 0) is None and guard.rule(m, 16383) == "known"
+
+
+@pytest.mark.parametrize("mode,survives", [("fsync", True), ("volatile", False)])
+def test_node_modes_carry_over_to_cluster_nodes(mode, survives):
+    with LocalRedisCluster(1, mode=mode, max_ttl=1.0) as c:
+        assert c.restart_delay == (0.0 if mode == "fsync" else pytest.approx(c._nodes.restart_delay))
+        args = c._nodes.argv(0)
+        assert ("always" in args) == (mode == "fsync") and "--cluster-enabled" in args
+        c.client(0).set("held", "tok")
+        c.restart(0, delay=0)  # volatile: at once here, to see that the key is gone
+        c.wait_ok()
+        assert c.client(0).execute_command("CLUSTER", "MYID").decode() == c.node_ids[0]  # nodes.conf kept
+        assert (c.client(0).get("held") == b"tok") == survives
 
 
 # --------------------------------------------------------------------------

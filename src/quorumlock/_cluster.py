@@ -1,6 +1,6 @@
 """Client-side Redis/Valkey Cluster logic, without I/O of its own.
 
-The pieces a quorum member that is a *cluster* needs (DESIGN §8, issue #13),
+The pieces a quorum member that is a *cluster* needs (docs/clusters.md, issue #13),
 written so that both managers can drive them later:
 
 * :func:`key_slot`: key -> hash slot (CRC16/XMODEM mod 16384, hash tags as

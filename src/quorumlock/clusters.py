@@ -2,7 +2,7 @@
 
 A :class:`LocalRedisCluster` is one cluster of ``primaries`` primaries with
 ``replicas`` replicas each; :class:`LocalClusters` is M independent ones, the
-deployment in which each cluster is one quorum member (DESIGN §8).  They are
+deployment in which each cluster is one quorum member (docs/clusters.md).  They are
 for tests, the demo and the bench.
 
 The processes are those of a :class:`quorumlock.nodes.LocalCluster` (one per
@@ -125,7 +125,10 @@ class LocalRedisCluster:
                  "--cluster-allow-replica-migration", "no",
                  # A replica's first sync starts at once (the default waits 5 s
                  # for more replicas to share one diskless transfer).
-                 "--repl-diskless-sync-delay", "0"]  # fmt: skip
+                 "--repl-diskless-sync-delay", "0",
+                 # Redis 7.0 shows a replica as "loading" in CLUSTER SHARDS until
+                 # its offset moves, which the primary's pings (default every 10 s) do.
+                 "--repl-ping-replica-period", "1"]  # fmt: skip
         if password is not None:
             extra += ["--masterauth", password] if isinstance(password, str) else []
         self._nodes = LocalCluster(
