@@ -239,6 +239,83 @@ def test_moved_after_reshard_and_ask_during_a_migration(server):
             c.client(i).execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
 
 
+class _Router:
+    """The redirect handling the engine will do, in a few lines over redis-py's
+    plain clients: route by slot, follow MOVED (patch the map, resend) and ASK
+    (ASKING + the command on the same connection, the map unchanged)."""
+
+    def __init__(self, cluster: LocalRedisCluster) -> None:
+        self.c = cluster
+        self.map = cluster.slot_map()
+        self.moved = self.asked = 0
+
+    def run(self, key: str, *cmd):
+        slot = qc.key_slot(key)
+        addr = self.map.primary_of(slot).address
+        for _ in range(5):
+            client = self.c.client(self.c.index_of(addr))
+            try:
+                return client.execute_command(*cmd)
+            except redis.ResponseError as exc:
+                r = qc.parse_redirect(exc, addr[0])
+                if r is None:
+                    raise
+            if r.kind == "moved":
+                self.moved += 1
+                self.map = self.map.moved(r.slot, r.host, r.port)
+                addr = (r.host, r.port)
+                continue
+            self.asked += 1
+            pipe = self.c.client(self.c.index_of((r.host, r.port))).pipeline(transaction=False)
+            pipe.execute_command("ASKING")
+            pipe.execute_command(*cmd)
+            return pipe.execute()[1]
+        raise AssertionError(f"{key}: more than 5 redirects")
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_redirects_followed_under_load_while_300_slots_move(server):
+    import threading
+
+    with LocalRedisCluster(3, server=server) as c:
+        router = _Router(c)
+        stop = threading.Event()
+        errors, cycles = [], [0]
+
+        def load() -> None:
+            # Each lock is held while the next 500 are taken: keys sit in the
+            # slots being moved, so MIGRATE carries some and ASK sends us after them.
+            held: list = []
+            i = 0
+            # Keys of the 300 slots that move (primary 0's lowest), by hash tag.
+            tags = [t for t in (f"t{j}" for j in range(20000)) if qc.key_slot(t) < 300]
+            try:
+                while not stop.is_set() or held:
+                    if not stop.is_set():
+                        k = f"lock:{{{tags[i % len(tags)]}}}:{i}"
+                        assert router.run(k, "SET", k, "tok", "NX", "PX", 60000) is not None, k
+                        held.append(k)
+                        i += 1
+                    if len(held) > 500 or stop.is_set():
+                        k = held.pop(0)
+                        assert router.run(k, "DEL", k) == 1, k
+                        cycles[0] += 1
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                errors.append(repr(exc))
+
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            moved = c.reshard(0, 2, 300, batch=10)
+        finally:
+            stop.set()
+            t.join(30)
+        assert not errors and cycles[0] > 100
+        assert len(moved) == 300
+        assert router.moved > 0, (router.moved, router.asked)  # the load did cross the moved slots
+        assert sum(c.client(i).dbsize() for i in range(3)) == 0  # nothing left behind
+
+
 def test_parse_redirect_and_classify_error_forms():
     assert qc.parse_redirect("MOVED 3999 127.0.0.1:6381", "h") == qc.Redirect("moved", 3999, "127.0.0.1", 6381)
     assert qc.parse_redirect(b"-ASK 1 :7001", "seed") == qc.Redirect("ask", 1, "seed", 7001)
