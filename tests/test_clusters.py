@@ -316,6 +316,19 @@ def test_redirects_followed_under_load_while_300_slots_move(server):
         assert sum(c.client(i).dbsize() for i in range(3)) == 0  # nothing left behind
 
 
+def test_a_password_reaches_replication_migration_and_the_url():
+    with LocalRedisCluster(2, 1, password="pw-7") as c:
+        assert c.roles() == ["primary", "primary", "replica", "replica"]  # masterauth worked
+        spec = qc.parse_cluster_url(c.url)
+        assert {s.password for s in spec.seeds} == {"pw-7"} and "pw-7" not in repr(spec)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=c.host, port=c.ports[0]).ping()
+        keys = [k for k in (f"p{i}" for i in range(3000)) if qc.key_slot(k) < 20]
+        _routed_writes(c, c.slot_map(), keys)
+        c.reshard(0, 1, 20)  # MIGRATE ... AUTH
+        assert c.client(1).dbsize() == len(keys) and c.client(0).dbsize() == 0
+
+
 def test_parse_redirect_and_classify_error_forms():
     assert qc.parse_redirect("MOVED 3999 127.0.0.1:6381", "h") == qc.Redirect("moved", 3999, "127.0.0.1", 6381)
     assert qc.parse_redirect(b"-ASK 1 :7001", "seed") == qc.Redirect("ask", 1, "seed", 7001)

@@ -26,7 +26,7 @@ import ssl as _ssl
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from ._config import NodeSpec, _canonical_host, parse_node, redact_url
 
@@ -154,7 +154,7 @@ class SlotMap:
     """
 
     shards: List[Shard]
-    owner: array = field(repr=False)
+    owner: "array[int]" = field(repr=False)
     source: str = ""  # "shards" or "slots": which reply it was built from
 
     @classmethod
@@ -504,9 +504,10 @@ def fetch_slot_map(call: Call, seeds: Sequence[Address], previous: Optional[Slot
         ClusterMapError: no node answered with a map (one reason per node, in order).
     """
     order: List[Address] = []
-    for addr in ([p.address for p in previous.primaries] if previous else []) + [tuple(a) for a in seeds]:  # type: ignore[misc]
-        if addr not in order:
-            order.append(addr)  # type: ignore[arg-type]
+    known = [p.address for p in previous.primaries] if previous is not None else []
+    for host, port in known + [(a[0], a[1]) for a in seeds]:
+        if (host, port) not in order:
+            order.append((host, port))
     if not order:
         raise ValueError("fetch_slot_map needs at least one seed address")
     errors: List[str] = []
@@ -586,7 +587,7 @@ class FailoverGuard:
         self.window = float(max_ttl) * (1.0 + float(drift_factor))
         self._clock = clock
         self._first_seen: Dict[Tuple[str, str, int], float] = {}
-        self._ever_replica: set = set()
+        self._ever_replica: Set[Tuple[str, str, int]] = set()
         self._replica_less = False
 
     @staticmethod

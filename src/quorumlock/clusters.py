@@ -129,8 +129,8 @@ class LocalRedisCluster:
                  # Redis 7.0 shows a replica as "loading" in CLUSTER SHARDS until
                  # its offset moves, which the primary's pings (default every 10 s) do.
                  "--repl-ping-replica-period", "1"]  # fmt: skip
-        if password is not None:
-            extra += ["--masterauth", password] if isinstance(password, str) else []
+        if isinstance(password, str) and password:
+            extra += ["--masterauth", password]  # replicas authenticate to their primary
         self._nodes = LocalCluster(
             n=self.primaries * (1 + self.replicas), mode=mode, max_ttl=max_ttl, server=server,
             base_dir=base_dir, drift_factor=drift_factor, restart_margin=restart_margin,
