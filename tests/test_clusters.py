@@ -17,6 +17,7 @@ import sys
 import psutil
 import pytest
 import redis
+import redis.asyncio
 
 from quorumlock import _cluster as qc
 from quorumlock import nodes as ql_nodes
@@ -193,6 +194,75 @@ def test_fetch_slot_map_skips_dead_seeds_and_reports_all_failing():
             qc.fetch_slot_map(c.call, [dead] + c.addresses)
     with pytest.raises(ValueError, match="at least one seed"):
         qc.fetch_slot_map(c.call, [])
+
+
+def test_afetch_slot_map_and_a_malformed_reply():
+    import asyncio
+
+    with LocalRedisCluster(2) as c:
+        async def acall(addr, *args):
+            r = redis.asyncio.Redis(host=addr[0], port=addr[1])
+            try:
+                # No response callbacks: the raw reply, as the engine will read it.
+                conn = await r.connection_pool.get_connection()
+                try:
+                    await conn.send_command(*args)
+                    return await conn.read_response()
+                finally:
+                    await r.connection_pool.release(conn)
+            finally:
+                await r.aclose()
+
+        m = asyncio.run(qc.afetch_slot_map(acall, c.addresses))
+        assert _norm(m) == _norm(c.slot_map())
+
+        def garbled(addr, *args):
+            if addr == c.addresses[0]:
+                return [[b"slots", [1]]]  # odd number of bounds
+            return c.call(addr, *args)
+
+        m2 = qc.fetch_slot_map(garbled, c.addresses)
+        assert _norm(m2) == _norm(m)  # the first node's garbage was skipped
+        with pytest.raises(qc.ClusterMapError, match="odd number of slot bounds"):
+            qc.fetch_slot_map(garbled, c.addresses[:1])
+        # previous: its primaries are asked first (here the only address that works).
+        asked = []
+
+        def recording(addr, *args):
+            asked.append(addr)
+            return c.call(addr, *args)
+
+        qc.fetch_slot_map(recording, [("127.0.0.1", 1)], previous=m)
+        assert asked[0] in c.addresses
+
+
+def test_refresh_policy():
+    clock = _Clock()
+    pol = qc.RefreshPolicy(interval=10, min_interval=0.5, clock=clock)
+    assert pol.due()
+    p0, p1 = qc.ClusterNode("a", "h", 1), qc.ClusterNode("b", "h", 2)
+    m = qc.SlotMap.from_shards([qc.Shard(p0, (), ((0, 9999),)), qc.Shard(p1, (), ((10000, 16383),))])
+    pol.install(m)
+    assert not pol.due()
+    pol.note_redirect(qc.Redirect("ask", 5, "h", 2))
+    clock.t += 1
+    assert not pol.due() and pol.map.primary_of(5) == p0
+    pol.note_redirect(qc.Redirect("moved", 5, "h", 2))
+    assert pol.map.primary_of(5) == p1 and pol.map.primary_of(6) == p0
+    assert pol.due()
+    pol.install(m)
+    clock.t += 0.2
+    pol.note_failure()
+    assert not pol.due()  # not more often than min_interval
+    clock.t += 0.3
+    assert pol.due()
+    pol.install(m)
+    clock.t += 10
+    assert pol.due()  # the background interval
+    with pytest.raises(ValueError, match="min_interval"):
+        qc.RefreshPolicy(interval=1, min_interval=2)
+    with pytest.raises(TypeError, match="interval"):
+        qc.RefreshPolicy(interval="1")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------

@@ -13,7 +13,9 @@ written so that both managers can drive them later:
 * :func:`parse_cluster_url`: ``redis+cluster://h1:p1,h2:p2`` and
   ``rediss+cluster://...``, with the single-node URL options (the parsing is
   :func:`quorumlock._config.parse_node`'s, per seed).
-* :func:`fetch_slot_map`: build the map through any ``call(addr, *args)``.
+* :func:`fetch_slot_map` / :func:`afetch_slot_map`: build the map through
+  any ``call(addr, *args)`` (:func:`slot_map_fetcher` is the procedure, for
+  drivers of their own), and :class:`RefreshPolicy`: when to fetch again.
 * :class:`FailoverGuard`: which primary's vote for a slot may count.
 
 Nothing here is a quorum member yet: the engine integration is a later step.
@@ -26,7 +28,8 @@ import ssl as _ssl
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import (Any, Awaitable, Callable, Dict, Generator, Iterable, List, Mapping, Optional, Sequence, Set,
+                    Tuple, Union)
 
 from ._config import NodeSpec, _canonical_host, parse_node, redact_url
 
@@ -47,6 +50,9 @@ __all__ = [
     "classify_error",
     "parse_cluster_url",
     "fetch_slot_map",
+    "afetch_slot_map",
+    "slot_map_fetcher",
+    "RefreshPolicy",
 ]
 
 #: Number of hash slots of a Redis Cluster.
@@ -490,18 +496,29 @@ def _unknown_command(message: str) -> bool:
     return "unknown subcommand" in m or "unknown command" in m
 
 
-def fetch_slot_map(call: Call, seeds: Sequence[Address], previous: Optional[SlotMap] = None) -> SlotMap:
-    """Ask the cluster for its slot map: ``call(addr, *args)`` runs one command
-    on ``addr`` (a ``(host, port)``) and returns the reply, or raises.
+Request = Tuple[Address, Tuple[Any, ...]]
 
-    The primaries of ``previous`` are asked first (they are the nodes most
-    likely up), then ``seeds``; each gets ``CLUSTER SHARDS``, and ``CLUSTER
-    SLOTS`` where the server has no SHARDS (before 7.0).  The first map that
-    covers every slot wins; if none does, the best partial map is returned (a
-    cluster with a failed shard still serves the other slots).
+
+def slot_map_fetcher(
+    seeds: Sequence[Address], previous: Optional[SlotMap] = None
+) -> Generator[Request, Tuple[bool, Any], SlotMap]:
+    """The map-fetching procedure as a generator, with the I/O left to its driver.
+
+    It yields ``(addr, args)``, a command to run on ``addr``; the driver sends
+    back ``(True, reply)`` or ``(False, exception)``; the generator's return
+    value (``StopIteration.value``) is the :class:`SlotMap`.  So a thread, an
+    event loop or the engine can each drive it with its own connections
+    (:func:`fetch_slot_map`, :func:`afetch_slot_map`).
+
+    The primaries of ``previous`` are asked first (the nodes most likely up),
+    then ``seeds``; each gets ``CLUSTER SHARDS``, and ``CLUSTER SLOTS`` where
+    the server has no SHARDS (before 7.0).  The first map that covers every
+    slot wins; if none does, the best partial map is returned (a cluster with a
+    failed shard still serves the other slots).
 
     Raises:
         ClusterMapError: no node answered with a map (one reason per node, in order).
+        ValueError: no address to ask.
     """
     order: List[Address] = []
     known = [p.address for p in previous.primaries] if previous is not None else []
@@ -509,19 +526,21 @@ def fetch_slot_map(call: Call, seeds: Sequence[Address], previous: Optional[Slot
         if (host, port) not in order:
             order.append((host, port))
     if not order:
-        raise ValueError("fetch_slot_map needs at least one seed address")
+        raise ValueError("fetching a slot map needs at least one seed address")
     errors: List[str] = []
     best: Optional[SlotMap] = None
     for addr in order:
         host = addr[0]
+        ok, reply = yield addr, ("CLUSTER", "SHARDS")
+        parse = parse_shards
+        if not ok and _unknown_command(_error_text(reply)):
+            ok, reply = yield addr, ("CLUSTER", "SLOTS")
+            parse = parse_slots
         try:
-            try:
-                built = parse_shards(call(addr, "CLUSTER", "SHARDS"), host)
-            except Exception as exc:  # noqa: BLE001 - any client's error type
-                if not _unknown_command(_error_text(exc)):
-                    raise
-                built = parse_slots(call(addr, "CLUSTER", "SLOTS"), host)
-        except Exception as exc:  # noqa: BLE001
+            if not ok:
+                raise reply
+            built = parse(reply, host)
+        except Exception as exc:  # noqa: BLE001 - any client's error type, or a malformed reply
             errors.append(f"{addr[0]}:{addr[1]}: {type(exc).__name__}: {redact_url(_error_text(exc))}")
             continue
         if built.missing_slots() == 0:
@@ -531,6 +550,91 @@ def fetch_slot_map(call: Call, seeds: Sequence[Address], previous: Optional[Slot
     if best is not None and best.shards:
         return best
     raise ClusterMapError("no slot map from any node: " + "; ".join(errors or ["no node serves any slot"]))
+
+
+def fetch_slot_map(call: Call, seeds: Sequence[Address], previous: Optional[SlotMap] = None) -> SlotMap:
+    """:func:`slot_map_fetcher` driven by ``call(addr, *args)``, which runs one
+    command on ``addr`` (a ``(host, port)``) and returns the reply, or raises."""
+    gen = slot_map_fetcher(seeds, previous)
+    try:
+        addr, args = next(gen)
+        while True:
+            try:
+                result: Tuple[bool, Any] = (True, call(addr, *args))
+            except Exception as exc:  # noqa: BLE001 - handed to the procedure
+                result = (False, exc)
+            addr, args = gen.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def afetch_slot_map(
+    call: Callable[..., Awaitable[Any]], seeds: Sequence[Address], previous: Optional[SlotMap] = None
+) -> SlotMap:
+    """:func:`fetch_slot_map` with an async ``call(addr, *args)``."""
+    gen = slot_map_fetcher(seeds, previous)
+    try:
+        addr, args = next(gen)
+        while True:
+            try:
+                result: Tuple[bool, Any] = (True, await call(addr, *args))
+            except Exception as exc:  # noqa: BLE001 - handed to the procedure
+                result = (False, exc)
+            addr, args = gen.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+class RefreshPolicy:
+    """When to fetch the slot map again: every ``interval`` seconds in the
+    background, and soon after a redirect or a connection failure, but never
+    more often than every ``min_interval`` seconds (a storm of ``MOVED`` after a
+    reshard costs one fetch).  Pure bookkeeping: the face does the fetch.
+
+    ``note_redirect`` also patches the map at once for a ``MOVED``, so the next
+    command for that slot goes to the right node before any fetch.
+    """
+
+    def __init__(self, interval: float = 10.0, min_interval: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        for name, value in (("interval", interval), ("min_interval", min_interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            if not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if min_interval > interval:
+            raise ValueError(f"min_interval ({min_interval!r}) must not exceed interval ({interval!r})")
+        self.interval = float(interval)
+        self.min_interval = float(min_interval)
+        self._clock = clock
+        self.map: Optional[SlotMap] = None
+        self.fetched_at: Optional[float] = None
+        self.wanted = True  # no map yet
+
+    def due(self, now: Optional[float] = None) -> bool:
+        """True when a fetch should start now."""
+        if self.fetched_at is None:
+            return True
+        age = (self._clock() if now is None else now) - self.fetched_at
+        return age >= self.interval or (self.wanted and age >= self.min_interval)
+
+    def install(self, slot_map: SlotMap, now: Optional[float] = None) -> None:
+        """Take a freshly fetched map."""
+        self.map = slot_map
+        self.fetched_at = self._clock() if now is None else now
+        self.wanted = False
+
+    def note_redirect(self, redirect: Redirect) -> None:
+        """A ``MOVED`` patches the map and asks for a fetch; an ``ASK`` changes nothing
+        (the slot is only being moved)."""
+        if redirect.kind == "moved":
+            if self.map is not None:
+                self.map = self.map.moved(redirect.slot, redirect.host, redirect.port)
+            self.wanted = True
+
+    def note_failure(self) -> None:
+        """A node of the map failed (connection, ``CLUSTERDOWN``): fetch soon."""
+        self.wanted = True
 
 
 # --------------------------------------------------------------------------
