@@ -156,6 +156,53 @@ def test_three_clusters_of_three_primaries(server):
     assert all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
 
 
+@pytest.mark.parametrize("server", SERVERS)
+def test_batch_groups_are_one_slot_each_so_scripts_never_cross_slots(server):
+    with LocalRedisCluster(3, server=server) as c:
+        m = c.slot_map()
+        keys = [f"b:{i}" for i in range(4000)] + [f"b:{{tenant}}:{i}" for i in range(1000)]
+        groups = m.group(keys)
+        assert None not in groups and set(groups) == set(c.addresses)
+        seen = sorted(i for per in groups.values() for idx in per.values() for i in idx)
+        assert seen == list(range(len(keys)))  # every key once, place kept
+        assert max(len(idx) for per in groups.values() for idx in per.values()) >= 1000  # the tag
+        script = "for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[1], 'PX', 60000) end return #KEYS"
+        for addr, per in groups.items():
+            pipe = c.client(c.index_of(addr)).pipeline(transaction=False)
+            for slot, idx in per.items():
+                pipe.eval(script, len(idx), *[keys[i] for i in idx], "tok")
+            assert pipe.execute() == [len(idx) for idx in per.values()]
+        assert sum(c.client(i).dbsize() for i in range(3)) == len(keys)
+        # The same script over two slots is refused: the grouping is what makes it work.
+        a, b = keys[0], next(k for k in keys if qc.key_slot(k) != qc.key_slot(keys[0])
+                             and m.primary_for_key(k) == m.primary_for_key(keys[0]))  # fmt: skip
+        with pytest.raises(redis.ResponseError) as ei:
+            c.client(c.index_of(m.primary_for_key(a).address)).eval(script, 2, a, b, "tok")
+        assert qc.classify_error(ei.value) == "crossslot"
+        # A slot nobody serves is grouped under None.
+        half = qc.SlotMap.from_shards([m.shards[0]])
+        assert None in half.group(keys)
+
+
+def test_dial_port():
+    n = qc.ClusterNode("x", "h", 7000, tls_port=17000)
+    assert n.dial_port(tls=True) == 17000 and n.dial_port(tls=False) == 7000
+    assert qc.ClusterNode("y", "h", 7000).dial_port(tls=True) == 7000
+
+
+def test_async_with_stops_the_cluster():
+    import asyncio
+
+    async def main():
+        async with LocalRedisCluster(1) as c:
+            d = c._nodes.dir
+            assert c.roles() == ["primary"]
+        return d, c
+
+    d, c = asyncio.run(main())
+    assert not os.path.exists(d) and c._nodes.stopped
+
+
 def _norm(m: qc.SlotMap):
     return sorted((s.primary.id, s.primary.address, s.ranges, sorted(r.address for r in s.replicas))
                   for s in m.shards)  # fmt: skip

@@ -137,6 +137,11 @@ class ClusterNode:
     def address(self) -> Address:
         return (self.host, self.port)
 
+    def dial_port(self, tls: bool) -> int:
+        """The port to connect to: the TLS port for a TLS member when the node
+        has one (``CLUSTER SHARDS`` lists ``port`` and ``tls-port`` apart)."""
+        return self.tls_port if tls and self.tls_port else self.port
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -189,6 +194,22 @@ class SlotMap:
     @property
     def primaries(self) -> List[ClusterNode]:
         return [s.primary for s in self.shards]
+
+    def group(self, keys: Sequence[KeyLike]) -> Dict[Optional[Address], Dict[int, List[int]]]:
+        """``keys`` grouped for a batch: primary address -> slot -> indexes into ``keys``.
+
+        One script call may only touch keys of one slot (else ``CROSSSLOT``),
+        so a batch sends one call per slot group, pipelined per primary.  Keys
+        of slots no primary serves are under the address ``None``.  The
+        indexes keep each key's place in the caller's result list.
+        """
+        out: Dict[Optional[Address], Dict[int, List[int]]] = {}
+        for i, key in enumerate(keys):
+            slot = key_slot(key)
+            owner = self.owner[slot]
+            addr = self.shards[owner].primary.address if owner >= 0 else None
+            out.setdefault(addr, {}).setdefault(slot, []).append(i)
+        return out
 
     def missing_slots(self) -> int:
         """How many slots no primary serves (0 for a fully covered cluster)."""

@@ -33,6 +33,7 @@ default), so a bus port is not reserved while its node is down.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -215,6 +216,12 @@ class LocalRedisCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    async def __aenter__(self) -> "LocalRedisCluster":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
 
     # -- introspection --
 
