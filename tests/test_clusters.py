@@ -283,6 +283,24 @@ def test_afetch_slot_map_and_a_malformed_reply():
         assert asked[0] in c.addresses
 
 
+def test_parse_shards_prefers_the_live_primary_and_empty_endpoints():
+    def node(i, role, health="online", endpoint=b"127.0.0.1"):
+        return [b"id", f"n{i}".encode(), b"port", 7000 + i, b"ip", b"127.0.0.1", b"endpoint", endpoint,
+                b"role", role, b"replication-offset", 1, b"health", health]  # fmt: skip
+
+    reply = [[b"slots", [0, 16383], b"nodes", [node(0, b"master", b"failed"), node(1, b"master")]]]
+    assert qc.parse_shards(reply, "seed").primary_of(0).id == "n1"
+    reply = [[b"slots", [0, 16383], b"nodes", [node(0, b"master", b"failed")]]]
+    assert qc.parse_shards(reply, "seed").missing_slots() == 16384
+    # RESP3 maps, an empty endpoint (the seed's host), "?" (unreachable, left out).
+    reply = [{"slots": [0, 99, 200, 16383], "nodes": [
+        {"id": "a", "port": 1, "ip": "", "endpoint": "", "role": "master", "health": "online"},
+        {"id": "b", "port": 2, "ip": "?", "endpoint": "?", "role": "replica", "health": "online"}]}]
+    m = qc.parse_shards(reply, "seed")
+    assert m.primary_of(0).address == ("seed", 1) and m.shard_of(0).replicas == ()
+    assert m.primary_of(150) is None and m.missing_slots() == 100
+
+
 def test_refresh_policy():
     clock = _Clock()
     pol = qc.RefreshPolicy(interval=10, min_interval=0.5, clock=clock)

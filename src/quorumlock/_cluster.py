@@ -298,7 +298,9 @@ def parse_shards(reply: Any, seed_host: str) -> SlotMap:
                 tls_port=int(tls) if tls is not None else None,
             )  # fmt: skip
             if node.role == "primary":
-                primary = node
+                # A failed old primary may still be listed beside its successor.
+                if primary is None or (primary.health == "failed" and node.health != "failed"):
+                    primary = node
             else:
                 replicas.append(node)
         if primary is None or primary.health == "failed" or not ranges:
