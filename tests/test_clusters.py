@@ -288,8 +288,9 @@ def test_parse_shards_prefers_the_live_primary_and_empty_endpoints():
         return [b"id", f"n{i}".encode(), b"port", 7000 + i, b"ip", b"127.0.0.1", b"endpoint", endpoint,
                 b"role", role, b"replication-offset", 1, b"health", health]  # fmt: skip
 
-    reply = [[b"slots", [0, 16383], b"nodes", [node(0, b"master", b"failed"), node(1, b"master")]]]
-    assert qc.parse_shards(reply, "seed").primary_of(0).id == "n1"
+    for nodes in ([node(0, b"master", b"failed"), node(1, b"master")],
+                  [node(1, b"master"), node(0, b"master", b"failed")]):  # fmt: skip
+        assert qc.parse_shards([[b"slots", [0, 16383], b"nodes", nodes]], "seed").primary_of(0).id == "n1"
     reply = [[b"slots", [0, 16383], b"nodes", [node(0, b"master", b"failed")]]]
     assert qc.parse_shards(reply, "seed").missing_slots() == 16384
     # RESP3 maps, an empty endpoint (the seed's host), "?" (unreachable, left out).
