@@ -289,7 +289,8 @@ def test_parse_shards_prefers_the_live_primary_and_empty_endpoints():
                 b"role", role, b"replication-offset", 1, b"health", health]  # fmt: skip
 
     for nodes in ([node(0, b"master", b"failed"), node(1, b"master")],
-                  [node(1, b"master"), node(0, b"master", b"failed")]):  # fmt: skip
+                  [node(1, b"master"), node(0, b"master", b"failed")],
+                  [node(1, b"master"), node(0, b"master", b"fail")]):  # Valkey's word  # fmt: skip
         assert qc.parse_shards([[b"slots", [0, 16383], b"nodes", nodes]], "seed").primary_of(0).id == "n1"
     reply = [[b"slots", [0, 16383], b"nodes", [node(0, b"master", b"failed")]]]
     assert qc.parse_shards(reply, "seed").missing_slots() == 16384

@@ -294,7 +294,8 @@ def parse_shards(reply: Any, seed_host: str) -> SlotMap:
             node = ClusterNode(
                 id=_text(n.get("id")), host=host, port=int(port),
                 role="primary" if role in ("master", "primary") else "replica",
-                health=_text(n.get("health")) or "online",
+                # Redis says "failed", Valkey 9 "fail": one word here.
+                health={"fail": "failed"}.get(_text(n.get("health")), _text(n.get("health")) or "online"),
                 tls_port=int(tls) if tls is not None else None,
             )  # fmt: skip
             if node.role == "primary":
