@@ -677,3 +677,13 @@ def test_start_failure_is_reported_and_cleaned_up(tmp_path):
     with pytest.raises(ClusterError, match="no agreement"):
         c.start()
     assert os.listdir(tmp_path) == []
+
+
+def test_importing_the_cluster_modules_loads_no_node_tooling():
+    code = ("import sys, quorumlock._cluster, quorumlock.clusters\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('quorumlock.nodes', 'quorumlock.chaos', "
+            "'quorumlock.bench', 'quorumlock.cli', 'quorumlock.demo'))))")  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60, check=True).stdout.strip()  # fmt: skip
+    assert out == "[]"

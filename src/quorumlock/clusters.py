@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import redis
 
 from . import _cluster
-from .nodes import LocalCluster, Node
+
+if TYPE_CHECKING:  # the node tooling is imported when a cluster is made, not with this module
+    from .nodes import Node
 
 __all__ = ["LocalRedisCluster", "LocalClusters", "ClusterError"]
 
@@ -132,6 +134,8 @@ class LocalRedisCluster:
                  "--repl-ping-replica-period", "1"]  # fmt: skip
         if isinstance(password, str) and password:
             extra += ["--masterauth", password]  # replicas authenticate to their primary
+        from .nodes import LocalCluster
+
         self._nodes = LocalCluster(
             n=self.primaries * (1 + self.replicas), mode=mode, max_ttl=max_ttl, server=server,
             base_dir=base_dir, drift_factor=drift_factor, restart_margin=restart_margin,
