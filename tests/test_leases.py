@@ -150,7 +150,7 @@ def test_async_renewals_share_one_round(run, core, clusters):
             assert all(held)
             for lk in held:
                 locks.guard(lk, auto_extend=True)
-            r = locks._leases
+            r = locks.lease_renewer
             rounds = []
             orig = r._tick
 
@@ -194,7 +194,7 @@ def test_async_renewal_groups_split_by_a_stall_merge(run, core, clusters):
             assert all(held)
             for lk in held:
                 locks.guard(lk, auto_extend=True)
-            r = locks._leases
+            r = locks.lease_renewer
             rounds = []
             orig = r._tick
 

@@ -101,10 +101,10 @@ def claim(locks: Any, key: Any, ttl: Optional[float] = None) -> Any:
     release): a scheduler tick would then run nowhere.  A claim retries after a
     short random delay while the votes were split, and gives up at once when
     the replies show another holder on a majority (blocking manager)."""
-    ttl_ms = locks._ttl_ms(ttl)
+    ttl_ms = locks.ttl_ms(ttl)
     for attempt in range(CLAIM_ATTEMPTS):
         t0 = time.monotonic_ns()
-        op = locks._attempt(key, ttl_ms)
+        op = locks.attempt_op(key, ttl_ms)
         _metrics.record(locks, "acquire", (time.monotonic_ns() - t0) / 1e9, op.result is not None)
         if op.result is not None:
             _metrics.bump(locks, "held")
@@ -117,8 +117,8 @@ def claim(locks: Any, key: Any, ttl: Optional[float] = None) -> Any:
 
 async def aclaim(locks: Any, key: Any, ttl: Optional[float] = None) -> Any:
     """``claim`` for a ``quorumlock.aio.LockManager``."""
-    eng = locks._require()
-    ttl_ms = locks._ttl_ms(ttl)
+    eng = locks.checkout()
+    ttl_ms = locks.ttl_ms(ttl)
     for attempt in range(CLAIM_ATTEMPTS):
         t0 = time.monotonic_ns()
         op = eng.attempt(key, ttl_ms)
@@ -179,7 +179,7 @@ def exclusive(
     """Decorator factory: see the module docstring.  ``locks`` is an asyncio
     manager for coroutine functions, a blocking one for plain functions."""
     wait_s = _check_wait(wait)
-    is_aio = hasattr(locks, "_require")
+    is_aio = locks.is_async
     if limit is not None:
         from .semaphore import check_permits
 
@@ -266,9 +266,9 @@ def exclusive(
                     _current.reset(token)
                     if lease is not None:
                         lease.in_body = False
-                        if locks._leases is not None:
-                            locks._leases.discard(lease)
-                    await asyncio.shield(locks._release(lock))
+                        if locks.lease_renewer is not None:
+                            locks.lease_renewer.discard(lease)
+                    await asyncio.shield(locks.release_lock(lock))
 
             awrapper.stats = stats  # type: ignore[attr-defined]
             awrapper.key_for = key_for  # type: ignore[attr-defined]
@@ -316,9 +316,9 @@ def exclusive(
                 _current.reset(token)
                 if lease is not None:
                     lease.in_body = False
-                    if locks._leases is not None:
-                        locks._leases.discard(lease)
-                locks._release(lock)
+                    if locks.lease_renewer is not None:
+                        locks.lease_renewer.discard(lease)
+                locks.release_lock(lock)
 
         wrapper.stats = stats  # type: ignore[attr-defined]
         wrapper.key_for = key_for  # type: ignore[attr-defined]

@@ -117,7 +117,7 @@ class LeaderElection(_Base):
                  on_demoted: Optional[Callable[[str], Any]] = None,
                  lease_fraction: float = 0.6, retry_fraction: float = 0.2, margin: Optional[float] = None,
                  key_prefix: str = "leader:", identity: Optional[str] = None) -> None:
-        if hasattr(locks, "_require"):
+        if locks.is_async:
             raise TypeError("LeaderElection needs a blocking quorumlock.LockManager; "
                             "use AsyncLeaderElection with quorumlock.aio")
         super().__init__(locks, name, ttl, on_elected=on_elected, on_demoted=on_demoted,
@@ -157,7 +157,7 @@ class LeaderElection(_Base):
 
     def _campaign(self) -> Any:
         locks = self.locks
-        if getattr(locks, "_notify", False):
+        if locks.notify:
             try:
                 return locks.acquire(self.key, self.lease_ttl, timeout=self._jitter(), wait="notify")
             except LockTimeout:
@@ -229,7 +229,7 @@ class AsyncLeaderElection(_Base):
                  on_demoted: Optional[Callable[[str], Any]] = None,
                  lease_fraction: float = 0.6, retry_fraction: float = 0.2, margin: Optional[float] = None,
                  key_prefix: str = "leader:", identity: Optional[str] = None) -> None:
-        if not hasattr(locks, "_require"):
+        if not locks.is_async:
             raise TypeError("AsyncLeaderElection needs a quorumlock.aio.LockManager")
         super().__init__(locks, name, ttl, on_elected=on_elected, on_demoted=on_demoted,
                          lease_fraction=lease_fraction, retry_fraction=retry_fraction, margin=margin,
@@ -279,7 +279,7 @@ class AsyncLeaderElection(_Base):
 
     async def _campaign(self) -> Any:
         locks = self.locks
-        if getattr(locks, "_notify", False):
+        if locks.notify:
             try:
                 return await locks.acquire(self.key, self.lease_ttl, timeout=self._jitter(), wait="notify")
             except LockTimeout:

@@ -117,8 +117,8 @@ class WriteLock:
         them were still ours on a majority (an awaitable in asyncio)."""
         for lk in self.locks:
             st = lk._state
-            if st is not None and self._mgr._leases is not None:
-                self._mgr._leases.discard(st)
+            if st is not None and self._mgr.lease_renewer is not None:
+                self._mgr.lease_renewer.discard(st)
         res = self._mgr.release_many(self.locks)
         if self._aio:
             return _all_true(res)
@@ -130,8 +130,8 @@ class WriteLock:
         if self._aio:
             return self._aextend(ttl)
         mgr = self._mgr
-        eng = mgr._checkout()
-        ttls = [mgr._ttl_ms(ttl) if ttl is not None else int(round(lk.ttl * 1000)) for lk in self.locks]
+        eng = mgr.checkout()
+        ttls = [mgr.ttl_ms(ttl) if ttl is not None else int(round(lk.ttl * 1000)) for lk in self.locks]
         ops = eng.extend_each_sync(self.locks, ttls)
         if not all(op.result is True for op in ops):
             raise LockNotOwned(f"could not extend the write lock {self.key!r}: "
@@ -204,8 +204,8 @@ class WriteLock:
 
     def _unguard(self) -> None:
         self._cancel_task = None   # the block is over: never cancel the task now
-        r = self._mgr._leases
-        for lease in getattr(self, "_leases", ()):
+        r = self._mgr.lease_renewer
+        for lease in getattr(self, "lease_renewer", ()):
             lease.in_body = False
             if r is not None:
                 r.discard(lease)
@@ -252,7 +252,7 @@ class RWLock(_RWBase):
         intent key): a reader permit (``Lock``), or None — also when a writer
         holds the intent key."""
         mgr = self._mgr
-        eng = mgr._checkout()
+        eng = mgr.checkout()
         t = mgr.options.node_timeout
         # Queued before the permit batch: written with it, in the same write.
         probes = [eng.call_op(i, ("EXISTS", self.intent_key), t) if nd.ready else None
@@ -585,7 +585,7 @@ class _ReadContext:
         if lease is None:
             return None
         lease.in_body = False
-        r = self._rw._mgr._leases
+        r = self._rw._mgr.lease_renewer
         if r is not None:
             r.discard(lease)
         return lease.reason

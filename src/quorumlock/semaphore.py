@@ -112,7 +112,7 @@ class _Base:
                                  f"({mgr.options.max_key_length} bytes)")
         self.ttl = None if ttl is None else ttl
         if ttl is not None:
-            mgr._ttl_ms(ttl)  # checked now: a bad TTL raises here, naming the argument
+            mgr.ttl_ms(ttl)  # checked now: a bad TTL raises here, naming the argument
         self._rng = random.Random()
         #: Acquire attempts made (each one pipelined round); for tests and metrics.
         self.attempts = 0
@@ -130,7 +130,7 @@ class _Base:
 
     def _wait_mode(self, wait: Optional[str]) -> str:
         if wait is None:
-            return "notify" if getattr(self._mgr, "_notify", False) else "poll"
+            return "notify" if self._mgr.notify else "poll"
         if wait not in ("poll", "notify"):
             raise ValueError(f"wait must be 'poll' or 'notify', got {wait!r}")
         return wait
@@ -247,7 +247,7 @@ class _PermitContext:
             try:
                 self._lease = lt.guard(self._sem._mgr, permit, **self._opts)
             except BaseException:
-                self._sem._mgr._release(permit)
+                self._sem._mgr.release_lock(permit)
                 raise
         return permit
 
@@ -259,9 +259,9 @@ class _PermitContext:
         mgr = self._sem._mgr
         if lease is not None:
             lease.in_body = False
-            if mgr._leases is not None:
-                mgr._leases.discard(lease)
-        mgr._release(permit)
+            if mgr.lease_renewer is not None:
+                mgr.lease_renewer.discard(lease)
+        mgr.release_lock(permit)
         if lease is not None and lease.reason is not None and exc_type is None:
             raise LockLost(f"lease on {permit.key!r} lost: {lease.reason}")
 
@@ -365,7 +365,7 @@ class _AsyncPermitContext(_PermitContext):
             try:
                 self._lease = la.guard(self._sem._mgr, permit, **self._opts)
             except BaseException:
-                await asyncio.shield(self._sem._mgr._release(permit))
+                await asyncio.shield(self._sem._mgr.release_lock(permit))
                 raise
         return permit
 
@@ -377,9 +377,9 @@ class _AsyncPermitContext(_PermitContext):
         mgr = self._sem._mgr
         if lease is not None:
             lease.in_body = False
-            if mgr._leases is not None:
-                mgr._leases.discard(lease)
-        await asyncio.shield(mgr._release(permit))
+            if mgr.lease_renewer is not None:
+                mgr.lease_renewer.discard(lease)
+        await asyncio.shield(mgr.release_lock(permit))
         if lease is None or lease.reason is None:
             return
         err = LockLost(f"lease on {permit.key!r} lost: {lease.reason}")

@@ -315,10 +315,10 @@ def _confirm_timeout(mgr: Any) -> float:
 def async_subscriber(mgr: Any) -> AsyncSubscriber:
     """The subscriber of an asyncio manager (made on first use)."""
     loop = asyncio.get_running_loop()
-    sub = getattr(mgr, "_subscriber", None)
+    sub = getattr(mgr, "release_subscriber", None)
     if sub is None or sub.closed or sub.loop is not loop:
-        sub = AsyncSubscriber(mgr._specs, loop, mgr.options.connect_timeout, _confirm_timeout(mgr))
-        mgr._subscriber = sub
+        sub = AsyncSubscriber(mgr.node_specs, loop, mgr.options.connect_timeout, _confirm_timeout(mgr))
+        mgr.release_subscriber = sub
     return sub
 
 
@@ -359,7 +359,7 @@ class ThreadSubscriber:
         self.loop = _background_loop()
         self.pid = os.getpid()
         self.confirm_timeout = _confirm_timeout(mgr)
-        specs, ct = mgr._specs, mgr.options.connect_timeout
+        specs, ct = mgr.node_specs, mgr.options.connect_timeout
 
         async def make() -> AsyncSubscriber:
             return AsyncSubscriber(specs, self.loop, ct, self.confirm_timeout)
@@ -386,11 +386,11 @@ class ThreadSubscriber:
 def thread_subscriber(mgr: Any) -> ThreadSubscriber:
     """The subscriber of a blocking manager (made on first use; a forked
     child makes its own)."""
-    sub = getattr(mgr, "_subscriber", None)
+    sub = getattr(mgr, "release_subscriber", None)
     if sub is None or sub.closed:
-        with mgr._mutex:
-            sub = getattr(mgr, "_subscriber", None)
+        with mgr.state_mutex:
+            sub = getattr(mgr, "release_subscriber", None)
             if sub is None or sub.closed:
                 sub = ThreadSubscriber(mgr)
-                mgr._subscriber = sub
+                mgr.release_subscriber = sub
     return sub
