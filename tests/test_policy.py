@@ -228,3 +228,24 @@ def test_renewed_refused_is_lost():
     ls = FakeLease()
     reason = _policy.renewed(ls, 0, ok=False, refused=True, failure="2 held, 1 ok")
     assert reason == "renewal refused: the key is not ours on a majority (2 held, 1 ok)"
+
+
+def test_linear_waits_grow_with_the_attempt():
+    r = Retry(attempts=4, timeout=None, delay=(0.002, 0.02), now=0.0, uniform=fixed(0.01), linear=True)
+    waits = [r.failed(0.0) for _ in range(4)]
+    assert waits[:3] == pytest.approx([0.01, 0.02, 0.03]) and waits[3] is None
+
+
+def test_give_up_stops_before_the_attempts_run_out():
+    clock = Clock()
+    calls = []
+    r = Retry(attempts=6, timeout=None, delay=(0.01, 0.01), now=0.0, uniform=fixed(0.01))
+
+    def attempt():
+        calls.append(clock.t)
+        if len(calls) == 2:
+            r.give_up()      # e.g. another holder has the key on a majority
+        return None
+
+    assert _policy.run_blocking(attempt, r, wait=clock.sleep, clock=clock) is None
+    assert len(calls) == 2 and clock.slept == [0.01]

@@ -56,14 +56,19 @@ class Retry:
     (at least 1); ``timeout``: seconds from ``now`` after which no attempt
     starts (``attempts`` is then ignored, as in ``LockManager.acquire``);
     ``delay``: the ``(low, high)`` range each wait is drawn from uniformly,
-    cut to the time left before the deadline.
+    cut to the time left before the deadline; ``linear``: the n-th wait is
+    drawn from ``(n * low, n * high)`` (split-vote retries that spread out).
     """
 
-    __slots__ = ("attempts", "attempts_left", "deadline", "low", "high", "uniform")
+    __slots__ = ("attempts", "attempts_left", "deadline", "low", "high", "uniform", "linear", "stopped", "cut")
 
     def __init__(self, *, attempts: Optional[int], timeout: Optional[float],
-                 delay: Tuple[float, float], now: float, uniform: Uniform = random.uniform) -> None:
+                 delay: Tuple[float, float], now: float, uniform: Uniform = random.uniform,
+                 linear: bool = False) -> None:
         self.attempts = 0
+        self.linear = linear
+        self.stopped = False
+        self.cut = True
         low, high = delay
         if not 0.0 <= low <= high:
             raise ValueError(f"delay must be a (low, high) range with 0 <= low <= high, got {delay!r}")
@@ -77,27 +82,70 @@ class Retry:
             self.deadline = None
             self.attempts_left = check_int("retry_count", attempts, minimum=1)
 
+    @classmethod
+    def fixed(cls, sleep: float, *, timeout: Optional[float], now: float, once: bool = False) -> "Retry":
+        """redis-py's acquire loop (``quorumlock.compat.redis_py``): wait
+        ``sleep`` between attempts, forever, or until the next attempt would
+        start after ``timeout``; ``once``: a single attempt.  The values are
+        the caller's, checked as the peer checks them (not here)."""
+        return cls._make(1 if once else None, None if timeout is None else now + timeout, (sleep, sleep), cut=False)
+
+    @classmethod
+    def until(cls, timeout: Optional[float], *, delay: Tuple[float, float], now: float,
+              uniform: Uniform = random.uniform) -> "Retry":
+        """Attempts until ``timeout`` seconds from ``now`` have passed
+        (None: forever), waits drawn from ``delay`` (pottery's loop)."""
+        lo, hi = delay
+        return cls._make(None, None if timeout is None else now + timeout, (min(lo, hi), max(lo, hi)),
+                         uniform=uniform)
+
+    @classmethod
+    def _make(cls, attempts_left: Optional[int], deadline: Optional[float], delay: Tuple[float, float], *,
+              cut: bool = True, uniform: Uniform = random.uniform) -> "Retry":
+        r = cls.__new__(cls)
+        r.attempts = 0
+        r.attempts_left = attempts_left
+        r.deadline = deadline
+        r.low, r.high = delay
+        r.uniform = uniform
+        r.linear = False
+        r.stopped = False
+        r.cut = cut
+        return r
+
     def failed(self, now: float) -> Optional[float]:
         """An attempt failed at ``now``: the seconds to wait before the next
         one, or None to give up (the attempts are used up, or the deadline
         has passed)."""
         self.attempts += 1
+        if self.stopped:
+            return None
         if self.attempts_left is not None:
             self.attempts_left -= 1
             if self.attempts_left <= 0:
                 return None
-        d = self.uniform(self.low, self.high)
+        d = self.low if self.low == self.high else self.uniform(self.low, self.high)
+        if self.linear:
+            d *= self.attempts
         if self.deadline is not None:
             left = self.deadline - now
+            if not self.cut:
+                # the whole wait or none: no attempt after the deadline
+                return None if d > left else d
             if left <= 0:
                 return None
             d = min(d, left)
         return d
 
+    def give_up(self) -> None:
+        """No more attempts: the caller learnt that none can succeed (the
+        next ``failed`` returns None)."""
+        self.stopped = True
+
     def woke(self, now: float) -> bool:
         """The wait ended at ``now``: True to attempt again.  An attempt
         starting at the deadline could not finish before it, so none is made."""
-        return self.deadline is None or now < self.deadline
+        return self.deadline is None or not self.cut or now < self.deadline
 
 
 def from_options(options: object, *, timeout: Optional[float], retry_count: Optional[int],
