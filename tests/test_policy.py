@@ -249,3 +249,39 @@ def test_give_up_stops_before_the_attempts_run_out():
 
     assert _policy.run_blocking(attempt, r, wait=clock.sleep, clock=clock) is None
     assert len(calls) == 2 and clock.slept == [0.01]
+
+
+@pytest.mark.parametrize("sleep, timeout, once, reads, slept", [
+    (0.05, 0.4, False, 9, [0.05] * 8),   # a read per failed attempt, none after a sleep
+    (0.1, 0.35, False, 4, [0.1] * 3),    # a partial last period is not slept
+    (60, 1, False, 1, []),               # the first sleep would overshoot: none
+    (0.05, None, True, 0, []),           # blocking=False: one attempt, no clock
+])
+def test_fixed_reads_the_clock_as_redis_py_does(sleep, timeout, once, reads, slept):
+    clock = Clock()
+    count = [0]
+
+    def read():
+        count[0] += 1
+        return clock.t
+
+    r = Retry.fixed(sleep, timeout=timeout, now=0.0, once=once)
+    assert _policy.run_blocking(lambda: None, r, wait=clock.sleep, clock=read) is None
+    assert count[0] == reads and clock.slept == pytest.approx(slept)
+
+
+def test_until_without_a_timeout_retries_forever():
+    clock = Clock()
+    results = iter([None] * 50 + ["got"])
+    r = Retry.until(None, delay=(0.0, 0.2), now=0.0, uniform=fixed(0.1))
+    assert _policy.run_blocking(lambda: next(results), r, wait=clock.sleep, clock=clock) == "got"
+    assert r.attempts == 50
+
+
+def test_fixed_compares_as_redis_py_in_floating_point():
+    # 0.05 * 3 accumulated is 0.15000000000000002; + 0.05 == 0.2 exactly as
+    # redis-py computes next_try_at, so a fourth sleep is still taken.
+    clock = Clock()
+    r = Retry.fixed(0.05, timeout=0.2, now=0.0)
+    assert _policy.run_blocking(lambda: None, r, wait=clock.sleep, clock=clock) is None
+    assert clock.slept == [0.05] * 4

@@ -128,14 +128,27 @@ class Retry:
         if self.linear:
             d *= self.attempts
         if self.deadline is not None:
-            left = self.deadline - now
             if not self.cut:
-                # the whole wait or none: no attempt after the deadline
-                return None if d > left else d
+                # The whole wait or none: no attempt after the deadline
+                # (``now + d``, as redis-py computes it: the same float).
+                return None if now + d > self.deadline else d
+            left = self.deadline - now
             if left <= 0:
                 return None
             d = min(d, left)
         return d
+
+    def clock_at_failure(self) -> bool:
+        """Whether ``failed`` needs the time (the drivers read the clock only
+        then).  redis-py reads it at every failed blocking attempt, so
+        ``Retry.fixed`` does too: a fake clock sees the same reads."""
+        if self.stopped or (self.attempts_left is not None and self.attempts_left <= 1):
+            return False
+        return self.deadline is not None or not self.cut
+
+    def clock_after_wait(self) -> bool:
+        """Whether ``woke`` needs the time."""
+        return self.deadline is not None and self.cut
 
     def give_up(self) -> None:
         """No more attempts: the caller learnt that none can succeed (the
@@ -172,14 +185,14 @@ async def run_async(attempt: Callable[[], Awaitable[Optional[T]]], retry: Retry,
         result = await attempt()
         if result is not None:
             return result
-        d = retry.failed(clock())
+        d = retry.failed(clock() if retry.clock_at_failure() else 0.0)
         if d is None:
             return None
         if wait is None:
             await asyncio.sleep(d)
         elif await wait(d):
             continue
-        if not retry.woke(clock()):
+        if retry.clock_after_wait() and not retry.woke(clock()):
             return None
 
 
@@ -191,14 +204,14 @@ def run_blocking(attempt: Callable[[], Optional[T]], retry: Retry, *,
         result = attempt()
         if result is not None:
             return result
-        d = retry.failed(clock())
+        d = retry.failed(clock() if retry.clock_at_failure() else 0.0)
         if d is None:
             return None
         if wait is None:
             time.sleep(d)
         elif wait(d):
             continue
-        if not retry.woke(clock()):
+        if retry.clock_after_wait() and not retry.woke(clock()):
             return None
 
 

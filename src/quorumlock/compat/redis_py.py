@@ -409,7 +409,9 @@ class Lock(_LockBase):
             blocking = self.blocking
         if blocking_timeout is None:
             blocking_timeout = self.blocking_timeout
-        retry = _policy.Retry.fixed(sleep, timeout=blocking_timeout, now=mod_time.monotonic(), once=not blocking)
+        # The clock is read as redis-py reads it (a fake clock sees the same calls).
+        now = mod_time.monotonic() if blocking_timeout is not None else 0.0
+        retry = _policy.Retry.fixed(sleep, timeout=blocking_timeout, now=now, once=not blocking)
         if _policy.run_blocking(lambda: self.do_acquire(token) or None, retry,
                                 wait=mod_time.sleep, clock=mod_time.monotonic) is None:
             return False
@@ -587,7 +589,8 @@ class AsyncLock(_LockBase):
         if blocking_timeout is None:
             blocking_timeout = self.blocking_timeout
         clock = asyncio.get_running_loop().time
-        retry = _policy.Retry.fixed(sleep, timeout=blocking_timeout, now=clock(), once=not blocking)
+        now = clock() if blocking_timeout is not None else 0.0
+        retry = _policy.Retry.fixed(sleep, timeout=blocking_timeout, now=now, once=not blocking)
 
         async def attempt() -> Optional[bool]:
             return await self.do_acquire(token) or None
