@@ -246,15 +246,7 @@ class LockManager(ManagerBase):
 
     async def _open(self, i: int) -> None:
         spec = self.node_specs[i]
-        proto = self._engine.make_protocol(i)
-        loop = self._loop
-        if spec.path:
-            coro = loop.create_unix_connection(lambda: proto, spec.path, ssl=spec.ssl)
-        else:
-            coro = loop.create_connection(
-                lambda: proto, spec.host, spec.port, ssl=spec.ssl, server_hostname=spec.server_hostname
-            )
-        await asyncio.wait_for(coro, spec.connect_timeout)
+        await _handshake.open_async(self._loop, spec, self._engine.make_protocol(i), spec.connect_timeout)
 
     async def _connect_node(self, i: int, initial: bool) -> None:
         spec = self.node_specs[i]

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 import hiredis
 
+from .. import _handshake
 from .._scripts import RELEASE_CHANNEL_PREFIX
 
 log = logging.getLogger("quorumlock")
@@ -228,17 +229,12 @@ class AsyncSubscriber:
             if delay:
                 await asyncio.sleep(delay)
             proto = _SubProtocol(self, i)
-            if spec.path:
-                coro = self.loop.create_unix_connection(lambda: proto, spec.path, ssl=spec.ssl)
-            else:
-                coro = self.loop.create_connection(lambda: proto, spec.host, spec.port, ssl=spec.ssl,
-                                                   server_hostname=spec.server_hostname)
-            await asyncio.wait_for(coro, self.connect_timeout)
-            if spec.password is not None:
+            await _handshake.open_async(self.loop, spec, proto, self.connect_timeout)
+            auth = _handshake.auth_command(spec)
+            if auth is not None:
                 fut = self.loop.create_future()
                 proto.handshake.append(fut)
-                args = [b"AUTH"] + ([_b(spec.username)] if spec.username else []) + [_b(spec.password)]
-                proto.send(_resp(*args))
+                proto.send(_resp(*(_b(a) for a in auth)))
                 r = await asyncio.wait_for(fut, self.connect_timeout)
                 if isinstance(r, hiredis.ReplyError):
                     log.error("pub/sub AUTH to %s failed: %s", spec.name, r)
