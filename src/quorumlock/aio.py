@@ -642,17 +642,6 @@ class LockManager(ManagerBase):
     def exit_lock(self, lock: Any, exc_type: Any) -> None:
         raise TypeError("this lock belongs to an asyncio LockManager: use 'async with'")
 
-    # engine (pre-#16) compatibility — remove at merge: the engine in this
-    # tree still calls the old private names.
-    _release = release_lock
-    _extend = extend_lock
-    _lost_event = lock_lost_event
-    _check_lock = check_lock
-    _lock_enter = enter_lock
-    _lock_exit = exit_lock
-    _lock_aenter = aenter_lock
-    _lock_aexit = aexit_lock
-    _node_lost = node_lost
 
     def __repr__(self) -> str:
         state = "connected" if self._engine is not None else "not connected"

@@ -698,18 +698,6 @@ class LockManager(ManagerBase):
     def node_lost(self, i: int, exc: Any) -> None:  # the SyncEngine tracks its own reconnects
         pass
 
-    # engine (pre-#16) compatibility — remove at merge: the engine in this
-    # tree still calls the old private names.
-    _release = release_lock
-    _extend = extend_lock
-    _lost_event = lock_lost_event
-    _check_lock = check_lock
-    _lock_enter = enter_lock
-    _lock_exit = exit_lock
-    _lock_aenter = aenter_lock
-    _lock_aexit = aexit_lock
-    _node_lost = node_lost
-    _checkout = checkout
 
     def __repr__(self) -> str:
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
