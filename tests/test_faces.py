@@ -146,3 +146,17 @@ def test_the_observer_counts_what_it_is_told():
     assert m.held == 3
     assert (m.ok["acquire"], m.failed["acquire"]) == (4, 3)
     assert (m.ok["release"], m.failed["extend"], m.batches) == (1, 1, 1)
+
+
+def test_the_face_of_something_else_is_a_type_error_naming_the_caller():
+    from quorumlock import jobs, leader
+
+    blocking, asyncio_ = _managers()
+    assert _faces.is_async(blocking, "x") is False and _faces.is_async(asyncio_, "x") is True
+    for bad in (None, object(), "redis://127.0.0.1:1"):
+        with pytest.raises(TypeError, match="LeaderElection takes a quorumlock LockManager"):
+            leader.LeaderElection(bad, "n")
+        with pytest.raises(TypeError, match="exclusive takes a quorumlock LockManager"):
+            jobs.exclusive(bad, "k")
+    with pytest.raises(TypeError, match="needs a blocking"):
+        leader.LeaderElection(asyncio_, "n")

@@ -20,7 +20,18 @@ from typing import Any, List, Optional, Protocol, runtime_checkable
 
 from ._config import NodeSpec, Options
 
-__all__ = ["Face", "LockOwner", "Observer"]
+__all__ = ["Face", "LockOwner", "Observer", "is_async"]
+
+
+def is_async(locks: Any, what: str) -> bool:
+    """The face of ``locks``: True for ``quorumlock.aio.LockManager``, False
+    for ``quorumlock.LockManager``; ``TypeError`` naming ``what`` (the
+    caller) for anything else."""
+    face = getattr(locks, "is_async", None)
+    if not isinstance(face, bool):
+        raise TypeError(f"{what} takes a quorumlock LockManager (blocking or quorumlock.aio), "
+                        f"got {type(locks).__name__}")
+    return face
 
 
 @runtime_checkable

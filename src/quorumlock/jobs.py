@@ -52,7 +52,7 @@ import math
 import time
 from typing import Any, Callable, Dict, Optional
 
-from . import _policy
+from . import _faces, _policy
 from . import metrics as _metrics
 from .errors import LockTimeout, QuorumLockError
 
@@ -193,7 +193,7 @@ def exclusive(
     """Decorator factory: see the module docstring.  ``locks`` is an asyncio
     manager for coroutine functions, a blocking one for plain functions."""
     wait_s = _check_wait(wait)
-    is_aio = locks.is_async
+    is_aio = _faces.is_async(locks, "exclusive")
     if limit is not None:
         from .semaphore import check_permits
 

@@ -69,6 +69,7 @@ BUCKETS: Sequence[float] = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 
+from . import _faces
 from ._clock import now_ns as _now_ns  # the lease clock (CLOCK_BOOTTIME)
 
 
@@ -215,7 +216,7 @@ def instrument(mgr: Any) -> Metrics:
     not replaced; a manager without an observer does no per-operation work
     for metrics."""
     m = Metrics()
-    if not mgr.is_async:
+    if not _faces.is_async(mgr, "metrics.instrument"):
         m.mutex = threading.Lock()   # += on shared ints from many threads
     mgr.meter = m
     mgr.observer = MetricsObserver(m)
