@@ -40,10 +40,11 @@ What is counted (docs/schedulers.md):
 The per-node counters cost nothing extra: the engine keeps them anyway, and
 they are read only when ``metrics()`` is called, so they are there with
 ``metrics=False`` too.  Everything else is counted only with
-``metrics=True``: the manager then routes its calls through thin wrappers (one
-``monotonic_ns`` pair, one bisect and a few integer additions per operation;
-``examples/metrics_cost.py`` measures it), and the default path keeps no
-per-operation Python work at all.
+``metrics=True``: the manager then tells its observer (``MetricsObserver``,
+``manager.observer``) of each operation it decides (one ``monotonic_ns``
+pair, one bisect and a few integer additions per operation;
+``examples/metrics_cost.py`` measures it); without metrics the observer is
+None and the manager only checks that.
 """
 
 from __future__ import annotations
