@@ -300,6 +300,7 @@ class LockManager(ManagerBase):
 
 
     def node_lost(self, i: int, exc: Any) -> None:
+        """The engine lost its connection to node ``i`` (LockOwner)."""
         if not self._closing:
             self._schedule_reconnect(i)
 
@@ -335,6 +336,7 @@ class LockManager(ManagerBase):
             self._reconnecting.pop(i, None)
 
     def checkout(self) -> Any:
+        """The engine (``RuntimeError`` when not connected, or in a forked child before ``connect()``)."""
         if os.getpid() != self._pid:
             self._after_fork_child()
         eng = self._engine
@@ -588,9 +590,11 @@ class LockManager(ManagerBase):
         return _health.health_async(self, timeout)
 
     def lock_lost_event(self, lock: Any) -> Any:
+        """The event set when ``lock``'s lease is lost (``lock.lost``; LockOwner)."""
         return _lease_async.lost_event(self, lock)
 
     def check_lock(self, lock: Any) -> float:
+        """``lock.check()`` (LockOwner): the validity left, or ``LockLost`` / ``LockNotOwned``."""
         return _lease_async.check(self, lock)
 
     # -- callbacks used by Lock --------------------------------------------
@@ -631,17 +635,20 @@ class LockManager(ManagerBase):
         return True
 
     async def aenter_lock(self, lock: Any) -> Any:
+        """``async with lock:`` (LockOwner)."""
         return lock
 
     async def aexit_lock(self, lock: Any, exc_type: Any) -> None:
+        """The end of ``async with lock:`` (LockOwner)."""
         await self.release_lock(lock)
 
     def enter_lock(self, lock: Any) -> Any:
+        """``with lock:`` (LockOwner)."""
         raise TypeError("this lock belongs to an asyncio LockManager: use 'async with'")
 
     def exit_lock(self, lock: Any, exc_type: Any) -> None:
+        """The end of ``with lock:`` (LockOwner)."""
         raise TypeError("this lock belongs to an asyncio LockManager: use 'async with'")
-
 
     def __repr__(self) -> str:
         state = "connected" if self._engine is not None else "not connected"

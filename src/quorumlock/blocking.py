@@ -384,6 +384,8 @@ class LockManager(ManagerBase):
         return lock
 
     def attempt_op(self, key: Any, ttl_ms: int) -> Any:
+        """One quorum attempt on this thread's connections: the decided
+        operation (``.result``, ``.outcomes()``)."""
         eng = self.checkout()
         return eng.attempt_sync(key, ttl_ms)
 
@@ -613,9 +615,11 @@ class LockManager(ManagerBase):
         return _health.health_sync(self, timeout)
 
     def lock_lost_event(self, lock: Any) -> Any:
+        """The event set when ``lock``'s lease is lost (``lock.lost``; LockOwner)."""
         return _lease_thread.lost_event(self, lock)
 
     def check_lock(self, lock: Any) -> float:
+        """``lock.check()`` (LockOwner): the validity left, or ``LockLost`` / ``LockNotOwned``."""
         from .leases import check_lock
 
         return check_lock(lock)
@@ -684,20 +688,24 @@ class LockManager(ManagerBase):
         return True
 
     def enter_lock(self, lock: Any) -> Any:
+        """``with lock:`` (LockOwner)."""
         return lock
 
     def exit_lock(self, lock: Any, exc_type: Any) -> None:
+        """The end of ``with lock:`` (LockOwner)."""
         _release_surely(self, lock)
 
     def aenter_lock(self, lock: Any) -> Any:
+        """``async with lock:`` (LockOwner)."""
         raise TypeError("this lock belongs to a blocking LockManager: use 'with', not 'async with'")
 
     def aexit_lock(self, lock: Any, exc_type: Any) -> Any:
+        """The end of ``async with lock:`` (LockOwner)."""
         raise TypeError("this lock belongs to a blocking LockManager: use 'with', not 'async with'")
 
-    def node_lost(self, i: int, exc: Any) -> None:  # the SyncEngine tracks its own reconnects
-        pass
-
+    def node_lost(self, i: int, exc: Any) -> None:
+        """The engine lost its connection to node ``i`` (LockOwner); nothing
+        to do: the SyncEngine tracks its own reconnects."""
 
     def __repr__(self) -> str:
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
