@@ -108,6 +108,7 @@ def _no_leaked_servers() -> Iterator[None]:
 SOAK = (
     "tests/test_memory_bounds.py::test_majority_down_200k_attempts_memory[python]",
     "tests/test_memory_bounds.py::test_acquire_many_million_keys[python]",
+    "tests/test_million_keys.py::test_million_keys_held_at_once[",  # 10^6 with tracemalloc: 1.5-3 min a build
     "tests/test_semaphore.py::test_32_holders_slow_matrix[",
     "tests/test_semaphore.py::test_32_holders_in_4_processes[3-5]",
     "tests/test_semaphore.py::test_32_holders_in_4_processes[5-2]",

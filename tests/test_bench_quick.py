@@ -41,6 +41,9 @@ WORKLOADS = ",".join([
     "quorumlock/async-fencing-c64",
     "redis-py.Lock/blocking-seq",
     "pottery.Redlock/blocking-t8",
+    "quorumlock/async-c1024-native-off",
+    "postgresql.advisory/blocking-seq",
+    "postgresql.advisory/blocking-t8",
 ])  # fmt: skip
 
 
@@ -102,7 +105,11 @@ def test_rows_cover_the_selection(quick_run: Dict[str, Any]) -> None:
             assert r["note"], f"{r['id']} skipped without a reason"
     # the workloads that must run here (no optional peer involved)
     must = {"quorumlock/async-c64", "quorumlock/async-batch1000", "quorumlock/blocking-seq",
-            "quorumlock/contended", "redis-py.Lock/blocking-seq"}  # fmt: skip
+            "quorumlock/contended", "redis-py.Lock/blocking-seq", "quorumlock/async-c1024-native-off"}  # fmt: skip
+    from quorumlock.bench import postgres
+
+    if postgres.skip_reason() is None:  # binaries and psycopg here: the rows must run
+        must |= {"postgresql.advisory/blocking-seq", "postgresql.advisory/blocking-t8"}
     assert must <= {r["id"] for r in _ran(doc)}
 
 
@@ -151,6 +158,11 @@ def test_counts_are_consistent(quick_run: Dict[str, Any]) -> None:
             assert r["server_set_calls"] == [r["warmup_attempts"] + r["attempts"]], rid
         if r["library"] == "quorumlock" and "fencing" not in r["workload"]:
             assert r["keys_left"] == 0, rid
+        if r["library"] == "postgresql.advisory":
+            # its own server: no node columns; keys left = advisory locks still held
+            assert r["nodes_used"] == 0 and r["server_set_calls"] is None, rid
+            assert r["keys_left"] == 0 and r["extra"]["advisory_locks_left"] == 0, rid
+            assert r["extra"]["settings"]["fsync"] == "off", rid  # volatile
         assert r["overlaps"] == 0, rid
     contended = next(r for r in quick_run["doc"]["rows"] if r["id"] == "quorumlock/contended")
     assert contended["failed"] > 0  # 256 tasks on 4 keys: most attempts lose
@@ -164,6 +176,9 @@ def test_every_row_next_to_its_ceiling(quick_run: Dict[str, Any]) -> None:
     assert c["n"] == 1 and c["nodes_used"] == 1
     assert math.isclose(c["ceiling_cycles_per_s"], c["set_total_rps"] / 2, rel_tol=1e-3)
     for r in _ran(doc):
+        if r["nodes_used"] == 0:  # PostgreSQL: the nodes' ceiling is not its ceiling
+            assert r["ceiling_cycles_per_s"] is None and r["pct_of_ceiling"] is None, r["id"]
+            continue
         assert r["ceiling_cycles_per_s"] == c["ceiling_cycles_per_s"], r["id"]
         assert math.isclose(r["pct_of_ceiling"], 100 * r["cycles_per_s"] / r["ceiling_cycles_per_s"], abs_tol=0.1)
 
@@ -270,3 +285,89 @@ def test_default_run_does_not_collect_bench() -> None:
         cfg = tomllib.load(f)
     assert cfg["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
     assert not os.path.exists(os.path.join(REPO, "bench", "__init__.py"))
+
+
+# -- PostgreSQL advisory locks and the native on/off pair -----------------------
+
+
+def _fake_row(rid: str, cycles_per_s: float, p50: float, extra: Any = None) -> Dict[str, Any]:
+    lib, name = rid.split("/")
+    r = {"id": rid, "library": lib, "workload": name, "mode": "volatile", "n": 3, "skipped": False, "cycles": 1,
+         "cycles_per_s": cycles_per_s, "latency": {"p50_us": p50}, "cpu_us_per_cycle": 1.0, "pct_of_ceiling": None,
+         "ceiling_cycles_per_s": None}  # fmt: skip
+    if extra is not None:
+        r["extra"] = extra
+    return r
+
+
+def _targets(rows: list) -> Dict[str, Dict[str, Any]]:
+    from quorumlock.bench.report import evaluate_targets
+
+    return {t["id"]: t for t in evaluate_targets({"config": {"modes": ["volatile"]}, "rows": rows})}
+
+
+def test_postgres_and_native_targets() -> None:
+    """The issue-14 ratios: blocking 8 threads / PostgreSQL 8 threads (>= 2),
+    sequential p50 / PostgreSQL p50 (<= 0.5), native on / off at 1,024 tasks
+    (>= 1.25, only where the "on" row really used a native release)."""
+    rows = [
+        _fake_row("quorumlock/blocking-t8", 20_000, 900),
+        _fake_row("postgresql.advisory/blocking-t8", 9_000, 800),
+        _fake_row("quorumlock/blocking-seq", 10_000, 60),
+        _fake_row("postgresql.advisory/blocking-seq", 8_000, 100),
+        _fake_row("quorumlock/async-c1024", 130_000, 9_000, {"release_path": ["DELIFEQ"] * 3}),
+        _fake_row("quorumlock/async-c1024-native-off", 100_000, 9_000, {"release_path": ["script"] * 3}),
+    ]
+    t = _targets(rows)
+    assert t["blocking-t8-vs-postgres"]["status"] == "PASS" and t["blocking-t8-vs-postgres"]["ratio"] == 2.222
+    assert t["blocking-p50-vs-postgres"]["status"] == "FAIL" and t["blocking-p50-vs-postgres"]["ratio"] == 0.6
+    assert t["native-on-off-c1024"]["status"] == "PASS" and t["native-on-off-c1024"]["ratio"] == 1.3
+    rows[1]["cycles_per_s"] = 10_001  # just under 2x
+    rows[4]["extra"] = {"release_path": ["DELIFEQ", "script", "DELIFEQ"]}  # one node without DELIFEQ
+    t = _targets(rows)
+    assert t["blocking-t8-vs-postgres"]["status"] == "FAIL"
+    assert t["native-on-off-c1024"]["status"] == "N/A" and "no native release" in t["native-on-off-c1024"]["detail"]
+    t = _targets(rows[:4])
+    assert t["native-on-off-c1024"]["status"] == "N/A" and t["native-on-off-c1024"]["detail"] == "missing row"
+
+
+def test_postgres_rows_skip_with_a_note(monkeypatch: Any) -> None:
+    from quorumlock.bench import postgres
+
+    monkeypatch.setattr(postgres, "find_bindir", lambda: None)
+    reason = postgres.skip_reason()
+    assert reason is not None and "initdb/pg_ctl" in reason
+    assert all(w.skip_reason() == reason for w in postgres.PG_WORKLOADS)
+    with pytest.raises(RuntimeError, match="no PostgreSQL binaries"):
+        postgres.PostgresServer("volatile")
+
+
+def test_postgres_server_bad_mode() -> None:
+    from quorumlock.bench import postgres
+
+    with pytest.raises(ValueError, match="mode"):
+        postgres.PostgresServer("durable")
+
+
+def test_postgres_server_settings_and_cleanup(tmp_path: Any) -> None:
+    """The fsync mode's server really runs with fsync and synchronous_commit on,
+    its socket directory is under the base dir, and stop() removes it all."""
+    from quorumlock.bench import postgres
+
+    if postgres.skip_reason():
+        pytest.skip(postgres.skip_reason())
+    import psycopg
+
+    srv = postgres.PostgresServer("fsync", base_dir=str(tmp_path))
+    try:
+        if os.geteuid() != 0:  # as root, postgres cannot enter pytest's 0700 tmp dirs
+            assert os.path.dirname(srv.dir) == str(tmp_path)
+        with psycopg.connect(**srv.conninfo, autocommit=True) as conn:
+            got = {k: conn.execute(f"SHOW {k}").fetchone()[0] for k in ("fsync", "synchronous_commit",
+                                                                          "unix_socket_directories")}  # fmt: skip
+        assert got == {"fsync": "on", "synchronous_commit": "on", "unix_socket_directories": srv.dir}
+    finally:
+        srv.stop()
+    assert os.listdir(tmp_path) == [] and not os.path.exists(srv.dir)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(**srv.conninfo, connect_timeout=2)

@@ -122,6 +122,78 @@ def test_state_on_every_node(sync_core, clusters, n, caplog):
         forever.release()
 
 
+def _calls(cluster, command):
+    """How many times every node ran ``command`` since its last CONFIG RESETSTAT
+    (``"get"``: the clients' GETs, without those that scripts ran: the
+    release scripts read the key once per call)."""
+    out = []
+    for c in _clients(cluster):
+        stats = c.info("commandstats")
+        count = stats.get(f"cmdstat_{command}", {}).get("calls", 0)
+        if command == "get":
+            count -= sum(stats.get(f"cmdstat_{s}", {}).get("calls", 0) for s in ("evalsha", "eval"))
+        out.append(count)
+        c.close()
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_acquire_reads_the_owner_only_when_needed(sync_core, clusters, n):
+    """``acquire()`` sends no ``GET`` when the SET NX decides (a fresh lock, or
+    one released since), reads the owner once after a failed SET, and reads it
+    before any SET when its id may already hold the lock (given ``id``, or
+    acquired by this object, or read through ``.id``): ``AlreadyAcquired``
+    and the argument errors come as in python-redis-lock."""
+    cluster = clusters(n)
+    nodes = _nodes_arg(cluster, n)
+    _on_nodes(cluster, "CONFIG", "RESETSTAT")
+    lock = Lock(nodes, "fast", expire=30)
+    assert lock.acquire(blocking=False) is True
+    assert (_calls(cluster, "get"), _calls(cluster, "set")) == ([0] * n, [1] * n)  # no owner read
+    lock.release()
+    _on_nodes(cluster, "CONFIG", "RESETSTAT")
+    assert lock.acquire() is True  # released since: no read either
+    assert (_calls(cluster, "get"), _calls(cluster, "set")) == ([0] * n, [1] * n)
+    other = Lock(nodes, "fast")
+    assert other.acquire(blocking=False) is False
+    assert (_calls(cluster, "get"), _calls(cluster, "set")) == ([1] * n, [2] * n)  # failed SET, one read
+    with pytest.raises(TimeoutNotUsable):
+        other.acquire(blocking=False, timeout=1)
+    with pytest.raises(AlreadyAcquired):  # this object holds it: read first, no SET
+        lock.acquire()
+    with pytest.raises(AlreadyAcquired):  # the owner check comes before the argument check
+        lock.acquire(blocking=False, timeout=1)
+    assert _calls(cluster, "set") == [2] * n
+    twin = Lock(nodes, "fast", id=lock.id)
+    with pytest.raises(AlreadyAcquired):
+        twin.acquire()
+    lock.release()
+    # An id handed out through ``.id``: the object reads the owner first, as
+    # for a given id, so its failed attempt never takes the holder's key.
+    first = Lock(nodes, "shared-id", expire=30)
+    holder = Lock(nodes, "shared-id", expire=30, id=first.id)
+    assert holder.acquire(blocking=False) is True
+    _on_nodes(cluster, "CONFIG", "RESETSTAT")
+    with pytest.raises(AlreadyAcquired):
+        first.acquire()
+    assert (_calls(cluster, "get"), _calls(cluster, "set")) == ([1] * n, [0] * n)
+    assert _on_nodes(cluster, "GET", "lock:shared-id") == [holder.id.encode()] * n
+    first.release()
+    assert _on_nodes(cluster, "EXISTS", "lock:shared-id") == [0] * n
+    # An id taken from the nodes (not through ``.id``): the object tries
+    # first; AlreadyAcquired all the same, and the lock stays held on a
+    # majority (the failed attempt's clean-up may reach the nodes that had not
+    # answered when it was decided: docs/migrating.md).
+    blind = Lock(nodes, "from-nodes", expire=30)
+    copy = Lock(nodes, "from-nodes", expire=30, id=blind._id)
+    assert copy.acquire(blocking=False) is True
+    with pytest.raises(AlreadyAcquired):
+        blind.acquire()
+    values = _on_nodes(cluster, "GET", "lock:from-nodes")
+    assert values.count(blind._id.encode()) >= n // 2 + 1
+    copy.release()
+
+
 @pytest.mark.parametrize("n", [1, 3])
 def test_release_wakes_the_waiter(sync_core, clusters, n):
     """A blocked ``acquire`` waits in BLPOP on the signal list and is woken by

@@ -27,8 +27,11 @@ from quorumlock import LockManager
 from quorumlock.nodes import LocalCluster
 
 
-def engine_cycle(urls: List[str]) -> Callable[[int], None]:
-    mgr = LockManager(urls, ttl=10.0).connect()
+def engine_cycle(urls: List[str], notify: bool = False) -> Callable[[int], None]:
+    """``notify=True``: the release script also publishes (one more write per
+    node, decided at a majority as ever): what a drop-in release that signals
+    its waiters would cost as one engine operation."""
+    mgr = LockManager(urls, ttl=10.0, notify=notify).connect()
 
     def run(n: int) -> None:
         for _ in range(n):
@@ -91,6 +94,7 @@ def main() -> None:
         clients = [redis.Redis(port=p) for p in cluster.ports]
         variants: Dict[str, Callable[[int], None]] = {
             "engine API: `LockManager.try_acquire` + `release`": engine_cycle(cluster.urls),
+            "engine API, releases that notify (`notify=True`)": engine_cycle(cluster.urls, notify=True),
             "redis-py drop-in `Lock`, one object": redis_py_cycle(clients, fresh=False),
             "redis-py drop-in `Lock`, new object per cycle": redis_py_cycle(clients, fresh=True),
             "pottery drop-in `Redlock`": pottery_cycle(clients),

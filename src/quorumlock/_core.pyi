@@ -5,7 +5,7 @@
 import asyncio
 import socket
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from hiredis import ReplyError as ReplyError
 
@@ -21,6 +21,21 @@ def monotonic_ns() -> int: ...
 def new_token() -> bytes: ...
 def random_bytes(n: int) -> bytes: ...
 def encode_command(*args: _Arg) -> bytes: ...
+
+class _LockOwner(Protocol):
+    """What a Lock and the engine call on the manager that built them (stub
+    only: the managers in aio.py / blocking.py implement it).  ``Lock.release``
+    and ``Lock.extend`` still go through the manager's ``_release`` /
+    ``_extend``, which metrics and chaos wrappers replace."""
+    def release_lock(self, lock: Lock) -> Any: ...
+    def extend_lock(self, lock: Lock, ttl: float | None) -> Any: ...
+    def lock_lost_event(self, lock: Lock) -> Any: ...
+    def check_lock(self, lock: Lock) -> float: ...
+    def enter_lock(self, lock: Lock) -> Any: ...
+    def exit_lock(self, lock: Lock, exc_type: Any) -> Any: ...
+    def aenter_lock(self, lock: Lock) -> Any: ...
+    def aexit_lock(self, lock: Lock, exc_type: Any) -> Any: ...
+    def node_lost(self, i: int, exc: Any) -> None: ...
 
 class Lock:
     """A held lease (the engine's class behind quorumlock.Lock and quorumlock.aio.Lock)."""
@@ -86,7 +101,7 @@ class Engine:
         self,
         loop: asyncio.AbstractEventLoop | None,
         node_names: Sequence[str],
-        owner: object,
+        owner: _LockOwner,
         node_timeout: float,
         drift_factor: float,
         max_key_length: int,
@@ -114,7 +129,7 @@ class SyncEngine(Engine):
     def __init__(
         self,
         node_names: Sequence[str],
-        owner: object,
+        owner: _LockOwner,
         node_timeout: float,
         drift_factor: float,
         max_key_length: int,

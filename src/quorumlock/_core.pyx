@@ -36,8 +36,13 @@ from quorumlock._scripts import (
     RELEASE_MANY as RELEASE_MANY_SCRIPT, RELEASE_MANY_SHA, ALL as SCRIPTS,
     ACQUIRE_EX as ACQUIRE_EX_SCRIPT, ACQUIRE_EX_SHA, FENCE_COMMIT as FENCE_COMMIT_SCRIPT, FENCE_COMMIT_SHA,
     RELEASE_EX as RELEASE_EX_SCRIPT, RELEASE_EX_SHA, EXTEND_EX as EXTEND_EX_SCRIPT, EXTEND_EX_SHA,
-    FENCE_PREFIX, DELAY_PREFIX, RESERVED_PREFIX,
+    FENCE_PREFIX, DELAY_PREFIX, RESERVED_PREFIX, S_RELEASE as _S_RELEASE, S_RELEASE_EX as _S_RELEASE_EX,
 )
+
+# numkeys of the release scripts as C globals: every release carries its EVAL
+# fallback (for NOSCRIPT), so no attribute lookup on that path.
+cdef bytes RELEASE_NUMKEYS = _S_RELEASE.numkeys
+cdef bytes RELEASE_EX_NUMKEYS = _S_RELEASE_EX.numkeys
 
 include "_cython/consts.pxi"
 include "_cython/buffer.pxi"

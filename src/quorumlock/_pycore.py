@@ -29,6 +29,8 @@ from hiredis import ProtocolError, Reader, ReplyError
 from quorumlock._clock import now_ns as _clock_now_ns
 from quorumlock.errors import NodeOutcome, scrub_text
 from quorumlock._scripts import (
+    S_RELEASE, S_EXTEND, S_ACQUIRE_MANY, S_RELEASE_MANY, S_ACQUIRE_EX, S_FENCE_COMMIT,
+    S_RELEASE_EX, S_EXTEND_EX, S_RELEASE_NOTIFY, S_RELEASE_EX_NOTIFY,
     RELEASE as RELEASE_SCRIPT, RELEASE_SHA, EXTEND as EXTEND_SCRIPT, EXTEND_SHA,
     ACQUIRE_MANY as ACQUIRE_MANY_SCRIPT, ACQUIRE_MANY_SHA,
     RELEASE_MANY as RELEASE_MANY_SCRIPT, RELEASE_MANY_SHA, ALL as SCRIPTS,
@@ -40,6 +42,8 @@ from quorumlock._scripts import (
 )
 
 IMPLEMENTATION = "python"
+_RELEASE_NUMKEYS = S_RELEASE.numkeys        # every release carries its EVAL fallback
+_RELEASE_EX_NUMKEYS = S_RELEASE_EX.numkeys
 TOKEN_SIZE = 20
 _POOL_SIZE = 4096
 
@@ -746,7 +750,7 @@ class FencedAcquireOp(AcquireOp):
             self.engine.script_missing(node)
             return self.mark(node._idx, ST_ERROR, _NOSCRIPT_LATE)
         kb = self.key_b
-        node.send(encode_command(b"EVAL", ACQUIRE_EX_SCRIPT, b"3", kb, FENCE_PREFIX + kb, DELAY_PREFIX + kb,
+        node.send(encode_command(b"EVAL", S_ACQUIRE_EX.body, S_ACQUIRE_EX.numkeys, kb, FENCE_PREFIX + kb, DELAY_PREFIX + kb,
                                  self.token, self.ttl_ms, self.delay_ms, b"1" if self.fencing else b"0"),
                   self, aux, deadline)
         self.engine.script_missing(node)
@@ -812,7 +816,7 @@ class CommitOp(Op):
 
     def resend_eval(self, node, aux, deadline):
         acq = self.acq
-        node.send(encode_command(b"EVAL", FENCE_COMMIT_SCRIPT, b"2", acq.key_b, FENCE_PREFIX + acq.key_b,
+        node.send(encode_command(b"EVAL", S_FENCE_COMMIT.body, S_FENCE_COMMIT.numkeys, acq.key_b, FENCE_PREFIX + acq.key_b,
                                  acq.token, acq.fence, acq.slack_us), self, aux, deadline)
         self.engine.script_missing(node)
 
@@ -862,10 +866,10 @@ class ReleaseOp(Op):
 
     def resend_eval(self, node, aux, deadline):
         if self.ex:
-            cmd = encode_command(b"EVAL", self.engine.release_ex_script, b"2", self.key_b,
+            cmd = encode_command(b"EVAL", self.engine.release_ex_script, _RELEASE_EX_NUMKEYS, self.key_b,
                                  DELAY_PREFIX + self.key_b, self.token)
         else:
-            cmd = encode_command(b"EVAL", self.engine.release_script, b"1", self.key_b, self.token)
+            cmd = encode_command(b"EVAL", self.engine.release_script, _RELEASE_NUMKEYS, self.key_b, self.token)
         node.send(cmd, self, aux, deadline)
         self.engine.script_missing(node)
 
@@ -933,10 +937,10 @@ class ExtendOp(Op):
     def resend_eval(self, node, aux, deadline):
         lock = self.lock
         if self.delay_ms > 0:
-            cmd = encode_command(b"EVAL", EXTEND_EX_SCRIPT, b"2", lock._key_b, DELAY_PREFIX + lock._key_b,
+            cmd = encode_command(b"EVAL", S_EXTEND_EX.body, S_EXTEND_EX.numkeys, lock._key_b, DELAY_PREFIX + lock._key_b,
                                  lock._token, self.ttl_ms, self.delay_ms)
         else:
-            cmd = encode_command(b"EVAL", EXTEND_SCRIPT, b"1", lock._key_b, lock._token, self.ttl_ms)
+            cmd = encode_command(b"EVAL", S_EXTEND.body, S_EXTEND.numkeys, lock._key_b, lock._token, self.ttl_ms)
         node.send(cmd, self, aux, deadline)
         self.engine.script_missing(node)
 
@@ -1257,11 +1261,14 @@ class Lock:
 
     def release(self):
         """Release the lock on every node (compare-and-delete)."""
+        # Still the private name: metrics.py patches _release/_extend on the
+        # instance and chaos/faulty.py overrides them, while the managers'
+        # release_lock/extend_lock are class aliases bound to the base method.
         return self._owner._release(self)
 
     def extend(self, ttl=None):
         """Extend the lease on a majority (compare-and-pexpire), with a fresh validity."""
-        return self._owner._extend(self, ttl)
+        return self._owner._extend(self, ttl)  # see release()
 
     @property
     def lost(self):
@@ -1269,24 +1276,24 @@ class Lock:
         lease is known to be lost: a renewal failed to reach a quorum in time,
         ``max_hold`` was reached, or validity ran out while held
         (``quorumlock.leases``).  Reading it starts watching the lock."""
-        return self._owner._lost_event(self)
+        return self._owner.lock_lost_event(self)
 
     def check(self):
         """Raise ``LockLost`` if the lease is lost (or its validity ran out
         before a release); otherwise return the seconds of validity left."""
-        return self._owner._check_lock(self)
+        return self._owner.check_lock(self)
 
     def __aenter__(self):
-        return self._owner._lock_aenter(self)
+        return self._owner.aenter_lock(self)
 
     def __aexit__(self, exc_type, exc, tb):
-        return self._owner._lock_aexit(self, exc_type)
+        return self._owner.aexit_lock(self, exc_type)
 
     def __enter__(self):
-        return self._owner._lock_enter(self)
+        return self._owner.enter_lock(self)
 
     def __exit__(self, exc_type, exc, tb):
-        return self._owner._lock_exit(self, exc_type)
+        return self._owner.exit_lock(self, exc_type)
 
     def __repr__(self):
         state = "released" if self._released else ("valid %.3fs" % self.validity if self.valid else "expired")
@@ -1387,16 +1394,16 @@ class Engine:
         else:
             self._call_soon = loop.call_soon
             self._create_future = loop.create_future
-        self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
-        self.pre_extend = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_SHA + b"\r\n$1\r\n1\r\n"
-        self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
-        self.pre_extend_ex = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_EX_SHA + b"\r\n$1\r\n2\r\n"
-        self.pre_acquire_ex = b"*10\r\n$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_EX_SHA + b"\r\n$1\r\n3\r\n"
-        self.pre_commit = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + FENCE_COMMIT_SHA + b"\r\n$1\r\n2\r\n"
+        self.pre_release = S_RELEASE.evalsha_header
+        self.pre_extend = S_EXTEND.evalsha_header
+        self.pre_release_ex = S_RELEASE_EX.evalsha_header
+        self.pre_extend_ex = S_EXTEND_EX.evalsha_header
+        self.pre_acquire_ex = S_ACQUIRE_EX.evalsha_header
+        self.pre_commit = S_FENCE_COMMIT.evalsha_header
         self.fencing = False
         self.lock_delay_ms = 0
-        self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
-        self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
+        self.pre_acquire_many = S_ACQUIRE_MANY.evalsha_header
+        self.pre_release_many = S_RELEASE_MANY.evalsha_header
         self.release_notify = False
         # Native conditional commands, per node (bit i: node i has it; set by
         # the API layer from each connect's handshake, set_native).
@@ -1593,10 +1600,10 @@ class Engine:
             dk = DELAY_PREFIX + key_b
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
                 self.pre_release_ex, len(key_b), key_b, len(dk), dk, len(token), token)
-            op.eval_args = (b"EVAL", self.release_ex_script, b"2", key_b, dk, token)
+            op.eval_args = (b"EVAL", self.release_ex_script, _RELEASE_EX_NUMKEYS, key_b, dk, token)
         else:
             cmd = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (self.pre_release, len(key_b), key_b, len(token), token)
-            op.eval_args = (b"EVAL", self.release_script, b"1", key_b, token)
+            op.eval_args = (b"EVAL", self.release_script, _RELEASE_NUMKEYS, key_b, token)
         return cmd, op
 
     def send_release(self, key_b, token, waiter, skip, sent=0, expiry=0):
@@ -1688,9 +1695,7 @@ class Engine:
         self.schedule_flush()
 
     def _node_lost(self, idx, exc):
-        cb = getattr(self.owner, "_node_lost", None)
-        if cb is not None:
-            cb(idx, exc)
+        self.owner.node_lost(idx, exc)
 
     def _log_error(self, name, what, obj):
         # A stray reply may carry a token: never log it verbatim.
@@ -2204,13 +2209,13 @@ class Engine:
         on = True if on else False
         self.release_notify = on
         if on:
-            self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_NOTIFY_SHA + b"\r\n$1\r\n1\r\n"
-            self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_NOTIFY_SHA + b"\r\n$1\r\n2\r\n"
+            self.pre_release = S_RELEASE_NOTIFY.evalsha_header
+            self.pre_release_ex = S_RELEASE_EX_NOTIFY.evalsha_header
             self.release_script = RELEASE_NOTIFY_SCRIPT
             self.release_ex_script = RELEASE_EX_NOTIFY_SCRIPT
         else:
-            self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
-            self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
+            self.pre_release = S_RELEASE.evalsha_header
+            self.pre_release_ex = S_RELEASE_EX.evalsha_header
             self.release_script = RELEASE_SCRIPT
             self.release_ex_script = RELEASE_EX_SCRIPT
 
@@ -2695,10 +2700,11 @@ class SyncEngine(Engine):
         return self._call(idx, args, timeout)
 
     def call_sync(self, idx, args, timeout=None):
-        """One command to one node; raises TimeoutError/ConnectionError."""
+        """One command to one node; raises TimeoutError/ConnectionError.
+        An error reply is returned, as by the compiled core."""
         op = self._call(idx, args, timeout)
         self._wait(op, 0)
-        if isinstance(op.result, BaseException):
+        if isinstance(op.result, (TimeoutError, ConnectionError)):
             raise op.result
         return op.result
 

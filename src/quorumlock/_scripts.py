@@ -169,30 +169,77 @@ return 0"""
 
 
 def sha1(script: bytes) -> bytes:
+    """The hex SHA1 digest ``EVALSHA`` names ``script`` by, as bytes."""
     return hashlib.sha1(script).hexdigest().encode()
 
 
-RELEASE_SHA = sha1(RELEASE)
-EXTEND_SHA = sha1(EXTEND)
-ACQUIRE_MANY_SHA = sha1(ACQUIRE_MANY)
-RELEASE_MANY_SHA = sha1(RELEASE_MANY)
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(b), b)
 
-ACQUIRE_EX_SHA = sha1(ACQUIRE_EX)
-FENCE_COMMIT_SHA = sha1(FENCE_COMMIT)
-RELEASE_EX_SHA = sha1(RELEASE_EX)
-EXTEND_EX_SHA = sha1(EXTEND_EX)
-RELEASE_NOTIFY_SHA = sha1(RELEASE_NOTIFY)
-RELEASE_EX_NOTIFY_SHA = sha1(RELEASE_EX_NOTIFY)
 
-ALL = (
-    (RELEASE, RELEASE_SHA),
-    (EXTEND, EXTEND_SHA),
-    (ACQUIRE_MANY, ACQUIRE_MANY_SHA),
-    (RELEASE_MANY, RELEASE_MANY_SHA),
-    (ACQUIRE_EX, ACQUIRE_EX_SHA),
-    (FENCE_COMMIT, FENCE_COMMIT_SHA),
-    (RELEASE_EX, RELEASE_EX_SHA),
-    (EXTEND_EX, EXTEND_EX_SHA),
-    (RELEASE_NOTIFY, RELEASE_NOTIFY_SHA),
-    (RELEASE_EX_NOTIFY, RELEASE_EX_NOTIFY_SHA),
-)
+class Script:
+    """One Lua script: its name, body, and the shape of a call.
+
+    ``keys`` and ``args`` name the KEYS and ARGV the script reads, in order;
+    ``None`` means a variable count (the batch scripts, whose caller writes
+    the RESP array header itself).  The engine writes every ``EVALSHA`` it
+    sends from :attr:`evalsha_header`, and the ``EVAL`` fallback from
+    :attr:`body` and :attr:`numkeys`, so the arity is stated here only."""
+
+    __slots__ = ("name", "body", "sha", "keys", "args", "numkeys", "evalsha_header")
+
+    def __init__(self, name: str, body: bytes, keys: "tuple[str, ...] | None",
+                 args: "tuple[str, ...] | None") -> None:
+        if (keys is None) != (args is None):
+            raise ValueError(f"script {name}: keys and args are both fixed or both variable")
+        self.name = name
+        self.body = body
+        self.sha = sha1(body)
+        self.keys = keys
+        self.args = args
+        #: ``numkeys`` as the bulk string a call sends (``None`` when variable).
+        self.numkeys: "bytes | None" = None if keys is None else str(len(keys)).encode()
+        head = _bulk(b"EVALSHA") + _bulk(self.sha)
+        if keys is None:
+            # Variable: "$7 EVALSHA $40 <sha>"; the caller writes "*<n>" before
+            # it and numkeys, the keys and the args after it.
+            self.evalsha_header = head
+        else:
+            assert args is not None and self.numkeys is not None
+            n = 3 + len(keys) + len(args)
+            self.evalsha_header = b"*%d\r\n" % n + head + _bulk(self.numkeys)
+
+    def __repr__(self) -> str:
+        return f"<Script {self.name} keys={self.keys} args={self.args}>"
+
+
+S_RELEASE = Script("release", RELEASE, ("key",), ("token",))
+S_EXTEND = Script("extend", EXTEND, ("key",), ("token", "ttl_ms"))
+S_ACQUIRE_MANY = Script("acquire_many", ACQUIRE_MANY, None, None)
+S_RELEASE_MANY = Script("release_many", RELEASE_MANY, None, None)
+S_ACQUIRE_EX = Script("acquire_ex", ACQUIRE_EX, ("key", "fence_key", "delay_key"),
+                      ("token", "ttl_ms", "delay_ms", "fenced"))
+S_FENCE_COMMIT = Script("fence_commit", FENCE_COMMIT, ("key", "fence_key"), ("token", "fence", "slack_us"))
+S_RELEASE_EX = Script("release_ex", RELEASE_EX, ("key", "delay_key"), ("token",))
+S_EXTEND_EX = Script("extend_ex", EXTEND_EX, ("key", "delay_key"), ("token", "ttl_ms", "delay_ms"))
+S_RELEASE_NOTIFY = Script("release_notify", RELEASE_NOTIFY, ("key",), ("token",))
+S_RELEASE_EX_NOTIFY = Script("release_ex_notify", RELEASE_EX_NOTIFY, ("key", "delay_key"), ("token",))
+
+#: Every script the engine loads on a node (``SCRIPT LOAD`` at connect).
+SCRIPTS = (S_RELEASE, S_EXTEND, S_ACQUIRE_MANY, S_RELEASE_MANY, S_ACQUIRE_EX, S_FENCE_COMMIT,
+           S_RELEASE_EX, S_EXTEND_EX, S_RELEASE_NOTIFY, S_RELEASE_EX_NOTIFY)
+
+RELEASE_SHA = S_RELEASE.sha
+EXTEND_SHA = S_EXTEND.sha
+ACQUIRE_MANY_SHA = S_ACQUIRE_MANY.sha
+RELEASE_MANY_SHA = S_RELEASE_MANY.sha
+
+ACQUIRE_EX_SHA = S_ACQUIRE_EX.sha
+FENCE_COMMIT_SHA = S_FENCE_COMMIT.sha
+RELEASE_EX_SHA = S_RELEASE_EX.sha
+EXTEND_EX_SHA = S_EXTEND_EX.sha
+RELEASE_NOTIFY_SHA = S_RELEASE_NOTIFY.sha
+RELEASE_EX_NOTIFY_SHA = S_RELEASE_EX_NOTIFY.sha
+
+#: (body, sha) pairs of :data:`SCRIPTS` (the older form, kept for its callers).
+ALL = tuple((s.body, s.sha) for s in SCRIPTS)

@@ -1,6 +1,8 @@
 # The engine: fan-out of every operation to all nodes at once, auto-pipelined.
 
 from quorumlock._scripts import (
+    S_RELEASE, S_EXTEND, S_ACQUIRE_MANY, S_RELEASE_MANY, S_ACQUIRE_EX, S_FENCE_COMMIT,
+    S_RELEASE_EX, S_EXTEND_EX, S_RELEASE_NOTIFY, S_RELEASE_EX_NOTIFY,
     RELEASE_NOTIFY as RELEASE_NOTIFY_SCRIPT, RELEASE_NOTIFY_SHA,
     RELEASE_EX_NOTIFY as RELEASE_EX_NOTIFY_SCRIPT, RELEASE_EX_NOTIFY_SHA,
 )
@@ -122,16 +124,16 @@ cdef class Engine:
         self.nat_delifeq = 0
         self.nat_delex = 0
         self.nat_setifeq = 0
-        self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
-        self.pre_extend = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_SHA + b"\r\n$1\r\n1\r\n"
-        self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
-        self.pre_extend_ex = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + EXTEND_EX_SHA + b"\r\n$1\r\n2\r\n"
-        self.pre_acquire_ex = b"*10\r\n$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_EX_SHA + b"\r\n$1\r\n3\r\n"
-        self.pre_commit = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + FENCE_COMMIT_SHA + b"\r\n$1\r\n2\r\n"
+        self.pre_release = S_RELEASE.evalsha_header
+        self.pre_extend = S_EXTEND.evalsha_header
+        self.pre_release_ex = S_RELEASE_EX.evalsha_header
+        self.pre_extend_ex = S_EXTEND_EX.evalsha_header
+        self.pre_acquire_ex = S_ACQUIRE_EX.evalsha_header
+        self.pre_commit = S_FENCE_COMMIT.evalsha_header
         self.fencing = False
         self.lock_delay_ms = 0
-        self.pre_acquire_many = b"$7\r\nEVALSHA\r\n$40\r\n" + ACQUIRE_MANY_SHA + b"\r\n"
-        self.pre_release_many = b"$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_MANY_SHA + b"\r\n"
+        self.pre_acquire_many = S_ACQUIRE_MANY.evalsha_header
+        self.pre_release_many = S_RELEASE_MANY.evalsha_header
         self.release_notify = False
         self.rel_queue = []
         self.coalesce_releases = True
@@ -204,13 +206,13 @@ cdef class Engine:
         Same arity as the plain scripts: only the SHA changes."""
         self.release_notify = on
         if on:
-            self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_NOTIFY_SHA + b"\r\n$1\r\n1\r\n"
-            self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_NOTIFY_SHA + b"\r\n$1\r\n2\r\n"
+            self.pre_release = S_RELEASE_NOTIFY.evalsha_header
+            self.pre_release_ex = S_RELEASE_EX_NOTIFY.evalsha_header
             self.release_script = RELEASE_NOTIFY_SCRIPT
             self.release_ex_script = RELEASE_EX_NOTIFY_SCRIPT
         else:
-            self.pre_release = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_SHA + b"\r\n$1\r\n1\r\n"
-            self.pre_release_ex = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + RELEASE_EX_SHA + b"\r\n$1\r\n2\r\n"
+            self.pre_release = S_RELEASE.evalsha_header
+            self.pre_release_ex = S_RELEASE_EX.evalsha_header
             self.release_script = RELEASE_SCRIPT
             self.release_ex_script = RELEASE_EX_SCRIPT
 
@@ -357,11 +359,11 @@ cdef class Engine:
             b.write_bytes(self.pre_release_ex)
             b.write_bulk_bytes(key_b)
             b.write_bulk_bytes(DELAY_PREFIX + key_b)
-            op.eval_args = (b"EVAL", self.release_ex_script, b"2", key_b, DELAY_PREFIX + key_b, token)
+            op.eval_args = (b"EVAL", self.release_ex_script, RELEASE_EX_NUMKEYS, key_b, DELAY_PREFIX + key_b, token)
         else:
             b.write_bytes(self.pre_release)
             b.write_bulk_bytes(key_b)
-            op.eval_args = (b"EVAL", self.release_script, b"1", key_b, token)
+            op.eval_args = (b"EVAL", self.release_script, RELEASE_NUMKEYS, key_b, token)
         b.write_bulk_bytes(token)
         return op
 
@@ -478,9 +480,7 @@ cdef class Engine:
         return 0
 
     def _node_lost(self, int idx, exc):
-        cb = getattr(self.owner, "_node_lost", None)
-        if cb is not None:
-            cb(idx, exc)
+        self.owner.node_lost(idx, exc)
 
     def _log_error(self, name, what, obj):
         # A stray reply may carry a token: never log it verbatim.

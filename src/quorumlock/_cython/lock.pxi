@@ -82,11 +82,14 @@ cdef class Lock:
 
     def release(self):
         """Release the lock on every node (compare-and-delete)."""
+        # Still the private name: metrics.py patches _release/_extend on the
+        # instance and chaos/faulty.py overrides them, while the managers'
+        # release_lock/extend_lock are class aliases bound to the base method.
         return self._owner._release(self)
 
     def extend(self, ttl=None):
         """Extend the lease on a majority (compare-and-pexpire), with a fresh validity."""
-        return self._owner._extend(self, ttl)
+        return self._owner._extend(self, ttl)  # see release()
 
     @property
     def lost(self):
@@ -94,24 +97,24 @@ cdef class Lock:
         lease is known to be lost: a renewal failed to reach a quorum in time,
         ``max_hold`` was reached, or validity ran out while held
         (``quorumlock.leases``).  Reading it starts watching the lock."""
-        return self._owner._lost_event(self)
+        return self._owner.lock_lost_event(self)
 
     def check(self):
         """Raise ``LockLost`` if the lease is lost (or its validity ran out
         before a release); otherwise return the seconds of validity left."""
-        return self._owner._check_lock(self)
+        return self._owner.check_lock(self)
 
     def __aenter__(self):
-        return self._owner._lock_aenter(self)
+        return self._owner.aenter_lock(self)
 
     def __aexit__(self, exc_type, exc, tb):
-        return self._owner._lock_aexit(self, exc_type)
+        return self._owner.aexit_lock(self, exc_type)
 
     def __enter__(self):
-        return self._owner._lock_enter(self)
+        return self._owner.enter_lock(self)
 
     def __exit__(self, exc_type, exc, tb):
-        return self._owner._lock_exit(self, exc_type)
+        return self._owner.exit_lock(self, exc_type)
 
     def __repr__(self):
         state = "released" if self.released else ("valid %.3fs" % self.validity if self.valid else "expired")

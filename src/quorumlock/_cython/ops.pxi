@@ -248,7 +248,7 @@ cdef class FencedAcquireOp(AcquireOp):
             self.engine.script_missing(node)
             return self.mark(node.idx, ST_ERROR, NOSCRIPT_LATE)
         b.clear()
-        b.write_command((b"EVAL", ACQUIRE_EX_SCRIPT, b"3", self.key_b, FENCE_PREFIX + self.key_b,
+        b.write_command((b"EVAL", S_ACQUIRE_EX.body, S_ACQUIRE_EX.numkeys, self.key_b, FENCE_PREFIX + self.key_b,
                          DELAY_PREFIX + self.key_b, self.token, self.ttl_ms, self.delay_ms,
                          b"1" if self.fencing else b"0"))
         node.send(b, self, aux, deadline)
@@ -331,7 +331,7 @@ cdef class CommitOp(Op):
     cdef int resend_eval(self, NodeConn node, int32_t aux, uint64_t deadline) except -1:
         cdef WriteBuffer b = self.engine.scratch2
         b.clear()
-        b.write_command((b"EVAL", FENCE_COMMIT_SCRIPT, b"2", self.acq.key_b, FENCE_PREFIX + self.acq.key_b,
+        b.write_command((b"EVAL", S_FENCE_COMMIT.body, S_FENCE_COMMIT.numkeys, self.acq.key_b, FENCE_PREFIX + self.acq.key_b,
                          self.acq.token, self.acq.fence, self.acq.slack_us))
         node.send(b, self, aux, deadline)
         self.engine.script_missing(node)
@@ -387,10 +387,10 @@ cdef class ReleaseOp(Op):
         cdef WriteBuffer b = self.engine.scratch2
         b.clear()
         if self.ex:
-            b.write_command((b"EVAL", self.engine.release_ex_script, b"2", self.key_b, DELAY_PREFIX + self.key_b,
+            b.write_command((b"EVAL", self.engine.release_ex_script, RELEASE_EX_NUMKEYS, self.key_b, DELAY_PREFIX + self.key_b,
                              self.token))
         else:
-            b.write_command((b"EVAL", self.engine.release_script, b"1", self.key_b, self.token))
+            b.write_command((b"EVAL", self.engine.release_script, RELEASE_NUMKEYS, self.key_b, self.token))
         node.send(b, self, aux, deadline)
         self.engine.script_missing(node)
         return 0
@@ -478,10 +478,10 @@ cdef class ExtendOp(Op):
         cdef WriteBuffer b = self.engine.scratch2
         b.clear()
         if self.delay_ms > 0:
-            b.write_command((b"EVAL", EXTEND_EX_SCRIPT, b"2", self.lock.key_b, DELAY_PREFIX + self.lock.key_b,
+            b.write_command((b"EVAL", S_EXTEND_EX.body, S_EXTEND_EX.numkeys, self.lock.key_b, DELAY_PREFIX + self.lock.key_b,
                              self.lock.token, self.ttl_ms, self.delay_ms))
         else:
-            b.write_command((b"EVAL", EXTEND_SCRIPT, b"1", self.lock.key_b, self.lock.token, self.ttl_ms))
+            b.write_command((b"EVAL", S_EXTEND.body, S_EXTEND.numkeys, self.lock.key_b, self.lock.token, self.ttl_ms))
         node.send(b, self, aux, deadline)
         self.engine.script_missing(node)
         return 0

@@ -86,7 +86,7 @@ def _throughput(doc: Dict[str, Any], path: str) -> None:
             sub = [r for r in rows if r["n"] == n and r["mode"] == mode]
             series: Dict[str, List[Any]] = {}
             for r in sub:
-                label = f"{r['library']}{' (node 0)' if r['nodes_used'] != r['n'] else ''} [{r['api']}]"
+                label = f"{r['library']}{_where(r)} [{r['api']}]"
                 if "fencing" in r["workload"]:
                     label += " fencing"
                 series.setdefault(label, []).append((r["concurrency"], r["cycles_per_s"]))
@@ -207,6 +207,13 @@ def _modes(doc: Dict[str, Any], path: str) -> None:
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def _where(r: Dict[str, Any]) -> str:
+    """A row label's note on the nodes it drove."""
+    if r["nodes_used"] == 0:
+        return " (own server)"
+    return " (node 0)" if r["nodes_used"] != r["n"] else ""
 
 
 def make_plots(doc: Dict[str, Any], directory: str) -> List[str]:

@@ -6,7 +6,7 @@ writes), so ``--from-json`` can render an old run again.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 __all__ = ["evaluate_targets", "fmt_rate", "markdown"]
 
@@ -34,6 +34,25 @@ def _target(tid: str, mode: str, desc: str, value: Optional[float], reference: O
         "status": "N/A" if ok is None else ("PASS" if ok else "FAIL"),
         "detail": detail,
     }
+
+
+def _versus(doc: Dict[str, Any], mode: str, n: int, tid: str, a_id: str, b_id: str, what: str, desc: str,
+            threshold: str, ok: Callable[[float], bool], digits: int = 2) -> Dict[str, Any]:  # fmt: skip
+    """A target comparing row ``a_id`` with row ``b_id`` of the same run:
+    ``what`` is "rate" (cycles/s) or "p50" (acquire latency, µs)."""
+    a = _find(doc, mode, n, a_id)
+    b = _find(doc, mode, n, b_id)
+    key = (lambda r: r["cycles_per_s"]) if what == "rate" else (lambda r: r["latency"]["p50_us"])
+    av = a and key(a)
+    bv = b and key(b)
+    if not (av and bv):
+        return _target(tid, mode, desc, av, bv, None, threshold, None, "missing row")
+    ratio = av / bv
+    if what == "rate":
+        detail = f"{fmt_rate(av)} vs {fmt_rate(bv)} cycles/s = {ratio:.{digits}f}x"
+    else:
+        detail = f"{av:.1f} us vs {bv:.1f} us = {ratio:.{digits}f}x"
+    return _target(tid, mode, desc, av, bv, ratio, threshold, ok(ratio), detail)
 
 
 def evaluate_targets(doc: Dict[str, Any], n: int = TARGET_N) -> List[Dict[str, Any]]:
@@ -79,26 +98,44 @@ def evaluate_targets(doc: Dict[str, Any], n: int = TARGET_N) -> List[Dict[str, A
             "no measurement or no ceiling" if p is None else
             f"{fmt_rate(r['cycles_per_s'])} cycles/s vs ceiling {fmt_rate(r['ceiling_cycles_per_s'])} = {p:.0f} %"))
         # 4. blocking sequential p50 at N=3 <= redis-py Lock p50 (same run, node 0 of the same cluster)
-        a = _find(doc, mode, n, "quorumlock/blocking-seq")
-        b = _find(doc, mode, n, "redis-py.Lock/blocking-seq")
-        av = a and a["latency"]["p50_us"]
-        bv = b and b["latency"]["p50_us"]
-        ok = None if not (av and bv) else av <= bv
-        out.append(_target(
-            "blocking-p50-vs-redis-py", mode,
-            f"blocking sequential acquire p50 at N={n} vs redis-py Lock p50 on node 0 of the same cluster",
-            av, bv, None if ok is None else av / bv, "ratio <= 1.0", ok,
-            "missing row" if ok is None else f"{av:.1f} us vs {bv:.1f} us = {av / bv:.2f}x"))
+        out.append(_versus(doc, mode, n, "blocking-p50-vs-redis-py", "quorumlock/blocking-seq",
+                           "redis-py.Lock/blocking-seq", "p50",
+                           f"blocking sequential acquire p50 at N={n} vs redis-py Lock p50 on node 0 of the same cluster",
+                           "ratio <= 1.0", lambda r: r <= 1.0))  # fmt: skip
         # 5. 8 threads at N=3 >= 20x pottery's blocking Redlock (8 threads too)
-        a = _find(doc, mode, n, "quorumlock/blocking-t8")
-        b = _find(doc, mode, n, "pottery.Redlock/blocking-t8")
+        out.append(_versus(doc, mode, n, "blocking-t8-vs-pottery", "quorumlock/blocking-t8",
+                           "pottery.Redlock/blocking-t8", "rate",
+                           f"blocking, 8 threads, N={n}: cycles/s vs pottery Redlock, 8 threads",
+                           "ratio >= 20", lambda r: r >= 20, digits=1))  # fmt: skip
+        # 6. issue 14: what users pick instead. Blocking, 8 threads: >= 2x PostgreSQL
+        #    session advisory locks with 8 threads; sequential p50 <= 0.5x PostgreSQL's.
+        out.append(_versus(doc, mode, n, "blocking-t8-vs-postgres", "quorumlock/blocking-t8",
+                           "postgresql.advisory/blocking-t8", "rate",
+                           f"blocking, 8 threads, N={n}: cycles/s vs PostgreSQL advisory locks, 8 threads",
+                           "ratio >= 2", lambda r: r >= 2))  # fmt: skip
+        out.append(_versus(doc, mode, n, "blocking-p50-vs-postgres", "quorumlock/blocking-seq",
+                           "postgresql.advisory/blocking-seq", "p50",
+                           f"blocking sequential acquire p50 at N={n} vs PostgreSQL pg_try_advisory_lock p50",
+                           "ratio <= 0.5", lambda r: r <= 0.5))  # fmt: skip
+        # 7. native release commands on vs off, same nodes, same run (>= 1.25x). Only
+        #    meaningful on nodes that have them: N/A when the "on" row used the script.
+        a = _find(doc, mode, n, "quorumlock/async-c1024")
+        b = _find(doc, mode, n, "quorumlock/async-c1024-native-off")
+        paths = (a or {}).get("extra", {}).get("release_path") or []
+        native = bool(paths) and all(p in ("DELIFEQ", "DELEX") for p in paths)
         av = a and a["cycles_per_s"]
         bv = b and b["cycles_per_s"]
-        ok = None if not (av and bv) else av >= 20 * bv
+        ok = None if not (av and bv and native) else av >= 1.25 * bv
+        if not (av and bv):
+            detail = "missing row"
+        elif not native:
+            detail = f"the nodes have no native release (release path {paths or '?'}): no comparison"
+        else:
+            detail = f"{fmt_rate(av)} vs {fmt_rate(bv)} cycles/s = {av / bv:.2f}x (release {paths[0]})"
         out.append(_target(
-            "blocking-t8-vs-pottery", mode, f"blocking, 8 threads, N={n}: cycles/s vs pottery Redlock, 8 threads",
-            av, bv, None if ok is None else av / bv, "ratio >= 20", ok,
-            "missing row" if ok is None else f"{fmt_rate(av)} vs {fmt_rate(bv)} cycles/s = {av / bv:.1f}x"))
+            "native-on-off-c1024", mode,
+            f"try_acquire+release at concurrency 1024, N={n}: native_commands=True vs False, same nodes",
+            av, bv, None if ok is None else av / bv, "ratio >= 1.25", ok, detail))
     return out
 
 
@@ -183,7 +220,7 @@ def markdown(doc: Dict[str, Any]) -> str:
                 continue
             lat = r["latency"] or {}
             unit = " (per batch)" if lat.get("unit") == "batch" else ""
-            nodes = "" if r["nodes_used"] == r["n"] else " (node 0)"
+            nodes = "" if r["nodes_used"] == r["n"] else (" (own server)" if r["nodes_used"] == 0 else " (node 0)")
             add(f"| {r['n']} | {r['library']}{nodes} | {r['workload']} | {r['concurrency']} | "
                 f"{fmt_rate(r['cycles_per_s'])} | {fmt_rate(r['ceiling_cycles_per_s'])} | {_pct(r['pct_of_ceiling'])} | "
                 f"{fmt_rate(r['lock_ops_per_s'])} | {_f(r['cpu_us_per_cycle'], 2)} | "

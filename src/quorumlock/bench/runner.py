@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import ceiling as _ceiling
 from . import peers as _peers  # noqa: F401  (registers the peer workloads)
+from . import postgres as _postgres  # registers the PostgreSQL advisory-lock rows
 from .progress import LogCapture, Progress
 from .stats import summarize
 from .workloads import Context, Measurement, Workload, select
@@ -265,10 +266,15 @@ def _server_version(server: str) -> Optional[str]:
 # --------------------------------------------------------------------------
 
 
+def _nodes_used(w: Workload, n: int) -> int:
+    """How many of the cluster's nodes a row drives (0: a server of its own)."""
+    return 0 if w.external else (1 if w.single_node else n)
+
+
 def _skipped_row(w: Workload, mode: str, n: int, note: str) -> Dict[str, Any]:
     return {
         "id": w.id, "library": w.library, "workload": w.name, "api": w.api, "description": w.description,
-        "mode": mode, "n": n, "nodes_used": 1 if w.single_node else n,
+        "mode": mode, "n": n, "nodes_used": _nodes_used(w, n),
         "concurrency": w.concurrency, "batch": w.batch, "skipped": True, "note": note,
         "cycles": None, "acquisitions": None, "attempts": None, "failed": None, "releases_ok": None,
         "warmup_attempts": None, "wall_s": None, "cpu_s": None, "cycles_per_s": None, "lock_ops_per_s": None,
@@ -450,14 +456,14 @@ class _ClusterBench:
             if reason is not None:
                 self.rows.append(_skipped_row(w, mode, n, reason))
                 return
-            k = 1 if w.single_node else n
+            k = _nodes_used(w, n)
             used = self.clients[:k]
             _ceiling.reset_nodes(used, mode)
             for c in used:
                 c.config_resetstat()
             ctx = Context(urls=cluster.urls[:k], ports=cluster.ports[:k], host=cluster.host, mode=mode, n=n,
                           ttl=cfg.ttl, duration=cfg.duration, warmup=cfg.warmup, loop=cfg.loop,
-                          key_prefix=key_prefix)  # fmt: skip
+                          key_prefix=key_prefix, base_dir=cfg.base_dir)  # fmt: skip
             gc.collect()
             cpu0 = _server_cpu(used)
             log = LogCapture()
@@ -475,7 +481,12 @@ class _ClusterBench:
             time.sleep(_SETTLE)
             keys_left = sum(int(c.dbsize()) for c in used)
             row = _row(w, mode, n, m, keys_left, _set_calls(used))
-            _cpu_budget(row, m, node_cpu)
+            if w.external:  # the nodes' CPU and keys say nothing about its own server
+                row["server_cpu_us_per_cycle"] = row["cpu_bound_cycles_per_s"] = None
+                row["keys_left"] = m.extra.get("advisory_locks_left")
+                row["server_set_calls"] = None
+            else:
+                _cpu_budget(row, m, node_cpu)
             if log.messages:
                 row.setdefault("extra", {})["client_log"] = log.messages[:5]
             self.rows.append(row)
@@ -495,7 +506,7 @@ class _ClusterBench:
             c1 = ce
         for r in self.rows:
             c = c1 if r["nodes_used"] == 1 else ce
-            if r["skipped"] or c is None:
+            if r["skipped"] or c is None or r["nodes_used"] == 0:
                 continue
             r["ceiling_cycles_per_s"] = c["ceiling_cycles_per_s"]
             r["pct_of_ceiling"] = round(100.0 * r["cycles_per_s"] / c["ceiling_cycles_per_s"], 1)
@@ -589,6 +600,7 @@ def run(cfg: BenchConfig) -> Dict[str, Any]:
                                  "granted_twice": None, "error": repr(exc)[:300]})  # fmt: skip
             progress.advance()
     finally:
+        _postgres.stop_all()
         progress.close()
 
     notes.append(f"load average (1/5/15 min) at the start: {load0}, at the end: {_loadavg()}")

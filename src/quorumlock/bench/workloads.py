@@ -94,6 +94,7 @@ class Context:
     warmup: float  # seconds before the window
     loop: str  # "uvloop" or "asyncio"
     key_prefix: str  # unique per row
+    base_dir: Optional[str] = None  # where a workload's own servers (PostgreSQL) put their files
 
 
 @dataclass
@@ -107,6 +108,7 @@ class Workload:
     concurrency: int = 1  # tasks or threads issuing cycles
     batch: int = 1  # keys per acquire call
     single_node: bool = False  # runs on node 0 only (redis-py Lock, python-redis-lock)
+    external: bool = False  # uses none of the nodes (PostgreSQL advisory locks: a server of its own)
     quick: bool = False  # part of --quick
     description: str = ""
     requires: Optional[Callable[[], Optional[str]]] = None  # -> reason to skip, or None
@@ -397,6 +399,8 @@ def _percall(concurrency: int, **manager_kw: Any) -> Callable[[Context], Measure
             rel = core.Lock.release
             pairs = [(partial(lm.try_acquire, f"{ctx.key_prefix}:{i}"), rel) for i in range(concurrency)]
             m = await cycle_tasks(ctx, pairs, partial(drain_async, lm))
+            # Which release command each node took (native DELIFEQ/DELEX or the script).
+            m.extra["release_path"] = [nd.get("release") for nd in lm.metrics()["nodes"]]
             if manager_kw.get("fencing"):
                 lk = await lm.try_acquire(f"{ctx.key_prefix}:fence-probe")
                 m.extra["fence_type"] = type(getattr(lk, "fence", None)).__name__
@@ -460,11 +464,11 @@ def _batch(size: int, batches_in_flight: int) -> Callable[[Context], Measurement
     return lambda ctx: run_async(ctx, body)
 
 
-def _blocking(threads: int) -> Callable[[Context], Measurement]:
+def _blocking(threads: int, **manager_kw: Any) -> Callable[[Context], Measurement]:
     def run(ctx: Context) -> Measurement:
         from ..blocking import LockManager
 
-        with LockManager(ctx.urls, ttl=ctx.ttl) as lm:
+        with LockManager(ctx.urls, ttl=ctx.ttl, **manager_kw) as lm:
             from .._backend import core
 
             rel = core.Lock.release
@@ -589,12 +593,16 @@ _ql("async-c64", "async", _percall(64), concurrency=64, quick=True,
     description="asyncio try_acquire + release, 64 tasks, one key each")  # fmt: skip
 _ql("async-c1024", "async", _percall(1024), concurrency=1024, quick=True,
     description="asyncio try_acquire + release, 1024 tasks, one key each")  # fmt: skip
+_ql("async-c1024-native-off", "async", _percall(1024, native_commands=False), concurrency=1024, quick=True,
+    description="as async-c1024 with native_commands=False: the release script on every node")  # fmt: skip
 _ql("async-batch1000", "async", _batch(1000, 1), concurrency=1, batch=1000, quick=True,
     description="acquire_many + release_many of 1,000 keys, one batch in flight")  # fmt: skip
 _ql("async-batch1000-x4", "async", _batch(1000, 4), concurrency=4, batch=1000,
     description="acquire_many + release_many of 1,000 keys, 4 batches in flight")  # fmt: skip
 _ql("blocking-seq", "blocking", _blocking(1), concurrency=1, quick=True,
     description="blocking try_acquire + release, one thread")  # fmt: skip
+_ql("blocking-seq-native-off", "blocking", _blocking(1, native_commands=False), concurrency=1,
+    description="as blocking-seq with native_commands=False")  # fmt: skip
 _ql("blocking-t8", "blocking", _blocking(8), concurrency=8, quick=True,
     description="blocking try_acquire + release, 8 threads sharing one manager")  # fmt: skip
 _ql("contended", "async", _contended(4, 64, 4, 0.002), concurrency=256, quick=True,

@@ -46,8 +46,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .._backend import core
-from . import (SharedManager, Script, Tally, describe, drift_ns, failed_count, lease_timeout, node_list, run_script,
-               sync_manager)
+from . import (SharedManager, Script, Tally, describe, drift_ns, failed_count, lease_timeout, node_list, noscript_retry,
+               run_script, script_commands, sync_manager)
 from .redis_py import QuorumUnavailable
 
 __all__ = [
@@ -281,6 +281,18 @@ class Lock(object):
         self._nodes: Optional[List[Any]] = None
         self._shared_mgr: Optional[SharedManager] = None
         self._wait_clients: Optional[List[Any]] = None
+        # Whether the id may hold the key already: an id given by the caller
+        # (python-redis-lock marks such a lock as held), an id read through
+        # ``.id`` (handed to another object, which may hold it), or this object
+        # acquired it and has not released or reset it since.  Only then does
+        # ``acquire()`` read the owner before it tries (see ``acquire``).
+        self._id_out = id is not None
+        self._may_hold = self._id_out
+        # Built once: the keys and the unlock command every release sends.
+        self._key_b = self._name.encode()
+        self._signal_b = self._signal.encode()
+        self._unlock_args = [self._id.encode(), signal_expire]
+        self._unlock_cmds: Optional[List[Any]] = None
         self.register_scripts(redis_client)
 
     @classmethod
@@ -301,15 +313,18 @@ class Lock(object):
 
     @property
     def _held(self) -> bool:
-        return self.id == self.get_owner_id()
+        return self._id == self.get_owner_id()
 
     @property
     def id(self) -> str:
-        """The value this lock stores in ``lock:<name>``."""
+        """The value this lock stores in ``lock:<name>``.  Once read, this
+        object's ``acquire()`` reads the owner before it tries, as for a
+        given ``id``: another object given this id may hold the lock."""
+        self._id_out = self._may_hold = True
         return self._id
 
     def _keys(self) -> List[bytes]:
-        return [self._name.encode(), self._signal.encode()]
+        return [self._key_b, self._signal_b]
 
     def _unavailable(self, sh: SharedManager, tally: Tally, what: str) -> None:
         if tally.failed > sh.n - sh.quorum:
@@ -339,6 +354,7 @@ class Lock(object):
         sh = self._shared()
         results = run_script(sh, _RESET, self._keys(), [self._signal_expire], _deadline(sh), guarded=False)
         self._unavailable(sh, Tally(sh.manager.nodes, results, lambda r: isinstance(r, int)), "reset")
+        self._may_hold = self._id_out
 
     # -- acquire ---------------------------------------------------------------
 
@@ -369,22 +385,33 @@ class Lock(object):
             An integer value specifying the maximum number of seconds to block.
         """
         logger_for_acquire.debug("Acquiring Lock(%r) ...", self._name)
-        if self._held:
-            raise AlreadyAcquired("Already acquired from this Lock instance.")
-        if not blocking and timeout is not None:
-            raise TimeoutNotUsable("Timeout cannot be used if blocking=False")
+        # python-redis-lock reads the owner first (``AlreadyAcquired`` before
+        # any other check).  Here the owner is read first only when this id
+        # may hold the lock (see ``_may_hold``) or the arguments are wrong;
+        # otherwise the first SET NX decides, and only when it fails is the
+        # owner read (once): the same exceptions and results, one round
+        # fewer on the common path.
+        bad = self._bad_timeout(blocking, timeout)
+        if bad is not None or self._may_hold:
+            if self._held:
+                raise AlreadyAcquired("Already acquired from this Lock instance.")
+            if bad is not None:
+                raise bad
+            checked = True
+        else:
+            checked = False
         if timeout:
             timeout = int(timeout)
-            if timeout < 0:
-                raise InvalidTimeout(f"Timeout ({timeout}) cannot be less than or equal to 0")
-            if self._expire and not self._lock_renewal_interval and timeout > self._expire:
-                raise TimeoutTooLarge(f"Timeout ({timeout}) cannot be greater than expire ({self._expire})")
         # Each wait lasts the time left of ``timeout``, else ``expire`` (the key
         # may expire without a signal), else until a signal comes.
         wait_for = timeout or self._expire or 0
         deadline = time.monotonic() + timeout if timeout else None
         timed_out = False
         while not self._try_set():
+            if not checked:
+                checked = True
+                if self._held:
+                    raise AlreadyAcquired("Already acquired from this Lock instance.")
             if timed_out:
                 return False
             if not blocking:
@@ -393,10 +420,27 @@ class Lock(object):
             if deadline is not None:
                 wait_for = max(deadline - time.monotonic(), 0.001)
             timed_out = not self._wait_signal(wait_for) and bool(timeout)
+        self._may_hold = True
         logger_for_acquire.info("Acquired Lock(%r).", self._name)
         if self._lock_renewal_interval is not None:
             self._start_lock_renewer()
         return True
+
+    def _bad_timeout(self, blocking: bool, timeout: Any) -> Optional[Exception]:
+        """The exception python-redis-lock raises for these ``acquire``
+        arguments, or None when they are usable."""
+        if not blocking and timeout is not None:
+            return TimeoutNotUsable("Timeout cannot be used if blocking=False")
+        if timeout:
+            try:
+                timeout = int(timeout)
+            except (TypeError, ValueError) as exc:
+                return exc  # type: ignore[return-value]
+            if timeout < 0:
+                return InvalidTimeout(f"Timeout ({timeout}) cannot be less than or equal to 0")
+            if self._expire and not self._lock_renewal_interval and timeout > self._expire:
+                return TimeoutTooLarge(f"Timeout ({timeout}) cannot be greater than expire ({self._expire})")
+        return None
 
     # -- the wake-up -------------------------------------------------------------
 
@@ -585,12 +629,21 @@ class Lock(object):
             self._stop_lock_renewer()
         logger_for_release.debug("Releasing Lock(%r).", self._name)
         sh = self._shared()
-        results = run_script(sh, _UNLOCK, self._keys(), [self._id.encode(), self._signal_expire], _deadline(sh),
-                             guarded=False)
-        tally = Tally(sh.manager.nodes, results, lambda r: r == 0)
-        if tally.ok >= sh.quorum:
+        # One round: the unlock script (compare, delete, signal) on every node.
+        cmds = self._unlock_cmds
+        if cmds is None or len(cmds) != sh.n:
+            cmds = self._unlock_cmds = script_commands(_UNLOCK, self._keys(), self._unlock_args, sh.n)
+        results = sh.manager.call_nodes(cmds, _deadline(sh), guarded=False)
+        redo = noscript_retry(_UNLOCK, self._keys(), self._unlock_args, results)
+        if redo is not None:
+            again = sh.manager.call_nodes(redo, _deadline(sh), guarded=False)
+            results = [a if c is not None else r for r, a, c in zip(results, again, redo)]
+        if sum(1 for r in results if type(r) is int and r == 0) >= sh.quorum:
+            self._may_hold = self._id_out
             return
+        tally = Tally(sh.manager.nodes, results, lambda r: r == 0)
         self._unavailable(sh, tally, "release")
+        self._may_hold = self._id_out
         raise NotAcquired(f"Lock({self._name}) is not acquired or it already expired.")
 
     def locked(self) -> bool:
