@@ -54,13 +54,9 @@ def test_lock_owner_callbacks_are_real_methods(cls):
     for name in OWNER_METHODS:
         fn = cls.__dict__[name]
         assert fn.__name__ == name, f"{cls.__module__}.{name} is an alias of {fn.__name__}"
-        # engine compatibility: the private names the engine still calls
-        # reach the same methods (so an observer sees its calls).
-        from quorumlock._manager import _ENGINE_NAMES
-
-        old = {new: old for old, new in _ENGINE_NAMES}.get(name)
-        if old is not None:
-            assert getattr(cls, old) is fn, (old, name)
+    # the engine calls the public names only: the old private twins are gone
+    for old in ("_release", "_extend", "_checkout"):
+        assert not hasattr(cls, old), f"{cls.__module__}.{old} still exists"
 
 
 def test_lease_satisfies_the_lease_state_protocol():

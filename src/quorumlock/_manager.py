@@ -16,12 +16,6 @@ from ._backend import core
 from ._config import NodeSpec, Options, make_options, parse_nodes, ttl_to_ms
 
 
-#: engine compatibility — remove once the engine's Lock calls ``release_lock``
-#: / ``extend_lock`` and the SyncEngine ``checkout`` (lock.pxi, _pycore.Lock,
-#: sync.pxi; chaos/faulty.py calls the same two): (old private name, public name).
-_ENGINE_NAMES = (("_release", "release_lock"), ("_extend", "extend_lock"), ("_checkout", "checkout"))
-
-
 class ManagerBase:
     """Options and nodes of a lock manager (see ``quorumlock.aio.LockManager``
     for every argument)."""
@@ -96,11 +90,6 @@ class ManagerBase:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # engine compatibility (see _ENGINE_NAMES): the old private names
-        # are the public methods themselves, so an observer sees every call.
-        for old, new in _ENGINE_NAMES:
-            if new in cls.__dict__:
-                setattr(cls, old, cls.__dict__[new])
         if "__init__" not in cls.__dict__:
             cls.__init__ = _public_init(cls)  # type: ignore[method-assign]
 
