@@ -201,7 +201,10 @@ class LockManager(ManagerBase):
             if left <= 0:
                 break
             for fd, ev in poller.poll(left * 1000):
-                i, s = waiting.pop(fd)
+                entry = waiting.pop(fd, None)
+                if entry is None:  # an fd reported twice, or one this connect does not wait on
+                    continue       # (seen under eventlet's patched select): nothing to do for it
+                i, s = entry
                 poller.unregister(fd)
                 err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
