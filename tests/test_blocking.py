@@ -169,7 +169,7 @@ def test_reconnect_after_restart(sync_core, make_cluster):
         cluster.wait_up(2, 5.0)
         deadline = time.monotonic() + 5
         while True:
-            op = locks._attempt("b:rc", 1000)
+            op = locks.attempt_op("b:rc", 1000)
             lock = op.result
             lock.release()
             time.sleep(0.05)

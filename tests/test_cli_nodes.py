@@ -327,9 +327,9 @@ def _free_base(n: int) -> int:
 def test_nodes_up_port_sets_the_base_port(nodes_up) -> None:
     """``--port BASE``: node i listens on BASE+i, and keeps it across a restart.
     First-round code: ``--port`` was refused (exit 2)."""
-    from quorumlock import nodes
+    from quorumlock.nodes import net
 
-    original = nodes._pick_free_port
+    original = net._pick_free_port
     base = _free_base(2)
     cli = nodes_up("-n", "2", "--mode", "unsafe", "--max-ttl", "1", "--port", str(base))
     urls, _ = cli.start_info()
@@ -341,7 +341,7 @@ def test_nodes_up_port_sets_the_base_port(nodes_up) -> None:
     assert _ping(urls[0])
     cli.proc.send_signal(signal.SIGINT)
     assert cli.proc.wait(timeout=15) == 0
-    assert nodes._pick_free_port is original  # nothing patched in this process
+    assert net._pick_free_port is original  # nothing patched in this process
 
 
 def test_nodes_up_port_busy_or_out_of_range_is_one_line(redis_server: str) -> None:
@@ -362,12 +362,12 @@ def test_nodes_up_port_busy_or_out_of_range_is_one_line(redis_server: str) -> No
 
 
 def test_fixed_ports_restores_the_port_picker() -> None:
-    from quorumlock import nodes
     from quorumlock.cli import _fixed_ports
+    from quorumlock.nodes import net
 
-    original = nodes._pick_free_port
+    original = net._pick_free_port
     with pytest.raises(RuntimeError, match="was taken"):
         with _fixed_ports([41000]):
-            assert nodes._pick_free_port("127.0.0.1") == 41000
-            nodes._pick_free_port("127.0.0.1")
-    assert nodes._pick_free_port is original
+            assert net._pick_free_port("127.0.0.1") == 41000
+            net._pick_free_port("127.0.0.1")
+    assert net._pick_free_port is original

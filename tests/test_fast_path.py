@@ -275,7 +275,7 @@ def test_sync_too_short_px_and_bad_tokens_raise_at_once(sync_core, clusters):
                 with pytest.raises(ValueError, match=r"px=.*too short"):
                     locks.attempt_token("fp:short", TOKEN, px)
                 with pytest.raises(ValueError, match=r"px=.*too short"):
-                    locks._checkout().attempt_token("fp:short", TOKEN, px)   # the engine itself
+                    locks.checkout().attempt_token("fp:short", TOKEN, px)   # the engine itself
             assert time.monotonic() - t < 1.0
             locks.attempt_token("fp:short", TOKEN, 4)   # 4 ms: possible, so no error
             with pytest.raises(TypeError, match="token"):

@@ -58,7 +58,7 @@ def test_a_counter_far_ahead_of_every_clock_is_never_committed(sync_core, cluste
     with LockManager(cluster.urls, fencing=True, _core=sync_core) as locks:
         fences, refused = [], 0
         for _ in range(20):
-            op = locks._attempt("f:big", locks.options.ttl_ms)
+            op = locks.attempt_op("f:big", locks.options.ttl_ms)
             lk = op.result
             if lk is None:
                 # only before the first clock samples are in: the commit round says why
@@ -164,7 +164,7 @@ def test_restart_guard_refuses_a_restarted_node(guard, sync_core, make_cluster):
             assert lock_a.valid
             if guard:
                 assert granted is None, "the guard let a restarted node grant a held lock"
-                op = b._attempt("g:k", 10_000)
+                op = b.attempt_op("g:k", 10_000)
                 assert op.outcomes()[0].status == "excluded"
             else:
                 assert granted is not None, "expected the violation the guard prevents"

@@ -80,7 +80,7 @@ def test_no_two_holders_share_a_fence_at_the_2_53_limit(sync_core, clusters):
             # is made before it has measured the nodes' clocks, so only the
             # nodes' scripts stand between it and a repeated fence
             with LockManager(cluster.urls, ttl=0.2, fencing=True, _core=sync_core) as locks:
-                op = locks._attempt(key, locks.options.ttl_ms)
+                op = locks.attempt_op(key, locks.options.ttl_ms)
                 lk = op.result
                 if lk is None:
                     refusals.append(op.outcomes())

@@ -330,7 +330,7 @@ def test_a_late_clock_sample_does_not_exclude_every_node(sync_core, make_cluster
             lk = locks.acquire("late:k", timeout=2.0)
             time.sleep(1.0)         # the TIME probe's reply waits, unread, meanwhile
             lk.release()
-            op = locks._attempt("late:k", locks.options.ttl_ms)
+            op = locks.attempt_op("late:k", locks.options.ttl_ms)
             assert op.result is not None, op.outcomes()
             assert not any(o.status == "excluded" for o in op.outcomes()), op.outcomes()
             op.result.release()

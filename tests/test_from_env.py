@@ -83,9 +83,9 @@ def test_each_variable_sets_its_option(cls: Any, option: str, raw: str, check: A
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
 def test_notify_and_metrics_variables(cls: Any) -> None:
     mgr = cls.from_env(_env_of(notify="1", metrics="yes"))
-    assert mgr._notify is True and mgr._metrics is not None
+    assert mgr._notify is True and mgr.meter is not None
     plain = cls.from_env(_env_of(notify="0", metrics="off"))
-    assert plain._notify is False and plain._metrics is None
+    assert plain._notify is False and plain.meter is None
 
 
 #: (option, bad text): every one must fail naming its variable.

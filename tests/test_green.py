@@ -134,3 +134,33 @@ def test_green_threads_contend_without_blocking_the_process(sync_core, make_clus
     assert result["done"] == 9, err[-4000:]
     assert result["max_inside"] == {"native": 1, "redis_py": 1, "redis_lock": 1}  # one holder at a time
     assert result["gap"] < 0.15, f"the process stopped its green threads for {result['gap']:.3f} s"
+
+
+def test_connect_ignores_a_ready_fd_it_does_not_wait_on(sync_core, make_cluster, monkeypatch):
+    """A poll that reports an fd twice, or one the connect loop is not waiting
+    on (seen once under eventlet's patched ``select``), must not abort the
+    connect with a KeyError: every node still connects.  Fault injected by
+    wrapping the poller; the nodes are real."""
+    from quorumlock import _green, blocking
+
+    cluster = make_cluster(n=3)
+    real = _green.poller
+
+    class Doubling:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def register(self, fd, ev):
+            self.inner.register(fd, ev)
+
+        def unregister(self, fd):
+            self.inner.unregister(fd)
+
+        def poll(self, timeout_ms):
+            got = list(self.inner.poll(timeout_ms))
+            return got + got + [(10_000, 4)]  # every event twice, and an fd nobody registered
+
+    monkeypatch.setattr(blocking._green, "poller", lambda wait: Doubling(real(wait)))
+    with blocking.LockManager(cluster.urls, ttl=5.0, _core=sync_core) as locks:
+        lk = locks.try_acquire("green:dup-fd")
+        assert lk is not None and lk.release() is True

@@ -150,7 +150,7 @@ def test_async_renewals_share_one_round(run, core, clusters):
             assert all(held)
             for lk in held:
                 locks.guard(lk, auto_extend=True)
-            r = locks._leases
+            r = locks.lease_renewer
             rounds = []
             orig = r._tick
 
@@ -194,7 +194,7 @@ def test_async_renewal_groups_split_by_a_stall_merge(run, core, clusters):
             assert all(held)
             for lk in held:
                 locks.guard(lk, auto_extend=True)
-            r = locks._leases
+            r = locks.lease_renewer
             rounds = []
             orig = r._tick
 
@@ -381,3 +381,28 @@ def test_lease_option_errors(sync_core, clusters):
         with pytest.raises(ValueError, match="wait"):
             locks.acquire("lb:bad", wait="sometimes")
         assert locks.try_acquire("lb:bad") is not None   # every failed block released
+
+
+def test_notify_subscriber_authenticates_through_the_handshake(run, core, make_cluster):
+    """The release subscriber opens its connections and sends AUTH through
+    ``quorumlock._handshake`` (open_async, auth_command), as the lock
+    connections do: on password-protected nodes every node confirms the
+    subscription.  Without the AUTH the SUBSCRIBE gets NOAUTH and no node
+    confirms."""
+    from quorumlock import _handshake
+    from quorumlock.leases.notify import async_subscriber
+
+    cluster = make_cluster(n=3, mode="volatile", max_ttl=1.0, password="pw-notify-1")
+
+    async def body():
+        async with AsyncLockManager(cluster.urls, notify=True, _core=core) as locks:
+            assert all(_handshake.auth_command(s) == ("AUTH", "pw-notify-1") for s in locks.node_specs)
+            sub = async_subscriber(locks)
+            w = await sub.watch(b"le:auth", lambda: None)
+            try:
+                assert all(p is not None for p in sub.protos)
+                assert all(set(sub.channels(i, b"le:auth")) <= sub.confirmed[i] for i in range(3))
+            finally:
+                sub.unwatch(w)
+
+    run(body())

@@ -57,7 +57,7 @@ def _majority_down_run(sync_core, cluster, free_port, attempts: int):
         # machine (a suspect node is rightly not waited for, and then the
         # backlog bound does not apply: 1247 pending once with 0.2 s).
         with LockManager(urls, ttl=2.0, node_timeout=1.0, _core=sync_core) as locks:
-            eng = locks._checkout()
+            eng = locks.checkout()
             for i in range(2000):   # warm up: caches, pools, the ring
                 assert locks.try_acquire(f"m:{i % 100}") is None
             before = _rss()

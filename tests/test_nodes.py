@@ -12,6 +12,7 @@ import json
 import math
 import importlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -30,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from quorumlock import nodes as ql_nodes
+from quorumlock.nodes import net as ql_net
 from quorumlock.nodes import LocalCluster, find_server, make_tls_files, node_config, restart_delay
 
 MakeCluster = Callable[..., LocalCluster]
@@ -298,14 +300,14 @@ def test_a_taken_port_is_skipped(make_cluster: MakeCluster, monkeypatch: pytest.
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     taken = holder.getsockname()[1]
-    real = ql_nodes._pick_free_port
+    real = ql_net._pick_free_port
     calls: List[int] = []
 
     def picker(host: str) -> int:
         calls.append(1)
         return taken if len(calls) == 1 else real(host)
 
-    monkeypatch.setattr(ql_nodes, "_pick_free_port", picker)
+    monkeypatch.setattr(ql_net, "_pick_free_port", picker)  # the seam the supervisor calls
     try:
         c = make_cluster(n=1, mode="unsafe", max_ttl=0.5)
         node = c.nodes[0]
@@ -403,8 +405,8 @@ def test_tls_with_the_cryptography_backend(make_cluster: MakeCluster, monkeypatc
     assert all(os.path.isfile(p) for p in (files.ca_file, files.cert_file, files.key_file))
     assert stat.S_IMODE(os.stat(files.key_file).st_mode) == 0o600
     # Without the openssl command the cluster falls back to cryptography.
-    real_which = ql_nodes.shutil.which
-    monkeypatch.setattr(ql_nodes.shutil, "which",
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which",
                         lambda cmd, *a, **k: None if cmd == "openssl" else real_which(cmd, *a, **k))  # fmt: skip
     c = make_tls_cluster(make_cluster, n=1, mode="unsafe", max_ttl=0.5)
     assert _tls_auth_ping(c, c.nodes[0].port, None) == b"+PONG\r\n"

@@ -372,7 +372,7 @@ def test_duplicate_spelling_down_at_connect_blocking(sync_core, make_cluster, tm
         while time.monotonic() < deadline:
             # Reconnects happen at checkout; give both spellings their chance.
             lock = locks.try_acquire("dup:c")
-            eng = locks._checkout()
+            eng = locks.checkout()
             notes = getattr(eng, "down_detail", [None] * 3)   # (absent in the first round)
             seen = [nd.ready or bool(d) for nd, d in zip(eng.nodes, notes)]
             if lock is not None and seen[1] and seen[2]:

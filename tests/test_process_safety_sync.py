@@ -238,7 +238,7 @@ def test_desynchronised_connection_is_reset(sync_core, clusters):
     the stolen read got a release's ``:1`` left unread by an earlier call)."""
     cluster = clusters(3)
     with LockManager(cluster.urls, ttl=5.0, node_timeout=0.1, _core=sync_core) as locks:
-        eng = locks._checkout()
+        eng = locks.checkout()
         locks.try_acquire("d:warm").release()
         locks.call_nodes([("PING",)] * 3)   # every reply owed is in: nothing else to read
         conns = psutil.Process().net_connections(kind="tcp")
@@ -439,7 +439,7 @@ def test_python_build_interrupt_between_parse_and_dispatch(clusters):
     log.setLevel(logging.CRITICAL)   # the two expected "out of step" resets
     try:
         with LockManager(cluster.urls, ttl=10.0, node_timeout=0.5, _core=_pycore) as locks:
-            eng = locks._checkout()
+            eng = locks.checkout()
             locks.try_acquire("ip:warm").release()
             for idx in (0, 1):
                 node = eng.nodes[idx]
@@ -484,7 +484,7 @@ def test_ctrl_c_during_a_long_node_wait(sync_core, clusters):
     cluster = clusters(3)
     with LockManager(cluster.urls, ttl=5.0, _core=sync_core) as locks:
         locks.call_nodes([("PING",)] * 3)
-        eng = locks._checkout()
+        eng = locks.checkout()
         # A command the node holds for a while: BLPOP on an empty list.
         sent = []
 

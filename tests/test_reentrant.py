@@ -151,7 +151,7 @@ def test_reentry_racing_the_last_release_from_another_thread(sync_core, clusters
     with LockManager(cluster.urls, ttl=5.0, _core=sync_core) as locks:
         h = locks.acquire("re:race", reentrant=True)
         inside, go = threading.Event(), threading.Event()
-        real_release = locks._release
+        real_release = locks.release_lock
 
         def slow_release(lock):
             inside.set()
@@ -169,7 +169,7 @@ def test_reentry_racing_the_last_release_from_another_thread(sync_core, clusters
                 threading.Timer(0.05, go.set).start()
             return found
 
-        monkeypatch.setattr(locks, "_release", slow_release)
+        monkeypatch.setattr(locks, "release_lock", slow_release)
         monkeypatch.setattr(reentrant, "_lookup", racing_lookup)
         h2 = locks.acquire("re:race", reentrant=True, timeout=2.0)
         other.join(5)

@@ -160,7 +160,7 @@ def test_error_reply_echoing_the_token_blocking(sync_core, make_cluster):
     c = make_cluster(n=1, mode="volatile", max_ttl=5.0, extra_args=["--rename-command", "EVALSHA", '""'])
     with SyncLockManager(c.urls, ttl=5.0, native_commands=False, _core=sync_core) as locks:
         lock = locks.try_acquire("sec:c")
-        eng = locks._checkout()
+        eng = locks.checkout()
         op = eng.extend_op(lock, 5000)
         eng.wait(op)
         texts = [o.detail or "" for o in op.outcomes()]

@@ -3,6 +3,7 @@ blocking APIs (which differ only in how they wait for the replies)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
@@ -24,14 +25,35 @@ _OPTIONAL = ("CMDINFO", "CMDDOCS")
 RELEASE_SCRIPT, RELEASE_DELIFEQ, RELEASE_DELEX = 0, 1, 2
 
 
+def auth_command(spec: NodeSpec) -> Optional[tuple]:
+    """``AUTH [username] password`` for ``spec``, or None without a password:
+    the first command of every connection to the node (the lock connections'
+    handshake, the release-notification subscriber's)."""
+    if spec.password is None:
+        return None
+    return ("AUTH", spec.username, spec.password) if spec.username else ("AUTH", spec.password)
+
+
+async def open_async(loop: Any, spec: NodeSpec, protocol: Any, timeout: float) -> None:
+    """Open an asyncio connection to ``spec`` (TCP, TLS or a unix socket)
+    for the already-made ``protocol``, within ``timeout`` seconds."""
+    if spec.path:
+        coro = loop.create_unix_connection(lambda: protocol, spec.path, ssl=spec.ssl)
+    else:
+        coro = loop.create_connection(lambda: protocol, spec.host, spec.port, ssl=spec.ssl,
+                                      server_hostname=spec.server_hostname)
+    await asyncio.wait_for(coro, timeout)
+
+
 def commands(spec: NodeSpec, native: bool = True) -> List[Tuple[str, tuple]]:
     """The pipelined commands of a handshake: AUTH, SELECT, INFO server, ROLE,
     SCRIPT LOAD of every script (a node that restarted forgot them) and, with
     ``native``, the probes of the native conditional commands (``COMMAND INFO
     DELIFEQ DELEX``, ``COMMAND DOCS SET``: the same as ``health()`` reports)."""
     out: List[Tuple[str, tuple]] = []
-    if spec.password is not None:
-        out.append(("AUTH", ("AUTH", spec.username, spec.password) if spec.username else ("AUTH", spec.password)))
+    auth = auth_command(spec)
+    if auth is not None:
+        out.append(("AUTH", auth))
     if spec.db:
         out.append(("SELECT", ("SELECT", spec.db)))
     out.append(("INFO", ("INFO", "server")))

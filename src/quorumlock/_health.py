@@ -194,9 +194,9 @@ def build(
     """Assemble the result from each node's replies to ``_PROBES`` (None for a
     node not probed) and ``(wall_sent, wall_received, rtt)`` of its TIME."""
     out: List[NodeHealth] = []
-    guard = mgr._guard
+    guard = mgr.guard_state
     paths = native_paths(mgr)
-    for i, spec in enumerate(mgr._specs):
+    for i, spec in enumerate(mgr.node_specs):
         rs = replies[i]
         err = errors[i]
         if rs is None or err is not None:
@@ -251,28 +251,17 @@ def build(
     return Health(tuple(out), mgr.quorum)
 
 
-def _engine_of(mgr: Any) -> Any:
-    """The engine whose connections this call uses (the blocking API: the
-    calling thread's)."""
-    eng = getattr(mgr, "_engine", None)
-    if eng is None:
-        import threading
-
-        eng = (getattr(mgr, "_engines", None) or {}).get(threading.get_ident())
-    return eng
-
-
 def native_paths(mgr: Any) -> Optional[List[Dict[str, str]]]:
     """Per node, the release and extend command of plain locks (the
     engine's ``native_paths()``), or None without an engine."""
-    eng = _engine_of(mgr)
+    eng = mgr.current_engine()
     if eng is None or not hasattr(eng, "native_paths"):
         return None
     return list(eng.native_paths())
 
 
 def mgr_ready(mgr: Any, i: int) -> bool:
-    eng = _engine_of(mgr)
+    eng = mgr.current_engine()
     return eng is not None and bool(eng.nodes[i].ready)
 
 
@@ -285,8 +274,8 @@ def health_sync(mgr: Any, timeout: Any = None) -> Health:
     """``quorumlock.LockManager.health``: probe every node at once on this
     thread's connection set and wait (at most about ``timeout``)."""
     t = check_timeout(timeout)
-    eng = mgr._checkout()
-    core = mgr._core
+    eng = mgr.checkout()
+    core = mgr.core
     n = mgr.n
     now = core.monotonic_ns()
     counted = [_counted(eng, i, now) for i in range(n)]
@@ -296,7 +285,7 @@ def health_sync(mgr: Any, timeout: Any = None) -> Health:
     sent_mono = [0.0] * n
     for i in range(n):
         if not eng.nodes[i].ready:
-            errors[i] = f"{mgr._specs[i].name}: not connected"
+            errors[i] = f"{mgr.node_specs[i].name}: not connected"
             continue
         sent_mono[i] = time.monotonic()
         sent_wall[i] = time.time()
@@ -331,8 +320,8 @@ async def health_async(mgr: Any, timeout: Any = None) -> Health:
     """``quorumlock.aio.LockManager.health``: probe every node at once on the
     manager's connections and await the replies (at most about ``timeout``)."""
     t = check_timeout(timeout)
-    eng = mgr._require()
-    core = mgr._core
+    eng = mgr.checkout()
+    core = mgr.core
     n = mgr.n
     now = core.monotonic_ns()
     counted = [_counted(eng, i, now) for i in range(n)]
@@ -347,7 +336,7 @@ async def health_async(mgr: Any, timeout: Any = None) -> Health:
 
     for i in range(n):
         if not eng.nodes[i].ready:
-            errors[i] = f"{mgr._specs[i].name}: not connected"
+            errors[i] = f"{mgr.node_specs[i].name}: not connected"
             continue
         mono0, wall0 = time.monotonic(), time.time()
         fs = [eng.call(i, args, t) for args in _PROBES]

@@ -20,6 +20,9 @@ class ManagerBase:
     """Options and nodes of a lock manager (see ``quorumlock.aio.LockManager``
     for every argument)."""
 
+    #: True on the asyncio face (``quorumlock.aio``), False on the blocking one.
+    is_async: bool = False
+
     def __init__(
         self,
         nodes: Sequence[Any],
@@ -46,7 +49,7 @@ class ManagerBase:
         allow_same_server: bool = False,
         _core: Any = None,
     ) -> None:
-        self._core = core if _core is None else _core
+        self.core = core if _core is None else _core
         self._opts: Options = make_options(
             ttl=ttl,
             drift_factor=drift_factor,
@@ -65,8 +68,8 @@ class ManagerBase:
             max_reply_bytes=max_reply_bytes,
             native_commands=native_commands,
         )
-        self._specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
-        self._guard = _handshake.GuardState(len(self._specs))
+        self.node_specs: List[NodeSpec] = parse_nodes(nodes, ssl_context, self._opts.connect_timeout)
+        self.guard_state = _handshake.GuardState(len(self.node_specs))
         self._max_ttl_used_ms = self._opts.ttl_ms
         self._ttl_cache: dict = {}
         self._notify = bool(notify)
@@ -75,9 +78,10 @@ class ManagerBase:
         # weaker than it looks (a UserWarning says so).  For the drop-ins of
         # libraries that accept it (pottery, aioredlock).
         self._allow_same_server = bool(allow_same_server)
-        self._metrics: Any = None
-        self._leases: Any = None       # quorumlock.leases: the renewer (made on first use)
-        self._subscriber: Any = None   # quorumlock.leases.notify: release subscriptions
+        self.meter: Any = None           # quorumlock.metrics.Metrics, when metrics are on
+        self.observer: Any = None        # quorumlock._faces.Observer: told of every decided operation
+        self.lease_renewer: Any = None       # quorumlock.leases: the renewer (made on first use)
+        self.release_subscriber: Any = None   # quorumlock.leases.notify: release subscriptions
         self._pid = os.getpid()
         self._init_api()
         _LIVE.add(self)
@@ -108,17 +112,22 @@ class ManagerBase:
     @property
     def n(self) -> int:
         """Number of nodes."""
-        return len(self._specs)
+        return len(self.node_specs)
 
     @property
     def quorum(self) -> int:
         """Votes needed: ``n // 2 + 1``."""
-        return len(self._specs) // 2 + 1
+        return len(self.node_specs) // 2 + 1
 
     @property
     def nodes(self) -> List[str]:
         """The node addresses (no passwords)."""
-        return [s.name for s in self._specs]
+        return [s.name for s in self.node_specs]
+
+    @property
+    def notify(self) -> bool:
+        """True when releases publish and ``acquire`` waits for them (``notify=True``)."""
+        return self._notify
 
     @property
     def ttl(self) -> float:
@@ -141,7 +150,7 @@ class ManagerBase:
 
     # -- helpers -----------------------------------------------------------
 
-    def _ttl_ms(self, ttl: Any) -> int:
+    def ttl_ms(self, ttl: Any) -> int:
         """Seconds -> whole ms (checked, cached for plain numbers); remembers
         the longest TTL used, which sizes the restart guard's window."""
         if ttl is None:

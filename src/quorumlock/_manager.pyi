@@ -5,7 +5,10 @@ from typing import Literal, Protocol, TypeVar, Union
 
 from typing_extensions import Self, TypeAlias
 
+from typing import Any
+
 from ._config import NodeSpec, Options
+from ._faces import Observer
 
 class _RedisClient(Protocol):
     """A redis-py client (``redis.Redis``, ``redis.asyncio.Redis``): only its
@@ -87,3 +90,15 @@ class ManagerBase:
     def options(self) -> Options: ...
     @property
     def guard_window(self) -> float: ...
+    @property
+    def notify(self) -> bool: ...
+    # The face (quorumlock._faces): for the package's own modules.
+    is_async: bool
+    core: Any
+    node_specs: list[NodeSpec]
+    guard_state: Any
+    lease_renewer: Any
+    release_subscriber: Any
+    meter: Any
+    observer: Observer | None
+    def ttl_ms(self, ttl: float | None) -> int: ...

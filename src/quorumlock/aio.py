@@ -30,11 +30,13 @@ import logging
 import os
 import random
 import time
+from functools import partial
 from typing import Any, Awaitable, Iterable, List, Optional, Sequence
 
-from . import _handshake, _health
+from . import _handshake, _health, _policy
 from . import metrics as _metrics_mod
 from ._backend import IMPLEMENTATION, core
+from ._clock import now_ns as _now_ns
 from ._manager import ManagerBase
 from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
 from .blocking import _check_commands, _check_same_process, check_px
@@ -124,6 +126,9 @@ class LockManager(ManagerBase):
         turn it on because those libraries accept it.
     """
 
+    #: The face (quorumlock._faces): operations return awaitables.
+    is_async = True
+
     def _init_api(self) -> None:
         self._engine: Any = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -145,8 +150,8 @@ class LockManager(ManagerBase):
         self._engine = None
         self._loop = None
         self._reconnecting = {}
-        self._leases = None
-        self._subscriber = None
+        self.lease_renewer = None
+        self.release_subscriber = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -154,6 +159,14 @@ class LockManager(ManagerBase):
     def engine(self) -> Any:
         """The engine (compiled or pure-Python twin) once connected."""
         return self._engine
+
+    def current_engine(self) -> Any:
+        """The engine, or None when not connected (no error, no connect)."""
+        return self._engine
+
+    def engines_in_use(self) -> List[Any]:
+        """The engine, as a list (empty when not connected)."""
+        return [] if self._engine is None else [self._engine]
 
     async def connect(self) -> "LockManager":
         """Connect to every node.  A node that is down only costs its vote (it
@@ -170,9 +183,9 @@ class LockManager(ManagerBase):
                 "event loop (e.g. asyncio.run(...) in the child), not on the loop inherited from the parent")
         self._loop = loop
         self._closing = False
-        self._engine = self._core.Engine(
+        self._engine = self.core.Engine(
             loop,
-            [s.name for s in self._specs],
+            [s.name for s in self.node_specs],
             self,
             self._opts.node_timeout,
             self._opts.drift_factor,
@@ -186,7 +199,7 @@ class LockManager(ManagerBase):
         config_errors = [r for r in results if isinstance(r, ConfigurationError)]
         if not config_errors:
             try:
-                _handshake.check_unique(self._specs, [nd.run_id for nd in self._engine.nodes],
+                _handshake.check_unique(self.node_specs, [nd.run_id for nd in self._engine.nodes],
                                         self._allow_same_server)
             except ConfigurationError as exc:
                 config_errors.append(exc)
@@ -196,7 +209,7 @@ class LockManager(ManagerBase):
         for i, r in enumerate(results):
             if isinstance(r, BaseException) and not isinstance(r, ConfigurationError):
                 log.warning("%s unreachable at connect (%r); retrying in the background",
-                            self._specs[i].name, r)
+                            self.node_specs[i].name, r)
                 self._schedule_reconnect(i)
         return self
 
@@ -232,19 +245,11 @@ class LockManager(ManagerBase):
         await self.close()
 
     async def _open(self, i: int) -> None:
-        spec = self._specs[i]
-        proto = self._engine.make_protocol(i)
-        loop = self._loop
-        if spec.path:
-            coro = loop.create_unix_connection(lambda: proto, spec.path, ssl=spec.ssl)
-        else:
-            coro = loop.create_connection(
-                lambda: proto, spec.host, spec.port, ssl=spec.ssl, server_hostname=spec.server_hostname
-            )
-        await asyncio.wait_for(coro, spec.connect_timeout)
+        spec = self.node_specs[i]
+        await _handshake.open_async(self._loop, spec, self._engine.make_protocol(i), spec.connect_timeout)
 
     async def _connect_node(self, i: int, initial: bool) -> None:
-        spec = self._specs[i]
+        spec = self.node_specs[i]
         eng = self._engine
         node = eng.nodes[i]
         try:
@@ -264,7 +269,7 @@ class LockManager(ManagerBase):
             # cannot both pass.
             dup = _handshake.duplicate_of(i, node.run_id, eng.nodes)
             if dup is not None:
-                text = _handshake.duplicate_text(self._specs, i, dup)
+                text = _handshake.duplicate_text(self.node_specs, i, dup)
                 eng.down_detail[i] = text
                 node.abort()
                 raise DuplicateNode(text)
@@ -274,7 +279,7 @@ class LockManager(ManagerBase):
         eng.node_ready(i)
 
     async def _handshake(self, i: int, initial: bool) -> None:
-        spec = self._specs[i]
+        spec = self.node_specs[i]
         eng = self._engine
         t = spec.connect_timeout
         futs = [(name, eng.call(i, args, t)) for name, args in _handshake.commands(spec, self._opts.native_commands)]
@@ -289,12 +294,13 @@ class LockManager(ManagerBase):
         eng.set_native(i, *_handshake.native_support(replies))
         node.info = info
         node.run_id = info.get("run_id")
-        node.counted_after = self._guard.on_connect(
-            i, spec, info, initial, self._opts.restart_guard, self.guard_window, self._core.monotonic_ns()
+        node.counted_after = self.guard_state.on_connect(
+            i, spec, info, initial, self._opts.restart_guard, self.guard_window, self.core.monotonic_ns()
         )
 
 
-    def _node_lost(self, i: int, exc: Any) -> None:
+    def node_lost(self, i: int, exc: Any) -> None:
+        """The engine lost its connection to node ``i`` (LockOwner)."""
         if not self._closing:
             self._schedule_reconnect(i)
 
@@ -312,7 +318,7 @@ class LockManager(ManagerBase):
                     return
                 try:
                     await self._connect_node(i, initial=False)
-                    log.info("reconnected to %s", self._specs[i].name)
+                    log.info("reconnected to %s", self.node_specs[i].name)
                     return
                 except DuplicateNode as exc:
                     # Retried slowly: it counts again only if the node it
@@ -322,14 +328,15 @@ class LockManager(ManagerBase):
                         log.error("%s", exc)
                     delay = max(delay, 0.5)
                 except ConfigurationError as exc:
-                    log.error("%s: %s", self._specs[i].name, exc)
+                    log.error("%s: %s", self.node_specs[i].name, exc)
                 except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-                    log.debug("reconnect to %s failed: %r", self._specs[i].name, exc)
+                    log.debug("reconnect to %s failed: %r", self.node_specs[i].name, exc)
                 delay = min(delay * 2, _RECONNECT_MAX)
         finally:
             self._reconnecting.pop(i, None)
 
-    def _require(self) -> Any:
+    def checkout(self) -> Any:
+        """The engine (``RuntimeError`` when not connected, or in a forked child before ``connect()``)."""
         if os.getpid() != self._pid:
             self._after_fork_child()
         eng = self._engine
@@ -349,7 +356,9 @@ class LockManager(ManagerBase):
         was not reached with validity left.  A failed attempt releases on every
         node.  Nothing is sent until it is awaited (a forgotten ``await`` warns
         and takes no lock); cancelling the await never leaves the key set."""
-        return _try_acquire(self._require(), key, self._ttl_ms(ttl))
+        coro = _try_acquire(self.checkout(), key, self.ttl_ms(ttl))
+        obs = self.observer
+        return coro if obs is None else _observed_try(coro, obs)
 
     async def attempt_token(self, key: Any, token: bytes, px: Optional[int] = None, *,
                             timeout: Optional[float] = None) -> Any:
@@ -360,7 +369,7 @@ class LockManager(ManagerBase):
         the decided operation (``.result``: the ``Lock`` or None;
         ``.outcomes()``; ``timeout``: the per-node reply deadline, s).
         Cancelling the await never leaves the key set."""
-        eng = self._require()
+        eng = self.checkout()
         ms = check_px(px, self._opts.drift_factor, self._opts.max_ttl)
         t = 0.0 if timeout is None else check_seconds("timeout", timeout)
         if ms > self._max_ttl_used_ms:
@@ -389,40 +398,22 @@ class LockManager(ManagerBase):
         as the bound of every wait; ``wait="poll"`` only polls."""
         if reentrant:  # the same task may re-acquire (quorumlock.reentrant)
             return await _reentrant().aacquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
-        if wait is not None or self._notify or self._metrics is not None:
+        if wait is not None or self._notify or self.meter is not None:
             return await _lease_async.acquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
-        eng = self._require()
-        ttl_ms = self._ttl_ms(ttl)
-        attempts_left: Optional[int] = None
-        deadline: Optional[float] = None
-        if timeout is not None:
-            deadline = time.monotonic() + check_seconds("timeout", timeout, allow_zero=True)
-        else:
-            if retry_count is None:
-                retry_count = self._opts.retry_count
-            attempts_left = check_int("retry_count", retry_count, minimum=1)
-        lo, hi = self._opts.retry_delay
-        attempts = 0
-        while True:
-            op = eng.attempt(key, ttl_ms)
-            attempts += 1
-            lock = await receive(eng, op.waiter)
-            if lock is not None:
-                return lock
-            if attempts_left is not None:
-                attempts_left -= 1
-                if attempts_left <= 0:
-                    raise LockTimeout(key, attempts, op.outcomes())
-            delay = random.uniform(lo, hi)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise LockTimeout(key, attempts, op.outcomes())
-                delay = min(delay, left)
-            await asyncio.sleep(delay)
-            if deadline is not None and time.monotonic() >= deadline:
-                # One last attempt at the deadline is pointless; report now.
-                raise LockTimeout(key, attempts, op.outcomes())
+        eng = self.checkout()
+        ttl_ms = self.ttl_ms(ttl)
+        retry = _policy.from_options(self._opts, timeout=timeout, retry_count=retry_count, now=time.monotonic())
+        last: Any = None
+
+        async def attempt() -> Optional[Any]:
+            nonlocal last
+            last = eng.attempt(key, ttl_ms)
+            return await receive(eng, last.waiter)
+
+        lock = await _policy.run_async(attempt, retry)
+        if lock is None:
+            raise LockTimeout(key, retry.attempts, last.outcomes())
+        return lock
 
     def lock(
         self,
@@ -469,37 +460,47 @@ class LockManager(ManagerBase):
         ``keys`` is an iterable of keys, never one str/bytes (``TypeError``).
         As with ``try_acquire``, nothing is sent until it is awaited and a
         cancelled await releases whatever was granted."""
-        eng = self._require()
+        eng = self.checkout()
         check_keys_arg(keys)
-        ttl_ms = self._ttl_ms(ttl)
-        return _acquire_many(eng, keys, ttl_ms, bool(self._opts.fencing or self._opts.lock_delay_ms))
+        ttl_ms = self.ttl_ms(ttl)
+        coro = _acquire_many(eng, keys, ttl_ms, bool(self._opts.fencing or self._opts.lock_delay_ms))
+        obs = self.observer
+        return coro if obs is None else _observed_many(coro, obs)
 
     def release_many(self, locks: Iterable[Any]) -> Awaitable[List[bool]]:
         """Release many locks at once: an awaitable of a list of bools (True
         where the lock was still ours on a majority)."""
         locks = list(locks)
-        lock_cls = self._core.Lock
+        lock_cls = self.core.Lock
         for lk in locks:
             if not isinstance(lk, lock_cls):
                 raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
             _check_same_process(lk, "release")
-        eng = self._require()
+        eng = self.checkout()
+        obs = self.observer
+        held = 0 if obs is None else sum(1 for lk in locks if not lk.released)
+        t0 = 0 if obs is None else _now_ns()
         if self._opts.lock_delay_ms or self._notify:
             # The batch script neither lifts lock-delays nor publishes.
-            return asyncio.gather(*[eng.release(lk) for lk in locks])
-        return eng.release_many(locks)
+            fut: Any = asyncio.gather(*[eng.release(lk) for lk in locks])
+        else:
+            fut = eng.release_many(locks)
+        if obs is not None:
+            fut = asyncio.ensure_future(fut)
+            fut.add_done_callback(partial(_observed_release_many, obs, t0, held))
+        return fut
 
     async def release_op(self, lock: Any) -> Any:
         """``await lock.release()`` returning the decided operation:
         ``.result`` is True if our token was deleted on a majority,
         ``.outcomes()`` says what each node answered (``quorumlock.compat``)."""
-        op = self._require().release_op(lock)
+        op = self.checkout().release_op(lock)
         await op.waiter
         return op
 
     async def release(self, lock: Any) -> bool:
         """Same as ``await lock.release()``."""
-        return await self._release(lock)
+        return await self.release_lock(lock)
 
     async def release_token(self, key: Any, token: bytes, *, signal: Optional[Any] = None, signal_ms: int = 1000,
                             timeout: Optional[float] = None) -> Any:
@@ -533,12 +534,12 @@ class LockManager(ManagerBase):
         The building block of the drop-in classes in ``quorumlock.compat``."""
         cmds = _check_commands(commands, self.n)
         t = self._opts.node_timeout if timeout is None else check_seconds("timeout", timeout)
-        eng = self._require()
+        eng = self.checkout()
         if lease_ms is not None:
             lease_ms = check_int("lease_ms", lease_ms, minimum=0, maximum=int(MAX_SECONDS * 1000))
         if lease_ms is not None and lease_ms > self._max_ttl_used_ms:
             self._max_ttl_used_ms = int(lease_ms)
-        now = self._core.monotonic_ns()
+        now = self.core.monotonic_ns()
         results: List[Any] = [None] * self.n
         waiting = []
         for i, args in enumerate(cmds):
@@ -546,9 +547,9 @@ class LockManager(ManagerBase):
             if args is None:
                 continue
             if not nd.ready:
-                results[i] = ConnectionError(f"{self._specs[i].name}: not connected")
+                results[i] = ConnectionError(f"{self.node_specs[i].name}: not connected")
             elif guarded and eng.guard and nd.counted_after > now:
-                results[i] = ConnectionError(f"{self._specs[i].name}: restart guard: node restarted recently")
+                results[i] = ConnectionError(f"{self.node_specs[i].name}: restart guard: node restarted recently")
             else:
                 fut = eng.call(i, args, t)
                 # Replies still due when the caller is cancelled are retrieved
@@ -600,54 +601,70 @@ class LockManager(ManagerBase):
         down or paused node is reported, not raised (docs/configuration.md)."""
         return _health.health_async(self, timeout)
 
-    def _lost_event(self, lock: Any) -> Any:
+    def lock_lost_event(self, lock: Any) -> Any:
+        """The event set when ``lock``'s lease is lost (``lock.lost``; LockOwner)."""
         return _lease_async.lost_event(self, lock)
 
-    def _check_lock(self, lock: Any) -> float:
+    def check_lock(self, lock: Any) -> float:
+        """``lock.check()`` (LockOwner): the validity left, or ``LockLost`` / ``LockNotOwned``."""
         return _lease_async.check(self, lock)
 
     # -- callbacks used by Lock --------------------------------------------
 
-    def _release(self, lock: Any) -> Awaitable[bool]:
+    def release_lock(self, lock: Any) -> Awaitable[bool]:
+        """``lock.release()`` (LockOwner): the engine's future of True if our
+        token was deleted on a majority."""
         _check_same_process(lock, "release")
-        return self._require().release(lock)
+        obs = self.observer
+        if obs is None or lock.released:
+            return self.checkout().release(lock)
+        t0 = _now_ns()
+        fut = self.checkout().release(lock)
+        obs.on_release_start()
+        fut.add_done_callback(partial(_observed_release, obs, t0))
+        return fut
 
-    async def _extend(self, lock: Any, ttl: Optional[float]) -> bool:
+    async def extend_lock(self, lock: Any, ttl: Optional[float]) -> bool:
+        """``await lock.extend(ttl)`` (LockOwner): True, or ``LockNotOwned``."""
+        obs = self.observer
+        if obs is None:
+            return await self._extend_now(lock, ttl)
+        t0 = _now_ns()
+        try:
+            r = await self._extend_now(lock, ttl)
+        except Exception:
+            obs.on_extend((_now_ns() - t0) / 1e9, False)
+            raise
+        obs.on_extend((_now_ns() - t0) / 1e9, True)
+        return r
+
+    async def _extend_now(self, lock: Any, ttl: Optional[float]) -> bool:
         _check_same_process(lock, "extend")
-        ttl_ms = self._ttl_ms(ttl) if ttl is not None else int(round(lock.ttl * 1000))
-        ok = await self._require().extend(lock, ttl_ms)
+        ttl_ms = self.ttl_ms(ttl) if ttl is not None else int(round(lock.ttl * 1000))
+        ok = await self.checkout().extend(lock, ttl_ms)
         if not ok:
             raise LockNotOwned(f"could not extend {lock.key!r}: not held on a majority with validity left")
         return True
 
-    async def _lock_aenter(self, lock: Any) -> Any:
+    async def aenter_lock(self, lock: Any) -> Any:
+        """``async with lock:`` (LockOwner)."""
         return lock
 
-    async def _lock_aexit(self, lock: Any, exc_type: Any) -> None:
-        await self._release(lock)
+    async def aexit_lock(self, lock: Any, exc_type: Any) -> None:
+        """The end of ``async with lock:`` (LockOwner)."""
+        await self.release_lock(lock)
 
-    def _lock_enter(self, lock: Any) -> Any:
+    def enter_lock(self, lock: Any) -> Any:
+        """``with lock:`` (LockOwner)."""
         raise TypeError("this lock belongs to an asyncio LockManager: use 'async with'")
 
-    def _lock_exit(self, lock: Any, exc_type: Any) -> None:
+    def exit_lock(self, lock: Any, exc_type: Any) -> None:
+        """The end of ``with lock:`` (LockOwner)."""
         raise TypeError("this lock belongs to an asyncio LockManager: use 'async with'")
-
-    # The LockOwner protocol (quorumlock._faces): what a Lock and the engine
-    # call on the manager that issued them.  Transitional aliases of the
-    # private callbacks above, so the engine can move to the public names.
-    release_lock = _release
-    extend_lock = _extend
-    lock_lost_event = _lost_event
-    check_lock = _check_lock
-    enter_lock = _lock_enter
-    exit_lock = _lock_exit
-    aenter_lock = _lock_aenter
-    aexit_lock = _lock_aexit
-    node_lost = _node_lost
 
     def __repr__(self) -> str:
         state = "connected" if self._engine is not None else "not connected"
-        return f"<quorumlock.aio.LockManager {self.n} nodes quorum={self.quorum} {state} [{self._core.IMPLEMENTATION}]>"
+        return f"<quorumlock.aio.LockManager {self.n} nodes quorum={self.quorum} {state} [{self.core.IMPLEMENTATION}]>"
 
     # -- semaphores and read-write locks (quorumlock.semaphore, quorumlock.rwlock) --
 
@@ -664,6 +681,37 @@ class LockManager(ManagerBase):
         from .rwlock import AsyncRWLock
 
         return AsyncRWLock(self, name, max_readers, ttl)
+
+
+async def _observed_try(coro: Any, obs: Any) -> Any:
+    t0 = _now_ns()
+    ok = False
+    try:
+        lock = await coro
+        ok = lock is not None
+        return lock
+    finally:
+        obs.on_acquire((_now_ns() - t0) / 1e9, ok)
+
+
+async def _observed_many(coro: Any, obs: Any) -> Any:
+    t0 = _now_ns()
+    res = await coro
+    got = sum(1 for x in res if x is not None)
+    obs.on_batch("acquire", (_now_ns() - t0) / 1e9, got, len(res), got)
+    return res
+
+
+def _observed_release(obs: Any, t0: int, fut: "asyncio.Future[Any]") -> None:
+    ok = not fut.cancelled() and fut.exception() is None and bool(fut.result())
+    obs.on_release((_now_ns() - t0) / 1e9, ok)
+
+
+def _observed_release_many(obs: Any, t0: int, held: int, fut: "asyncio.Future[Any]") -> None:
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    res = fut.result()
+    obs.on_batch("release", (_now_ns() - t0) / 1e9, sum(1 for x in res if x), len(res), -held)
 
 
 def _retrieve(fut: "asyncio.Future[Any]") -> None:
@@ -751,7 +799,7 @@ class _LockContext:
         if lock is not None:
             # Shielded: a cancelled block still releases (the release is already
             # queued on every connection when the await starts).
-            await asyncio.shield(self._mgr._release(lock))
+            await asyncio.shield(self._mgr.release_lock(lock))
 
 
 def _reentrant() -> Any:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import random
 import select
 import socket
 import threading
@@ -36,9 +35,10 @@ import time
 import weakref
 from typing import Any, Iterable, List, Optional, Sequence
 
-from . import _green, _handshake, _health
+from . import _green, _handshake, _health, _policy
 from . import metrics as _metrics_mod
 from ._backend import core
+from ._clock import now_ns as _now_ns
 from ._manager import ManagerBase
 from ._config import MAX_SECONDS, check_int, check_keys_arg, check_seconds
 from .errors import ConfigurationError, LockNotOwned, LockTimeout
@@ -63,11 +63,14 @@ class LockManager(ManagerBase):
     (``quorumlock.leases``).
     """
 
+    #: The face (quorumlock._faces): operations block and return results.
+    is_async = False
+
     def _init_api(self) -> None:
         self._engines: dict = {}  # thread ident -> its SyncEngine
         self._local = threading.local()   # .slot: this thread's _EngineSlot
         self._retired: dict = {}  # thread ident -> set left open by close() (the thread was busy)
-        self._mutex = threading.Lock()
+        self.state_mutex = threading.Lock()
         self._guard_epoch = 0
         self._closed = False
         self._connected_once = False
@@ -81,7 +84,7 @@ class LockManager(ManagerBase):
 
     def connect(self) -> "LockManager":
         """Open one set of connections now (configuration errors surface here)."""
-        self._checkout()
+        self.checkout()
         return self
 
     def close(self) -> None:
@@ -99,7 +102,7 @@ class LockManager(ManagerBase):
         _close_leases(self)
         me = threading.get_ident()
         alive = {t.ident for t in threading.enumerate()}
-        with self._mutex:
+        with self.state_mutex:
             self._closed = True
             engines, self._engines = self._engines, {}
             now_close = []
@@ -120,13 +123,13 @@ class LockManager(ManagerBase):
         would steal its replies, a write would interleave with its
         requests).  The child connects afresh on first use."""
         self._pid = os.getpid()
-        self._mutex = threading.Lock()   # may have been held by a parent thread
+        self.state_mutex = threading.Lock()   # may have been held by a parent thread
         engines = list(self._engines.values()) + list(self._retired.values())
         self._engines = {}
         self._retired = {}
         self._local = threading.local()
-        self._leases = None              # the renewer thread does not exist here
-        self._subscriber = None
+        self.lease_renewer = None              # the renewer thread does not exist here
+        self.release_subscriber = None
         for eng in engines:
             try:
                 eng.discard()
@@ -140,8 +143,8 @@ class LockManager(ManagerBase):
         self.close()
 
     def _new_engine(self) -> Any:
-        eng = self._core.SyncEngine(
-            [s.name for s in self._specs],
+        eng = self.core.SyncEngine(
+            [s.name for s in self.node_specs],
             self,
             self._opts.node_timeout,
             self._opts.drift_factor,
@@ -154,7 +157,7 @@ class LockManager(ManagerBase):
         self._connect_nodes(eng, range(self.n), self._opts.connect_timeout, initial)
         if initial:
             try:
-                _handshake.check_unique(self._specs, [nd.run_id for nd in eng.nodes], self._allow_same_server)
+                _handshake.check_unique(self.node_specs, [nd.run_id for nd in eng.nodes], self._allow_same_server)
             except ConfigurationError:
                 eng.close()
                 raise
@@ -168,7 +171,7 @@ class LockManager(ManagerBase):
         poller = _green.poller(self._green_poll)
         deadline = time.monotonic() + timeout
         for i in which:
-            spec = self._specs[i]
+            spec = self.node_specs[i]
             try:
                 if spec.path:
                     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -198,7 +201,10 @@ class LockManager(ManagerBase):
             if left <= 0:
                 break
             for fd, ev in poller.poll(left * 1000):
-                i, s = waiting.pop(fd)
+                entry = waiting.pop(fd, None)
+                if entry is None:  # an fd reported twice, or one this connect does not wait on
+                    continue       # (seen under eventlet's patched select): nothing to do for it
+                i, s = entry
                 poller.unregister(fd)
                 err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
@@ -209,12 +215,12 @@ class LockManager(ManagerBase):
                     connected.append((i, s))
         for i, s in waiting.values():
             s.close()
-            exc = TimeoutError(f"{self._specs[i].name}: connect timed out")
+            exc = TimeoutError(f"{self.node_specs[i].name}: connect timed out")
             self._warn_node(i, "unreachable", exc)
             eng._node_lost(i, exc)
         ops = []
         for i, s in connected:
-            spec = self._specs[i]
+            spec = self.node_specs[i]
             try:
                 if not spec.path:
                     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -232,7 +238,7 @@ class LockManager(ManagerBase):
             ops.append((i, [(name, eng.call_op(i, args, t)) for name, args in _handshake.commands(spec, self._opts.native_commands)]))
         errors = []
         for i, named in ops:
-            spec = self._specs[i]
+            spec = self.node_specs[i]
             replies = []
             try:
                 for name, op in named:
@@ -259,16 +265,16 @@ class LockManager(ManagerBase):
                 # (unless the user accepted one server's votes falling together).
                 dup = _handshake.duplicate_of(i, node.run_id, eng.nodes)
                 if dup is not None:
-                    eng.down_detail[i] = _handshake.duplicate_text(self._specs, i, dup)
+                    eng.down_detail[i] = _handshake.duplicate_text(self.node_specs, i, dup)
                     (log.debug if i in self._dup_logged else log.error)("%s", eng.down_detail[i])
                     self._dup_logged.add(i)
                     node.abort()
                     continue
             eng.down_detail[i] = None
-            with self._mutex:
-                before = self._guard.counted_after[i]
-                node.counted_after = self._guard.on_connect(
-                    i, spec, info, initial, self._opts.restart_guard, self.guard_window, self._core.monotonic_ns()
+            with self.state_mutex:
+                before = self.guard_state.counted_after[i]
+                node.counted_after = self.guard_state.on_connect(
+                    i, spec, info, initial, self._opts.restart_guard, self.guard_window, self.core.monotonic_ns()
                 )
                 if node.counted_after != before:
                     self._guard_epoch += 1
@@ -281,7 +287,15 @@ class LockManager(ManagerBase):
             eng.close()
             raise errors[0]
 
-    def _checkout(self) -> Any:
+    def current_engine(self) -> Any:
+        """The calling thread's connection set, or None (none is made)."""
+        return self._engines.get(threading.get_ident())
+
+    def engines_in_use(self) -> List[Any]:
+        """Every thread's connection set."""
+        return list(self._engines.values())
+
+    def checkout(self) -> Any:
         """This thread's connection set (made on first use)."""
         if os.getpid() != self._pid:
             # fork() without the at-fork hook (or before it ran): never use
@@ -300,7 +314,7 @@ class LockManager(ManagerBase):
             raise RuntimeError("LockManager is closed")
         eng = self._new_engine()
         me = threading.get_ident()
-        with self._mutex:
+        with self.state_mutex:
             if self._closed:
                 eng.close()
                 raise RuntimeError("LockManager is closed")
@@ -334,12 +348,12 @@ class LockManager(ManagerBase):
         if last is None or now - last >= _WARN_EVERY:
             self._warned[i] = now
             log.warning("%s %s (%r); retrying in the background",
-                        self._specs[i].name, what, exc)
+                        self.node_specs[i].name, what, exc)
         else:
-            log.debug("%s %s: %r", self._specs[i].name, what, exc)
+            log.debug("%s %s: %r", self.node_specs[i].name, what, exc)
 
     def _maintain(self, eng: Any) -> None:
-        now = self._core.monotonic_ns()
+        now = self.core.monotonic_ns()
         due = [i for i, nd in enumerate(eng.nodes) if not nd.connected and eng.reconnect_at[i] <= now]
         if due:
             # Short attempt inline: a blackholed node must not stall callers
@@ -349,9 +363,9 @@ class LockManager(ManagerBase):
                 self._connect_nodes(eng, due, timeout, initial=False)
             except ConfigurationError as exc:
                 log.error("%s", exc)
-        with self._mutex:
+        with self.state_mutex:
             for i, nd in enumerate(eng.nodes):
-                ca = self._guard.counted_after[i]
+                ca = self.guard_state.counted_after[i]
                 if ca > nd.counted_after:
                     nd.counted_after = ca
             eng.maintenance_epoch = self._guard_epoch
@@ -362,12 +376,20 @@ class LockManager(ManagerBase):
 
     def try_acquire(self, key: Any, ttl: Optional[float] = None) -> Optional[Any]:
         """One quorum attempt: a ``Lock``, or None."""
-        ttl_ms = self._ttl_ms(ttl)
-        eng = self._checkout()
-        return eng.try_acquire_sync(key, ttl_ms)
+        ttl_ms = self.ttl_ms(ttl)
+        eng = self.checkout()
+        obs = self.observer
+        if obs is None:
+            return eng.try_acquire_sync(key, ttl_ms)
+        t0 = _now_ns()
+        lock = eng.try_acquire_sync(key, ttl_ms)
+        obs.on_acquire((_now_ns() - t0) / 1e9, lock is not None)
+        return lock
 
-    def _attempt(self, key: Any, ttl_ms: int) -> Any:
-        eng = self._checkout()
+    def attempt_op(self, key: Any, ttl_ms: int) -> Any:
+        """One quorum attempt on this thread's connections: the decided
+        operation (``.result``, ``.outcomes()``)."""
+        eng = self.checkout()
         return eng.attempt_sync(key, ttl_ms)
 
     def attempt_token(self, key: Any, token: bytes, px: Optional[int] = None, *,
@@ -391,7 +413,7 @@ class LockManager(ManagerBase):
         t = 0.0 if timeout is None else check_seconds("timeout", timeout)
         if ms > self._max_ttl_used_ms:
             self._max_ttl_used_ms = ms
-        eng = self._checkout()
+        eng = self.checkout()
         op = eng.attempt_token(key, token, ms, t)
         eng.wait(op)
         return op
@@ -411,37 +433,21 @@ class LockManager(ManagerBase):
         ``LockTimeout``."""
         if reentrant:  # the same thread may re-acquire (quorumlock.reentrant)
             return _reentrant().acquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
-        if wait is not None or self._notify or self._metrics is not None:
+        if wait is not None or self._notify or self.meter is not None:
             return _lease_thread.acquire(self, key, ttl, timeout=timeout, retry_count=retry_count, wait=wait)
-        ttl_ms = self._ttl_ms(ttl)
-        deadline: Optional[float] = None
-        attempts_left: Optional[int] = None
-        if timeout is not None:
-            deadline = time.monotonic() + check_seconds("timeout", timeout, allow_zero=True)
-        else:
-            attempts_left = check_int(
-                "retry_count", self._opts.retry_count if retry_count is None else retry_count, minimum=1
-            )
-        lo, hi = self._opts.retry_delay
-        attempts = 0
-        while True:
-            op = self._attempt(key, ttl_ms)
-            attempts += 1
-            if op.result is not None:
-                return op.result
-            if attempts_left is not None:
-                attempts_left -= 1
-                if attempts_left <= 0:
-                    raise LockTimeout(key, attempts, op.outcomes())
-            delay = random.uniform(lo, hi)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise LockTimeout(key, attempts, op.outcomes())
-                delay = min(delay, left)
-            time.sleep(delay)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise LockTimeout(key, attempts, op.outcomes())
+        ttl_ms = self.ttl_ms(ttl)
+        retry = _policy.from_options(self._opts, timeout=timeout, retry_count=retry_count, now=time.monotonic())
+        last: Any = None
+
+        def attempt() -> Optional[Any]:
+            nonlocal last
+            last = self.attempt_op(key, ttl_ms)
+            return last.result
+
+        lock = _policy.run_blocking(attempt, retry)
+        if lock is None:
+            raise LockTimeout(key, retry.attempts, last.outcomes())
+        return lock
 
     def lock(
         self,
@@ -474,14 +480,24 @@ class LockManager(ManagerBase):
                 on_lost=on_lost, margin=margin, renew_fraction=renew_fraction)
         if wait is not None:
             return _lease_thread.LeaseContext(self, key, ttl, timeout, retry_count, wait, _guarded=False)
-        return getattr(self._core, "SyncLockContext", _LockContext)(self, key, ttl, timeout, retry_count)
+        return getattr(self.core, "SyncLockContext", _LockContext)(self, key, ttl, timeout, retry_count)
 
     def acquire_many(self, keys: Iterable[Any], ttl: Optional[float] = None) -> List[Optional[Any]]:
         """One attempt per key, pipelined: a list of ``Lock`` or None, in order."""
+        obs = self.observer
+        if obs is None:
+            return self._acquire_many(keys, ttl)
+        t0 = _now_ns()
+        res = self._acquire_many(keys, ttl)
+        got = sum(1 for x in res if x is not None)
+        obs.on_batch("acquire", (_now_ns() - t0) / 1e9, got, len(res), got)
+        return res
+
+    def _acquire_many(self, keys: Iterable[Any], ttl: Optional[float]) -> List[Optional[Any]]:
         check_keys_arg(keys)
-        ttl_ms = self._ttl_ms(ttl)
+        ttl_ms = self.ttl_ms(ttl)
         keys = list(keys)
-        eng = self._checkout()
+        eng = self.checkout()
         if self._opts.fencing or self._opts.lock_delay_ms:
             # Validate every key before sending any (see aio.acquire_many).
             if len({eng.check_key(k) for k in keys}) != len(keys):
@@ -492,12 +508,22 @@ class LockManager(ManagerBase):
     def release_many(self, locks: Iterable[Any]) -> List[bool]:
         """Release many locks at once: a list of bools."""
         locks = list(locks)
-        lock_cls = self._core.Lock
+        obs = self.observer
+        if obs is None:
+            return self._release_many(locks)
+        held = sum(1 for lk in locks if not getattr(lk, "released", True))
+        t0 = _now_ns()
+        res = self._release_many(locks)
+        obs.on_batch("release", (_now_ns() - t0) / 1e9, sum(1 for x in res if x), len(res), -held)
+        return res
+
+    def _release_many(self, locks: List[Any]) -> List[bool]:
+        lock_cls = self.core.Lock
         for lk in locks:
             if not isinstance(lk, lock_cls):
                 raise TypeError(f"release_many takes Lock objects, got {type(lk).__name__}")
             _check_same_process(lk, "release")
-        eng = self._checkout()
+        eng = self.checkout()
         if self._opts.lock_delay_ms or self._notify:
             # The batch script neither lifts lock-delays nor publishes.
             return eng.release_each_sync(locks)
@@ -505,13 +531,13 @@ class LockManager(ManagerBase):
 
     def release(self, lock: Any) -> bool:
         """Same as ``lock.release()``."""
-        return self._release(lock)
+        return self.release_lock(lock)
 
     def release_op(self, lock: Any) -> Any:
         """``lock.release()`` returning the decided operation: ``.result`` is
         True if our token was deleted on a majority, ``.outcomes()`` says what
         each node answered (used by ``quorumlock.compat``)."""
-        eng = self._checkout()
+        eng = self.checkout()
         op = eng.release_op(lock)
         eng.wait(op)
         return op
@@ -557,17 +583,17 @@ class LockManager(ManagerBase):
             lease_ms = check_int("lease_ms", lease_ms, minimum=0, maximum=int(MAX_SECONDS * 1000))
         if lease_ms is not None and lease_ms > self._max_ttl_used_ms:
             self._max_ttl_used_ms = int(lease_ms)
-        eng = self._checkout()
-        now = self._core.monotonic_ns()
+        eng = self.checkout()
+        now = self.core.monotonic_ns()
         pending: List[Any] = []
         for i, args in enumerate(cmds):
             nd = eng.nodes[i]
             if args is None:
                 pending.append(None)
             elif not nd.ready:
-                pending.append(ConnectionError(f"{self._specs[i].name}: not connected"))
+                pending.append(ConnectionError(f"{self.node_specs[i].name}: not connected"))
             elif guarded and eng.guard and nd.counted_after > now:
-                pending.append(ConnectionError(f"{self._specs[i].name}: restart guard: node restarted recently"))
+                pending.append(ConnectionError(f"{self.node_specs[i].name}: restart guard: node restarted recently"))
             else:
                 pending.append(eng.call_op(i, args, t))
         return [p if p is None or isinstance(p, BaseException) else eng.wait(p) for p in pending]
@@ -608,21 +634,34 @@ class LockManager(ManagerBase):
         down or paused node is reported, not raised (docs/configuration.md)."""
         return _health.health_sync(self, timeout)
 
-    def _lost_event(self, lock: Any) -> Any:
+    def lock_lost_event(self, lock: Any) -> Any:
+        """The event set when ``lock``'s lease is lost (``lock.lost``; LockOwner)."""
         return _lease_thread.lost_event(self, lock)
 
-    def _check_lock(self, lock: Any) -> float:
+    def check_lock(self, lock: Any) -> float:
+        """``lock.check()`` (LockOwner): the validity left, or ``LockLost`` / ``LockNotOwned``."""
         from .leases import check_lock
 
         return check_lock(lock)
 
     # -- callbacks used by Lock --------------------------------------------
 
-    def _release(self, lock: Any) -> bool:
+    def release_lock(self, lock: Any) -> bool:
+        """``lock.release()`` (LockOwner): True if our token was deleted on a majority."""
         _check_same_process(lock, "release")
+        obs = self.observer
+        if obs is None or lock.released:
+            return self._release_now(lock)
+        t0 = _now_ns()
+        ok = self._release_now(lock)
+        obs.on_release_start()
+        obs.on_release((_now_ns() - t0) / 1e9, bool(ok))
+        return ok
+
+    def _release_now(self, lock: Any) -> bool:
         if self._closed:
             return self._release_after_close(lock)
-        eng = self._checkout()
+        eng = self.checkout()
         return eng.release_sync(lock)
 
     def _release_after_close(self, lock: Any) -> bool:
@@ -632,7 +671,7 @@ class LockManager(ManagerBase):
         if os.getpid() != self._pid:
             self._after_fork_child()
         me = threading.get_ident()
-        with self._mutex:
+        with self.state_mutex:
             eng = self._retired.pop(me, None)
         slot = getattr(self._local, "slot", None)
         if slot is not None:
@@ -646,45 +685,51 @@ class LockManager(ManagerBase):
         finally:
             _close_quietly(eng)
 
-    def _extend(self, lock: Any, ttl: Optional[float]) -> bool:
+    def extend_lock(self, lock: Any, ttl: Optional[float]) -> bool:
+        """``lock.extend(ttl)`` (LockOwner): True, or ``LockNotOwned``."""
+        obs = self.observer
+        if obs is None:
+            return self._extend_now(lock, ttl)
+        t0 = _now_ns()
+        try:
+            r = self._extend_now(lock, ttl)
+        except Exception:
+            obs.on_extend((_now_ns() - t0) / 1e9, False)
+            raise
+        obs.on_extend((_now_ns() - t0) / 1e9, True)
+        return r
+
+    def _extend_now(self, lock: Any, ttl: Optional[float]) -> bool:
         _check_same_process(lock, "extend")
-        ttl_ms = self._ttl_ms(ttl) if ttl is not None else int(round(lock.ttl * 1000))
-        ok = self._checkout().extend_sync(lock, ttl_ms)
+        ttl_ms = self.ttl_ms(ttl) if ttl is not None else int(round(lock.ttl * 1000))
+        ok = self.checkout().extend_sync(lock, ttl_ms)
         if not ok:
             raise LockNotOwned(f"could not extend {lock.key!r}: not held on a majority with validity left")
         return True
 
-    def _lock_enter(self, lock: Any) -> Any:
+    def enter_lock(self, lock: Any) -> Any:
+        """``with lock:`` (LockOwner)."""
         return lock
 
-    def _lock_exit(self, lock: Any, exc_type: Any) -> None:
+    def exit_lock(self, lock: Any, exc_type: Any) -> None:
+        """The end of ``with lock:`` (LockOwner)."""
         _release_surely(self, lock)
 
-    def _lock_aenter(self, lock: Any) -> Any:
+    def aenter_lock(self, lock: Any) -> Any:
+        """``async with lock:`` (LockOwner)."""
         raise TypeError("this lock belongs to a blocking LockManager: use 'with', not 'async with'")
 
-    def _lock_aexit(self, lock: Any, exc_type: Any) -> Any:
+    def aexit_lock(self, lock: Any, exc_type: Any) -> Any:
+        """The end of ``async with lock:`` (LockOwner)."""
         raise TypeError("this lock belongs to a blocking LockManager: use 'with', not 'async with'")
 
-    def _node_lost(self, i: int, exc: Any) -> None:  # the SyncEngine tracks its own reconnects
-        pass
-
-    # The LockOwner protocol (quorumlock._faces): what a Lock and the engine
-    # call on the manager that issued them.  Transitional aliases of the
-    # private callbacks above, so the engine can move to the public names.
-    release_lock = _release
-    extend_lock = _extend
-    lock_lost_event = _lost_event
-    check_lock = _check_lock
-    enter_lock = _lock_enter
-    exit_lock = _lock_exit
-    aenter_lock = _lock_aenter
-    aexit_lock = _lock_aexit
-    node_lost = _node_lost
+    def node_lost(self, i: int, exc: Any) -> None:
+        """The engine lost its connection to node ``i`` (LockOwner); nothing
+        to do: the SyncEngine tracks its own reconnects."""
 
     def __repr__(self) -> str:
         return (f"<quorumlock.LockManager {self.n} nodes quorum={self.quorum} "
-                f"threads={len(self._engines)} [{self._core.IMPLEMENTATION}]>")
+                f"threads={len(self._engines)} [{self.core.IMPLEMENTATION}]>")
 
     # -- semaphores and read-write locks (quorumlock.semaphore, quorumlock.rwlock) --
 
@@ -739,7 +784,7 @@ def _thread_ended(mgr_ref: Any, ident: int, pid: int) -> None:
             eng.discard()
         return
     try:
-        with mgr._mutex:
+        with mgr.state_mutex:
             eng = mgr._engines.pop(ident, None) or mgr._retired.pop(ident, None)
     except Exception:  # pragma: no cover - interpreter shutdown
         return
@@ -763,11 +808,11 @@ def _release_surely(mgr: Any, lock: Any) -> None:
     """Release ``lock``; if an exception (a signal handler's) interrupts
     before the release was queued, queue it again before re-raising."""
     try:
-        mgr._release(lock)
+        mgr.release_lock(lock)
     except BaseException:
         if not lock.released:
             try:
-                mgr._release(lock)
+                mgr.release_lock(lock)
             except Exception:
                 pass
         raise
@@ -840,7 +885,7 @@ class _LockContext:
         # (``granted``, set before the engine returns), and every exit by
         # exception releases what was granted.
         mgr = self._mgr
-        eng = mgr._checkout()
+        eng = mgr.checkout()
         eng.granted = None
         try:
             self._lock = mgr.acquire(self._key, self._ttl, timeout=self._timeout, retry_count=self._retry)
@@ -857,10 +902,10 @@ class _LockContext:
         lock = self._lock
         if lock is not None:
             try:
-                self._mgr._release(lock)
+                self._mgr.release_lock(lock)
             except BaseException:
                 if not lock.released:
-                    self._mgr._release(lock)
+                    self._mgr.release_lock(lock)
                 raise
             self._lock = None
 

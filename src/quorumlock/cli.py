@@ -115,16 +115,16 @@ def _check_ports(host: str, base: int, n: int) -> List[int]:
 def _fixed_ports(ports: List[int]) -> Iterator[None]:
     """Make the LocalCluster built inside this block take ``ports``, in order.
 
-    ``quorumlock.nodes`` picks a node's port through the module-level
-    ``_pick_free_port`` (the seam its tests use too); LocalCluster has no
-    ports argument.  Once the cluster has started, each node keeps its port
+    ``quorumlock.nodes`` picks a node's port through
+    ``quorumlock.nodes.net._pick_free_port`` (the seam its tests use too);
+    LocalCluster has no ports argument.  Once the cluster has started, each node keeps its port
     across restarts, so the function is restored at the end of the block.
     """
-    from . import nodes as _nodes
+    from .nodes import net as _net
 
-    original = getattr(_nodes, "_pick_free_port", None)
-    if original is None:  # pragma: no cover - guards against a rename in nodes.py
-        raise RuntimeError("--port is not supported by this quorumlock.nodes")
+    original = getattr(_net, "_pick_free_port", None)
+    if original is None:  # pragma: no cover - guards against a rename in nodes/net.py
+        raise RuntimeError("--port is not supported by this quorumlock.nodes.net")
     queue = list(ports)
 
     def pick(host: str) -> int:
@@ -132,11 +132,11 @@ def _fixed_ports(ports: List[int]) -> Iterator[None]:
             raise RuntimeError(f"a port of {ports[0]}..{ports[-1]} was taken while the nodes started")
         return queue.pop(0)
 
-    _nodes._pick_free_port = pick  # type: ignore[assignment]
+    _net._pick_free_port = pick  # type: ignore[assignment]
     try:
         yield
     finally:
-        _nodes._pick_free_port = original  # type: ignore[assignment]
+        _net._pick_free_port = original  # type: ignore[assignment]
 
 
 def _start_cluster(args: argparse.Namespace, on_event: Callable[..., None]) -> "LocalCluster":

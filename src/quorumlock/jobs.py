@@ -49,10 +49,10 @@ import functools
 import inspect
 import logging
 import math
-import random
 import time
 from typing import Any, Callable, Dict, Optional
 
+from . import _faces, _policy
 from . import metrics as _metrics
 from .errors import LockTimeout, QuorumLockError
 
@@ -84,6 +84,8 @@ def current_lock() -> Any:
 
 #: Attempts of a claim while the votes are split (nobody holds a majority).
 CLAIM_ATTEMPTS = 6
+#: Seconds: the range of the first wait after a split vote (the n-th: n times it).
+SPLIT_DELAY = (0.002, 0.02)
 
 
 def _split(op: Any, quorum: int) -> bool:
@@ -101,25 +103,36 @@ def claim(locks: Any, key: Any, ttl: Optional[float] = None) -> Any:
     release): a scheduler tick would then run nowhere.  A claim retries after a
     short random delay while the votes were split, and gives up at once when
     the replies show another holder on a majority (blocking manager)."""
-    ttl_ms = locks._ttl_ms(ttl)
-    for attempt in range(CLAIM_ATTEMPTS):
+    ttl_ms = locks.ttl_ms(ttl)
+    retry = _split_retry(CLAIM_ATTEMPTS)
+
+    def attempt() -> Any:
         t0 = time.monotonic_ns()
-        op = locks._attempt(key, ttl_ms)
+        op = locks.attempt_op(key, ttl_ms)
         _metrics.record(locks, "acquire", (time.monotonic_ns() - t0) / 1e9, op.result is not None)
         if op.result is not None:
             _metrics.bump(locks, "held")
             return op.result
         if not _split(op, locks.quorum):
-            return None
-        time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
-    return None
+            retry.give_up()
+        return None
+
+    return _policy.run_blocking(attempt, retry)
+
+
+def _split_retry(attempts: int) -> _policy.Retry:
+    """Quick retries while simultaneous callers split the votes of a free
+    key: the n-th wait is drawn from n * SPLIT_DELAY."""
+    return _policy.Retry(attempts=attempts, timeout=None, delay=SPLIT_DELAY, now=0.0, linear=True)
 
 
 async def aclaim(locks: Any, key: Any, ttl: Optional[float] = None) -> Any:
     """``claim`` for a ``quorumlock.aio.LockManager``."""
-    eng = locks._require()
-    ttl_ms = locks._ttl_ms(ttl)
-    for attempt in range(CLAIM_ATTEMPTS):
+    eng = locks.checkout()
+    ttl_ms = locks.ttl_ms(ttl)
+    retry = _split_retry(CLAIM_ATTEMPTS)
+
+    async def attempt() -> Any:
         t0 = time.monotonic_ns()
         op = eng.attempt(key, ttl_ms)
         lock = await op.waiter
@@ -128,9 +141,10 @@ async def aclaim(locks: Any, key: Any, ttl: Optional[float] = None) -> Any:
             _metrics.bump(locks, "held")
             return lock
         if not _split(op, locks.quorum):
-            return None
-        await asyncio.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
-    return None
+            retry.give_up()
+        return None
+
+    return await _policy.run_async(attempt, retry)
 
 
 def _key_function(key: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -179,7 +193,7 @@ def exclusive(
     """Decorator factory: see the module docstring.  ``locks`` is an asyncio
     manager for coroutine functions, a blocking one for plain functions."""
     wait_s = _check_wait(wait)
-    is_aio = hasattr(locks, "_require")
+    is_aio = _faces.is_async(locks, "exclusive")
     if limit is not None:
         from .semaphore import check_permits
 
@@ -266,9 +280,9 @@ def exclusive(
                     _current.reset(token)
                     if lease is not None:
                         lease.in_body = False
-                        if locks._leases is not None:
-                            locks._leases.discard(lease)
-                    await asyncio.shield(locks._release(lock))
+                        if locks.lease_renewer is not None:
+                            locks.lease_renewer.discard(lease)
+                    await asyncio.shield(locks.release_lock(lock))
 
             awrapper.stats = stats  # type: ignore[attr-defined]
             awrapper.key_for = key_for  # type: ignore[attr-defined]
@@ -316,9 +330,9 @@ def exclusive(
                 _current.reset(token)
                 if lease is not None:
                     lease.in_body = False
-                    if locks._leases is not None:
-                        locks._leases.discard(lease)
-                locks._release(lock)
+                    if locks.lease_renewer is not None:
+                        locks.lease_renewer.discard(lease)
+                locks.release_lock(lock)
 
         wrapper.stats = stats  # type: ignore[attr-defined]
         wrapper.key_for = key_for  # type: ignore[attr-defined]
@@ -333,12 +347,7 @@ def _sem_acquire(sem: Any, wait_s: Optional[float]) -> Any:
         if wait_s is None:
             # A few quick attempts: simultaneous callers can split the votes
             # of a free permit (as in ``claim``).
-            for attempt in range(3):
-                permit = sem.try_acquire()
-                if permit is not None:
-                    return permit
-                time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
-            return None
+            return _policy.run_blocking(sem.try_acquire, _split_retry(3))
         if wait_s == math.inf:
             while True:
                 try:
@@ -353,12 +362,7 @@ def _sem_acquire(sem: Any, wait_s: Optional[float]) -> Any:
 async def _sem_acquire_async(sem: Any, wait_s: Optional[float]) -> Any:
     try:
         if wait_s is None:
-            for attempt in range(3):
-                permit = await sem.try_acquire()
-                if permit is not None:
-                    return permit
-                await asyncio.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
-            return None
+            return await _policy.run_async(sem.try_acquire, _split_retry(3))
         if wait_s == math.inf:
             while True:
                 try:

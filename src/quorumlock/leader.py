@@ -41,6 +41,7 @@ import socket
 import threading
 from typing import Any, Callable, Optional
 
+from . import _faces
 from .errors import LockTimeout
 
 __all__ = ["LeaderElection", "AsyncLeaderElection"]
@@ -117,7 +118,7 @@ class LeaderElection(_Base):
                  on_demoted: Optional[Callable[[str], Any]] = None,
                  lease_fraction: float = 0.6, retry_fraction: float = 0.2, margin: Optional[float] = None,
                  key_prefix: str = "leader:", identity: Optional[str] = None) -> None:
-        if hasattr(locks, "_require"):
+        if _faces.is_async(locks, "LeaderElection"):
             raise TypeError("LeaderElection needs a blocking quorumlock.LockManager; "
                             "use AsyncLeaderElection with quorumlock.aio")
         super().__init__(locks, name, ttl, on_elected=on_elected, on_demoted=on_demoted,
@@ -157,7 +158,7 @@ class LeaderElection(_Base):
 
     def _campaign(self) -> Any:
         locks = self.locks
-        if getattr(locks, "_notify", False):
+        if locks.notify:
             try:
                 return locks.acquire(self.key, self.lease_ttl, timeout=self._jitter(), wait="notify")
             except LockTimeout:
@@ -229,7 +230,7 @@ class AsyncLeaderElection(_Base):
                  on_demoted: Optional[Callable[[str], Any]] = None,
                  lease_fraction: float = 0.6, retry_fraction: float = 0.2, margin: Optional[float] = None,
                  key_prefix: str = "leader:", identity: Optional[str] = None) -> None:
-        if not hasattr(locks, "_require"):
+        if not _faces.is_async(locks, "AsyncLeaderElection"):
             raise TypeError("AsyncLeaderElection needs a quorumlock.aio.LockManager")
         super().__init__(locks, name, ttl, on_elected=on_elected, on_demoted=on_demoted,
                          lease_fraction=lease_fraction, retry_fraction=retry_fraction, margin=margin,
@@ -279,7 +280,7 @@ class AsyncLeaderElection(_Base):
 
     async def _campaign(self) -> Any:
         locks = self.locks
-        if getattr(locks, "_notify", False):
+        if locks.notify:
             try:
                 return await locks.acquire(self.key, self.lease_ttl, timeout=self._jitter(), wait="notify")
             except LockTimeout:

@@ -40,10 +40,11 @@ What is counted (docs/schedulers.md):
 The per-node counters cost nothing extra: the engine keeps them anyway, and
 they are read only when ``metrics()`` is called, so they are there with
 ``metrics=False`` too.  Everything else is counted only with
-``metrics=True``: the manager then routes its calls through thin wrappers (one
-``monotonic_ns`` pair, one bisect and a few integer additions per operation;
-``examples/metrics_cost.py`` measures it), and the default path keeps no
-per-operation Python work at all.
+``metrics=True``: the manager then tells its observer (``MetricsObserver``,
+``manager.observer``) of each operation it decides (one ``monotonic_ns``
+pair, one bisect and a few integer additions per operation;
+``examples/metrics_cost.py`` measures it); without metrics the observer is
+None and the manager only checks that.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ BUCKETS: Sequence[float] = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 
+from . import _faces
 from ._clock import now_ns as _now_ns  # the lease clock (CLOCK_BOOTTIME)
 
 
@@ -138,6 +140,8 @@ class Metrics:
         self.jobs_skipped = 0
         self.jobs_lost = 0
         self.batches = 0
+        #: Serialises updates from many threads (the blocking face); None on asyncio.
+        self.mutex: Optional[threading.Lock] = None
         #: ``callback(op_name, seconds, ok)`` for every observation (the
         #: OpenTelemetry exporter records its histograms through this).
         self.sinks: List[Callable[[str, float, bool], None]] = []
@@ -177,13 +181,10 @@ class Metrics:
 
 
 def _engines(mgr: Any) -> List[Any]:
-    eng = getattr(mgr, "_engine", None)
-    if eng is not None:
-        return [eng]
-    engines = getattr(mgr, "_engines", None)
-    if engines:
-        return list(engines.values())
-    return []
+    """Every engine of ``mgr`` (its ``engines_in_use()``).  Kept because
+    chaos/worker.py imports it (row 30's negative control); once that file
+    calls ``mgr.engines_in_use()``, drop this."""
+    return mgr.engines_in_use()
 
 
 def snapshot(mgr: Any) -> Dict[str, Any]:
@@ -191,7 +192,7 @@ def snapshot(mgr: Any) -> Dict[str, Any]:
     names = list(mgr.nodes)
     nodes = [{"node": name, "sent": 0, "errors": 0, "timeouts": 0, "ready": False, "clock": None,
               "release": None, "extend": None} for name in names]
-    for eng in _engines(mgr):
+    for eng in mgr.engines_in_use():
         clocks = eng.clock_offsets() if hasattr(eng, "clock_offsets") else [None] * len(nodes)
         for i, nd in enumerate(list(eng.nodes)):
             d = nodes[i]
@@ -206,207 +207,92 @@ def snapshot(mgr: Any) -> Dict[str, Any]:
             # the freshest sample over a blocking manager's connection sets
             if c is not None and (d["clock"] is None or c["age"] < d["clock"]["age"]):
                 d["clock"] = c
-    m: Optional[Metrics] = getattr(mgr, "_metrics", None)
+    m: Optional[Metrics] = getattr(mgr, "meter", None)
     out: Dict[str, Any] = {"enabled": m is not None, "nodes": nodes, "quorum": mgr.quorum}
     if m is not None:
         out.update(m.as_dict())
-    leases = getattr(mgr, "_leases", None)
+    leases = getattr(mgr, "lease_renewer", None)
     out["leases"] = leases.stats() if leases is not None else {"watched": 0, "auto_extended": 0, "renewals": 0,
                                                                "renewal_failures": 0, "lost": 0}
     return out
 
 
 def instrument(mgr: Any) -> Metrics:
-    """Install metering wrappers on ``mgr`` (an aio or blocking LockManager)
-    as instance attributes, so that the class's methods stay the fast path of
-    every manager that did not ask for metrics."""
+    """Turn metrics on for ``mgr`` (an aio or blocking LockManager): give it a
+    ``Metrics`` (``mgr.meter``) and register a ``MetricsObserver`` as its
+    observer (``quorumlock._faces.Observer``).  The manager's methods are
+    not replaced; a manager without an observer does no per-operation work
+    for metrics."""
     m = Metrics()
-    mgr._metrics = m
-    if hasattr(mgr, "_require"):
-        _instrument_async(mgr, m)
-    else:
-        _instrument_blocking(mgr, m)
+    if not _faces.is_async(mgr, "metrics.instrument"):
+        m.mutex = threading.Lock()   # += on shared ints from many threads
+    mgr.meter = m
+    mgr.observer = MetricsObserver(m)
     return m
 
 
-def _instrument_async(mgr: Any, m: Metrics) -> None:
-    cls = type(mgr)
-    orig_try = cls.try_acquire.__get__(mgr)
-    orig_release = cls._release.__get__(mgr)
-    orig_extend = cls._extend.__get__(mgr)
-    orig_acq_many = cls.acquire_many.__get__(mgr)
-    orig_rel_many = cls.release_many.__get__(mgr)
-    observe = m.observe
+class MetricsObserver:
+    """The observer (``quorumlock._faces.Observer``) that feeds a ``Metrics``:
+    the managers call it when an operation is decided."""
 
-    def try_acquire(key: Any, ttl: Optional[float] = None) -> Any:
-        # A coroutine, like the method it wraps: nothing is sent until awaited.
-        return _timed_try(orig_try(key, ttl))
+    __slots__ = ("m",)
 
-    async def _timed_try(coro: Any) -> Any:
-        t0 = _now_ns()
-        ok = False
-        try:
-            lock = await coro
-            ok = lock is not None
-            return lock
-        finally:
-            observe("acquire", (_now_ns() - t0) / 1e9, ok)
+    def __init__(self, m: Metrics) -> None:
+        self.m = m
+
+    def _locked(self) -> Any:
+        return self.m.mutex if self.m.mutex is not None else _NO_LOCK
+
+    def on_acquire(self, seconds: float, ok: bool) -> None:
+        with self._locked():
+            self.m.observe("acquire", seconds, ok)
             if ok:
-                m.held += 1
+                self.m.held += 1
 
-    def _release(lock: Any) -> Any:
-        was_held = not lock.released
-        t0 = _now_ns()
-        fut = orig_release(lock)
-        if was_held:
-            m.held -= 1
+    def on_release_start(self) -> None:
+        with self._locked():
+            self.m.held -= 1
 
-            def done(f: Any) -> None:
-                ok = not f.cancelled() and f.exception() is None and bool(f.result())
-                observe("release", (_now_ns() - t0) / 1e9, ok)
+    def on_release(self, seconds: float, ok: bool) -> None:
+        with self._locked():
+            self.m.observe("release", seconds, ok)
 
-            fut.add_done_callback(done)
-        return fut
+    def on_extend(self, seconds: float, ok: bool) -> None:
+        with self._locked():
+            self.m.observe("extend", seconds, ok)
 
-    async def _extend(lock: Any, ttl: Optional[float]) -> bool:
-        t0 = _now_ns()
-        try:
-            r = await orig_extend(lock, ttl)
-        except Exception:
-            observe("extend", (_now_ns() - t0) / 1e9, False)
-            raise
-        observe("extend", (_now_ns() - t0) / 1e9, True)
-        return r
-
-    def acquire_many(keys: Any, ttl: Optional[float] = None) -> Any:
-        return _timed_many(orig_acq_many(keys, ttl))
-
-    async def _timed_many(coro: Any) -> Any:
-        t0 = _now_ns()
-        m.batches += 1
-        res = await coro
-        dt = (_now_ns() - t0) / 1e9
-        got = sum(1 for x in res if x is not None)
-        m.held += got
-        m.hist["acquire"].observe(dt)
-        m.ok["acquire"] += got
-        m.failed["acquire"] += len(res) - got
-        return res
-
-    def release_many(locks: Any) -> Any:
-        locks = list(locks)
-        m.held -= sum(1 for lk in locks if not getattr(lk, "released", True))
-        t0 = _now_ns()
-        fut = _ensure_future(orig_rel_many(locks))
-        m.batches += 1
-
-        def done(f: Any) -> None:
-            if f.cancelled() or f.exception() is not None:
-                return
-            res = f.result()
-            got = sum(1 for x in res if x)
-            m.hist["release"].observe((_now_ns() - t0) / 1e9)
-            m.ok["release"] += got
-            m.failed["release"] += len(res) - got
-
-        fut.add_done_callback(done)
-        return fut
-
-    mgr.try_acquire = try_acquire
-    mgr._release = _release
-    mgr._extend = _extend
-    mgr.acquire_many = acquire_many
-    mgr.release_many = release_many
-
-
-def _ensure_future(aw: Any) -> Any:
-    import asyncio
-
-    return asyncio.ensure_future(aw)
-
-
-def _instrument_blocking(mgr: Any, m: Metrics) -> None:
-    cls = type(mgr)
-    orig_try = cls.try_acquire.__get__(mgr)
-    orig_release = cls._release.__get__(mgr)
-    orig_extend = cls._extend.__get__(mgr)
-    orig_acq_many = cls.acquire_many.__get__(mgr)
-    orig_rel_many = cls.release_many.__get__(mgr)
-    observe = m.observe
-    mutex = threading.Lock()   # += on shared ints from many threads
-
-    def try_acquire(key: Any, ttl: Optional[float] = None) -> Any:
-        t0 = _now_ns()
-        lock = orig_try(key, ttl)
-        with mutex:
-            observe("acquire", (_now_ns() - t0) / 1e9, lock is not None)
-            if lock is not None:
-                m.held += 1
-        return lock
-
-    def _release(lock: Any) -> bool:
-        was_held = not lock.released
-        t0 = _now_ns()
-        ok = orig_release(lock)
-        if was_held:
-            with mutex:
-                m.held -= 1
-                observe("release", (_now_ns() - t0) / 1e9, bool(ok))
-        return ok
-
-    def _extend(lock: Any, ttl: Optional[float]) -> bool:
-        t0 = _now_ns()
-        try:
-            r = orig_extend(lock, ttl)
-        except Exception:
-            with mutex:
-                observe("extend", (_now_ns() - t0) / 1e9, False)
-            raise
-        with mutex:
-            observe("extend", (_now_ns() - t0) / 1e9, True)
-        return r
-
-    def acquire_many(keys: Any, ttl: Optional[float] = None) -> List[Any]:
-        t0 = _now_ns()
-        res = orig_acq_many(keys, ttl)
-        got = sum(1 for x in res if x is not None)
-        with mutex:
+    def on_batch(self, op: str, seconds: float, done: int, total: int, held_change: int) -> None:
+        """A batch of ``total`` operations ``op`` ("acquire" / "release") of
+        which ``done`` succeeded; ``held_change`` locks more (or fewer) held."""
+        m = self.m
+        with self._locked():
             m.batches += 1
-            m.held += got
-            m.hist["acquire"].observe((_now_ns() - t0) / 1e9)
-            m.ok["acquire"] += got
-            m.failed["acquire"] += len(res) - got
-        return res
+            m.held += held_change
+            m.hist[op].observe(seconds)
+            m.ok[op] += done
+            m.failed[op] += total - done
 
-    def release_many(locks: Any) -> List[bool]:
-        locks = list(locks)
-        held = sum(1 for lk in locks if not getattr(lk, "released", True))
-        t0 = _now_ns()
-        res = orig_rel_many(locks)
-        got = sum(1 for x in res if x)
-        with mutex:
-            m.batches += 1
-            m.held -= held
-            m.hist["release"].observe((_now_ns() - t0) / 1e9)
-            m.ok["release"] += got
-            m.failed["release"] += len(res) - got
-        return res
 
-    m._mutex = mutex  # type: ignore[attr-defined]
-    mgr.try_acquire = try_acquire
-    mgr._release = _release
-    mgr._extend = _extend
-    mgr.acquire_many = acquire_many
-    mgr.release_many = release_many
+class _NoLock:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
 
 
 def record(mgr: Any, op: str, seconds: float, ok: bool) -> None:
     """Record one observation on ``mgr``'s metrics if they are enabled (used by
     ``acquire``'s metered loop and the renewals in ``quorumlock.leases``)."""
-    m = getattr(mgr, "_metrics", None)
+    m = getattr(mgr, "meter", None)
     if m is None:
         return
-    mutex = getattr(m, "_mutex", None)
+    mutex = m.mutex
     if mutex is None:
         m.observe(op, seconds, ok)
     else:
@@ -416,10 +302,10 @@ def record(mgr: Any, op: str, seconds: float, ok: bool) -> None:
 
 def bump(mgr: Any, field: str, by: int = 1) -> None:
     """Add ``by`` to the counter ``field`` of ``mgr``'s metrics, if enabled."""
-    m = getattr(mgr, "_metrics", None)
+    m = getattr(mgr, "meter", None)
     if m is None:
         return
-    mutex = getattr(m, "_mutex", None)
+    mutex = m.mutex
     if mutex is None:
         setattr(m, field, getattr(m, field) + by)
     else:
@@ -550,7 +436,7 @@ def register_opentelemetry(locks: Any, name: str = "default", meter_provider: An
 
     meter.create_observable_gauge("quorumlock.locks_held", [counter_cb(held)], unit="1")
     meter.create_observable_counter("quorumlock.leases_lost", [counter_cb(lost)], unit="1")
-    m: Optional[Metrics] = getattr(locks, "_metrics", None)
+    m: Optional[Metrics] = getattr(locks, "meter", None)
     if m is not None:
         hists = {op: meter.create_histogram(f"quorumlock.{op}.duration", unit="s") for op in _OPS}
 

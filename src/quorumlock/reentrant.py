@@ -181,10 +181,10 @@ class ReentrantLock:
         lease = e.lease
         if lease is not None:
             lease.in_body = False
-            r = self._mgr._leases
+            r = self._mgr.lease_renewer
             if r is not None:
                 r.discard(lease)
-        return self._mgr._release(e.lock)
+        return self._mgr.release_lock(e.lock)
 
     def __enter__(self) -> "ReentrantLock":
         return self

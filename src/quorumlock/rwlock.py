@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from typing import Any, Callable, List, Optional
 
+from . import _policy
 from .errors import LockLost, LockNotOwned, LockTimeout
 from .semaphore import (
     _Base, _lease_opts, _retrieve, await_batch, raise_lost_on_exit, check_name, check_permits, permit_keys, pick,
@@ -117,8 +117,8 @@ class WriteLock:
         them were still ours on a majority (an awaitable in asyncio)."""
         for lk in self.locks:
             st = lk._state
-            if st is not None and self._mgr._leases is not None:
-                self._mgr._leases.discard(st)
+            if st is not None and self._mgr.lease_renewer is not None:
+                self._mgr.lease_renewer.discard(st)
         res = self._mgr.release_many(self.locks)
         if self._aio:
             return _all_true(res)
@@ -130,8 +130,8 @@ class WriteLock:
         if self._aio:
             return self._aextend(ttl)
         mgr = self._mgr
-        eng = mgr._checkout()
-        ttls = [mgr._ttl_ms(ttl) if ttl is not None else int(round(lk.ttl * 1000)) for lk in self.locks]
+        eng = mgr.checkout()
+        ttls = [mgr.ttl_ms(ttl) if ttl is not None else int(round(lk.ttl * 1000)) for lk in self.locks]
         ops = eng.extend_each_sync(self.locks, ttls)
         if not all(op.result is True for op in ops):
             raise LockNotOwned(f"could not extend the write lock {self.key!r}: "
@@ -204,8 +204,8 @@ class WriteLock:
 
     def _unguard(self) -> None:
         self._cancel_task = None   # the block is over: never cancel the task now
-        r = self._mgr._leases
-        for lease in getattr(self, "_leases", ()):
+        r = self._mgr.lease_renewer
+        for lease in getattr(self, "lease_renewer", ()):
             lease.in_body = False
             if r is not None:
                 r.discard(lease)
@@ -252,7 +252,7 @@ class RWLock(_RWBase):
         intent key): a reader permit (``Lock``), or None — also when a writer
         holds the intent key."""
         mgr = self._mgr
-        eng = mgr._checkout()
+        eng = mgr.checkout()
         t = mgr.options.node_timeout
         # Queued before the permit batch: written with it, in the same write.
         probes = [eng.call_op(i, ("EXISTS", self.intent_key), t) if nd.ready else None
@@ -306,11 +306,9 @@ class RWLock(_RWBase):
         (releasing what was collected) if ``timeout`` passes first."""
         mgr = self._mgr
         ttl_v = self._ttl(ttl)
-        deadline, left = self._limits(timeout, retry_count)
-        lo, hi = mgr.options.retry_delay
+        retry = self._retry(timeout, retry_count)
         intent: Any = None
         held: dict = {}
-        attempts = 0
         ok = False
         try:
             while True:
@@ -325,7 +323,6 @@ class RWLock(_RWBase):
                 ask = ([self.intent_key] if intent is None else []) + missing
                 res = mgr.acquire_many(ask, ttl_v)
                 self.attempts += 1
-                attempts += 1
                 if intent is None:
                     if res[0] is None:
                         back = [r for r in res if r is not None]
@@ -345,18 +342,11 @@ class RWLock(_RWBase):
                     return WriteLock(mgr, self.name, intent, [held[k] for k in self.keys], aio=False)
                 # (All collected but some lease already ran out during a slow
                 # round: the next turn extends them, or starts over.)
-                if left is not None:
-                    left -= 1
-                    if left <= 0:
-                        break
-                delay = random.uniform(lo, hi)
-                if deadline is not None:
-                    rem = deadline - time.monotonic()
-                    if rem <= 0:
-                        break
-                    delay = min(delay, rem)
+                delay = retry.failed(time.monotonic())
+                if delay is None:
+                    break
                 time.sleep(delay)
-                if deadline is not None and time.monotonic() >= deadline:
+                if not retry.woke(time.monotonic()):
                     break
         finally:
             if not ok:
@@ -366,7 +356,7 @@ class RWLock(_RWBase):
                         mgr.release_many(back)
                     except Exception as exc:
                         log.warning("releasing a failed write attempt on %r: %r", self.name, exc)
-        raise LockTimeout(self.name, attempts)
+        raise LockTimeout(self.name, retry.attempts)
 
     def write(self, ttl: Optional[float] = None, *, timeout: Optional[float] = None,
               retry_count: Optional[int] = None, **lease: Any) -> "_WriteContext":
@@ -383,53 +373,19 @@ def _check_lease(lease: dict) -> Optional[dict]:
 
 
 def _retry_sync(obj: Any, attempt: Callable[[], Any], timeout: Any, retry_count: Any) -> Any:
-    deadline, left = obj._limits(timeout, retry_count)
-    lo, hi = obj._mgr.options.retry_delay
-    attempts = 0
-    while True:
-        got = attempt()
-        attempts += 1
-        if got is not None:
-            return got
-        if left is not None:
-            left -= 1
-            if left <= 0:
-                break
-        delay = random.uniform(lo, hi)
-        if deadline is not None:
-            rem = deadline - time.monotonic()
-            if rem <= 0:
-                break
-            delay = min(delay, rem)
-        time.sleep(delay)
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-    raise LockTimeout(obj.name, attempts)
+    retry = obj._retry(timeout, retry_count)
+    got = _policy.run_blocking(attempt, retry)
+    if got is None:
+        raise LockTimeout(obj.name, retry.attempts)
+    return got
 
 
 async def _retry_async(obj: Any, attempt: Callable[[], Any], timeout: Any, retry_count: Any) -> Any:
-    deadline, left = obj._limits(timeout, retry_count)
-    lo, hi = obj._mgr.options.retry_delay
-    attempts = 0
-    while True:
-        got = await attempt()
-        attempts += 1
-        if got is not None:
-            return got
-        if left is not None:
-            left -= 1
-            if left <= 0:
-                break
-        delay = random.uniform(lo, hi)
-        if deadline is not None:
-            rem = deadline - time.monotonic()
-            if rem <= 0:
-                break
-            delay = min(delay, rem)
-        await asyncio.sleep(delay)
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-    raise LockTimeout(obj.name, attempts)
+    retry = obj._retry(timeout, retry_count)
+    got = await _policy.run_async(attempt, retry)
+    if got is None:
+        raise LockTimeout(obj.name, retry.attempts)
+    return got
 
 
 class AsyncRWLock(_RWBase):
@@ -486,11 +442,9 @@ class AsyncRWLock(_RWBase):
                             retry_count: Optional[int] = None) -> WriteLock:
         mgr = self._mgr
         ttl_v = self._ttl(ttl)
-        deadline, left = self._limits(timeout, retry_count)
-        lo, hi = mgr.options.retry_delay
+        retry = self._retry(timeout, retry_count)
         intent: Any = None
         held: dict = {}
-        attempts = 0
         ok = False
         try:
             while True:
@@ -504,7 +458,6 @@ class AsyncRWLock(_RWBase):
                 ask = ([self.intent_key] if intent is None else []) + missing
                 res = await await_batch(mgr, mgr.acquire_many(ask, ttl_v))
                 self.attempts += 1
-                attempts += 1
                 if intent is None:
                     if res[0] is None:
                         back = [r for r in res if r is not None]
@@ -522,25 +475,18 @@ class AsyncRWLock(_RWBase):
                 if intent is not None and len(held) == len(self.keys) and _least_validity(intent, held) > 0:
                     ok = True
                     return WriteLock(mgr, self.name, intent, [held[k] for k in self.keys], aio=True)
-                if left is not None:
-                    left -= 1
-                    if left <= 0:
-                        break
-                delay = random.uniform(lo, hi)
-                if deadline is not None:
-                    rem = deadline - time.monotonic()
-                    if rem <= 0:
-                        break
-                    delay = min(delay, rem)
+                delay = retry.failed(time.monotonic())
+                if delay is None:
+                    break
                 await asyncio.sleep(delay)
-                if deadline is not None and time.monotonic() >= deadline:
+                if not retry.woke(time.monotonic()):
                     break
         finally:
             if not ok:
                 back = ([intent] if intent is not None else []) + list(held.values())
                 if back:
                     await asyncio.shield(mgr.release_many(back))
-        raise LockTimeout(self.name, attempts)
+        raise LockTimeout(self.name, retry.attempts)
 
     def write(self, ttl: Optional[float] = None, *, timeout: Optional[float] = None,
               retry_count: Optional[int] = None, **lease: Any) -> "_WriteContext":
@@ -585,7 +531,7 @@ class _ReadContext:
         if lease is None:
             return None
         lease.in_body = False
-        r = self._rw._mgr._leases
+        r = self._rw._mgr.lease_renewer
         if r is not None:
             r.discard(lease)
         return lease.reason

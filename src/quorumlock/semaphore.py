@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from ._config import check_int, check_seconds
+from . import _policy
 from .errors import LockLost, LockTimeout
 
 __all__ = ["Semaphore", "AsyncSemaphore", "permit_keys", "MAX_PERMITS"]
@@ -112,7 +112,7 @@ class _Base:
                                  f"({mgr.options.max_key_length} bytes)")
         self.ttl = None if ttl is None else ttl
         if ttl is not None:
-            mgr._ttl_ms(ttl)  # checked now: a bad TTL raises here, naming the argument
+            mgr.ttl_ms(ttl)  # checked now: a bad TTL raises here, naming the argument
         self._rng = random.Random()
         #: Acquire attempts made (each one pipelined round); for tests and metrics.
         self.attempts = 0
@@ -122,15 +122,13 @@ class _Base:
         self._rng.shuffle(keys)
         return keys
 
-    def _limits(self, timeout: Optional[float], retry_count: Optional[int]) -> Tuple[Optional[float], Optional[int]]:
-        if timeout is not None:
-            return time.monotonic() + check_seconds("timeout", timeout, allow_zero=True), None
-        rc = self._mgr.options.retry_count if retry_count is None else retry_count
-        return None, check_int("retry_count", rc, minimum=1)
+    def _retry(self, timeout: Optional[float], retry_count: Optional[int]) -> _policy.Retry:
+        return _policy.from_options(self._mgr.options, timeout=timeout, retry_count=retry_count,
+                                    now=time.monotonic())
 
     def _wait_mode(self, wait: Optional[str]) -> str:
         if wait is None:
-            return "notify" if getattr(self._mgr, "_notify", False) else "poll"
+            return "notify" if self._mgr.notify else "poll"
         if wait not in ("poll", "notify"):
             raise ValueError(f"wait must be 'poll' or 'notify', got {wait!r}")
         return wait
@@ -164,49 +162,41 @@ class Semaphore(_Base):
         else ``LockTimeout``.  ``wait="notify"`` (the default on a manager
         with ``notify=True``) retries as soon as a node reports a permit key
         released, the jittered delay bounding every wait."""
-        deadline, left_attempts = self._limits(timeout, retry_count)
+        retry = self._retry(timeout, retry_count)
         mode = self._wait_mode(wait)
-        lo, hi = self._mgr.options.retry_delay
-        attempts = 0
-        sub = None
+        sub: Any = None
         watches: List[Any] = []
         woke = threading.Event()
-        try:
-            while True:
-                woke.clear()
-                permit = self.try_acquire(ttl)
-                attempts += 1
-                if permit is not None:
-                    return permit
-                if left_attempts is not None:
-                    left_attempts -= 1
-                    if left_attempts <= 0:
-                        break
-                delay = random.uniform(lo, hi)
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    delay = min(delay, left)
-                if mode == "notify" and sub is None:
-                    from .leases.notify import thread_subscriber
 
-                    sub = thread_subscriber(self._mgr)
-                    try:
-                        watches = [sub.watch(_kb(k), woke.set) for k in self.keys]
-                        continue  # a release before the subscription: covered by this retry
-                    except Exception as exc:
-                        log.debug("cannot subscribe for %r: %r; polling", self.name, exc)
-                if watches:
-                    woke.wait(delay)
-                else:
-                    time.sleep(delay)
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
+        def attempt() -> Optional[Any]:
+            woke.clear()
+            return self.try_acquire(ttl)
+
+        def wait_for_release(delay: float) -> bool:
+            nonlocal sub
+            if mode == "notify" and sub is None:
+                from .leases.notify import thread_subscriber
+
+                sub = thread_subscriber(self._mgr)
+                try:
+                    watches.extend(sub.watch(_kb(k), woke.set) for k in self.keys)
+                    return True  # a release before the subscription: covered by this retry
+                except Exception as exc:
+                    log.debug("cannot subscribe for %r: %r; polling", self.name, exc)
+            if watches:
+                woke.wait(delay)
+            else:
+                time.sleep(delay)
+            return False
+
+        try:
+            permit = _policy.run_blocking(attempt, retry, wait=wait_for_release)
         finally:
             for w in watches:
                 sub.unwatch(w)
-        raise LockTimeout(self.name, attempts)
+        if permit is None:
+            raise LockTimeout(self.name, retry.attempts)
+        return permit
 
     def lock(self, ttl: Optional[float] = None, *, timeout: Optional[float] = None,
              retry_count: Optional[int] = None, wait: Optional[str] = None, auto_extend: bool = False,
@@ -247,7 +237,7 @@ class _PermitContext:
             try:
                 self._lease = lt.guard(self._sem._mgr, permit, **self._opts)
             except BaseException:
-                self._sem._mgr._release(permit)
+                self._sem._mgr.release_lock(permit)
                 raise
         return permit
 
@@ -259,9 +249,9 @@ class _PermitContext:
         mgr = self._sem._mgr
         if lease is not None:
             lease.in_body = False
-            if mgr._leases is not None:
-                mgr._leases.discard(lease)
-        mgr._release(permit)
+            if mgr.lease_renewer is not None:
+                mgr.lease_renewer.discard(lease)
+        mgr.release_lock(permit)
         if lease is not None and lease.reason is not None and exc_type is None:
             raise LockLost(f"lease on {permit.key!r} lost: {lease.reason}")
 
@@ -288,53 +278,45 @@ class AsyncSemaphore(_Base):
     async def acquire(self, ttl: Optional[float] = None, *, timeout: Optional[float] = None,
                       retry_count: Optional[int] = None, wait: Optional[str] = None) -> Any:
         """As ``Semaphore.acquire``."""
-        deadline, left_attempts = self._limits(timeout, retry_count)
+        retry = self._retry(timeout, retry_count)
         mode = self._wait_mode(wait)
-        lo, hi = self._mgr.options.retry_delay
-        attempts = 0
-        sub = None
+        sub: Any = None
         watches: List[Any] = []
         woke = asyncio.Event()
-        try:
-            while True:
-                woke.clear()
-                permit = await self.try_acquire(ttl)
-                attempts += 1
-                if permit is not None:
-                    return permit
-                if left_attempts is not None:
-                    left_attempts -= 1
-                    if left_attempts <= 0:
-                        break
-                delay = random.uniform(lo, hi)
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    delay = min(delay, left)
-                if mode == "notify" and sub is None:
-                    from .leases.notify import async_subscriber
 
-                    sub = async_subscriber(self._mgr)
-                    try:
-                        for k in self.keys:
-                            watches.append(await sub.watch(_kb(k), woke.set))
-                        continue
-                    except Exception as exc:
-                        log.debug("cannot subscribe for %r: %r; polling", self.name, exc)
-                if watches:
-                    try:
-                        await asyncio.wait_for(woke.wait(), delay)
-                    except asyncio.TimeoutError:
-                        pass
-                else:
-                    await asyncio.sleep(delay)
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
+        async def attempt() -> Optional[Any]:
+            woke.clear()
+            return await self.try_acquire(ttl)
+
+        async def wait_for_release(delay: float) -> bool:
+            nonlocal sub
+            if mode == "notify" and sub is None:
+                from .leases.notify import async_subscriber
+
+                sub = async_subscriber(self._mgr)
+                try:
+                    for k in self.keys:
+                        watches.append(await sub.watch(_kb(k), woke.set))
+                    return True
+                except Exception as exc:
+                    log.debug("cannot subscribe for %r: %r; polling", self.name, exc)
+            if watches:
+                try:
+                    await asyncio.wait_for(woke.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(delay)
+            return False
+
+        try:
+            permit = await _policy.run_async(attempt, retry, wait=wait_for_release)
         finally:
             for w in watches:
                 sub.unwatch(w)
-        raise LockTimeout(self.name, attempts)
+        if permit is None:
+            raise LockTimeout(self.name, retry.attempts)
+        return permit
 
     def lock(self, ttl: Optional[float] = None, *, timeout: Optional[float] = None,
              retry_count: Optional[int] = None, wait: Optional[str] = None, auto_extend: bool = False,
@@ -365,7 +347,7 @@ class _AsyncPermitContext(_PermitContext):
             try:
                 self._lease = la.guard(self._sem._mgr, permit, **self._opts)
             except BaseException:
-                await asyncio.shield(self._sem._mgr._release(permit))
+                await asyncio.shield(self._sem._mgr.release_lock(permit))
                 raise
         return permit
 
@@ -377,9 +359,9 @@ class _AsyncPermitContext(_PermitContext):
         mgr = self._sem._mgr
         if lease is not None:
             lease.in_body = False
-            if mgr._leases is not None:
-                mgr._leases.discard(lease)
-        await asyncio.shield(mgr._release(permit))
+            if mgr.lease_renewer is not None:
+                mgr.lease_renewer.discard(lease)
+        await asyncio.shield(mgr.release_lock(permit))
         if lease is None or lease.reason is None:
             return
         err = LockLost(f"lease on {permit.key!r} lost: {lease.reason}")

@@ -82,14 +82,11 @@ cdef class Lock:
 
     def release(self):
         """Release the lock on every node (compare-and-delete)."""
-        # Still the private name: metrics.py patches _release/_extend on the
-        # instance and chaos/faulty.py overrides them, while the managers'
-        # release_lock/extend_lock are class aliases bound to the base method.
-        return self._owner._release(self)
+        return self._owner.release_lock(self)
 
     def extend(self, ttl=None):
         """Extend the lease on a majority (compare-and-pexpire), with a fresh validity."""
-        return self._owner._extend(self, ttl)  # see release()
+        return self._owner.extend_lock(self, ttl)
 
     @property
     def lost(self):

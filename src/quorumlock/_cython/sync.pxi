@@ -678,7 +678,7 @@ cdef class SyncLockContext:
         self.lock = None
 
     def __enter__(self):
-        eng = self.mgr._checkout()
+        eng = self.mgr.checkout()
         eng.granted = None
         try:
             self.lock = self.mgr.acquire(self.key, self.ttl, timeout=self.timeout, retry_count=self.retry)
@@ -693,12 +693,12 @@ cdef class SyncLockContext:
 
     cdef _release(self, lock):
         try:
-            self.mgr._release(lock)
+            self.mgr.release_lock(lock)
         except BaseException:
             # Interrupted before the release was queued: queue it again.
             if not lock.released:
                 try:
-                    self.mgr._release(lock)
+                    self.mgr.release_lock(lock)
                 except Exception:
                     pass
             raise

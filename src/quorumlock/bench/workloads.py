@@ -358,7 +358,7 @@ async def drain_async(lm: Any) -> Optional[float]:
 
 def drain_blocking(lm: Any) -> None:
     """The same for the calling thread's connections of a blocking manager."""
-    checkout = getattr(lm, "_checkout", None)
+    checkout = getattr(lm, "checkout", None)
     if checkout is None:
         return
     eng = checkout()

@@ -155,24 +155,27 @@ def _end_of(op: Dict[str, Any]) -> int:
     return int(c) if c is not None else int(op["invoke"])
 
 
-def check(events: Iterable[Dict[str, Any]]) -> Report:
-    """Check a history (an iterable of event dicts); return a :class:`Report`."""
-    evs = list(events)
-    ops = [e for e in evs if e.get("type") == "op"]
-    finals = [e for e in evs if e.get("type") == "final"]
-    final = finals[-1] if finals else {}
-    rep = Report()
-
+def _index_acquires(ops: List[Dict[str, Any]]) -> tuple:
+    """``(acquires by id, the other ops by the acquisition they belong to)``."""
     acquires: Dict[str, Dict[str, Any]] = {}
     by_lock: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
     for op in ops:
-        kind = op.get("op")
-        if kind == "acquire":
+        if op.get("op") == "acquire":
             acquires[op["id"]] = op
         elif op.get("lock") is not None:
             by_lock[op["lock"]].append(op)
+    return acquires, by_lock
 
-    # -- holder intervals ------------------------------------------------
+
+def holder_intervals(acquires: Dict[str, Dict[str, Any]],
+                     by_lock: Dict[str, List[Dict[str, Any]]]) -> List[Interval]:
+    """One :class:`Interval` per successful, completed acquisition.
+
+    From the acquire's completion to the validity end the holder believed in
+    (moved on by each successful ``extend``, replaced by the deadline a failed
+    one recorded), stretched to the holder's last act (a ``check`` that said
+    valid, a storage op until it completed), and cut where ``release`` was
+    invoked."""
     intervals: List[Interval] = []
     for lid, acq in acquires.items():
         if not acq.get("ok") or acq.get("complete") is None:
@@ -205,8 +208,13 @@ def check(events: Iterable[Dict[str, Any]]) -> Report:
             end = min(end, release_at)
         end = max(end, start)
         intervals.append(Interval(acq["key"], lid, acq.get("client", "?"), start, end, acq.get("fence"), acts))
-    rep.intervals = intervals
+    return intervals
 
+
+def find_overlaps(intervals: List[Interval], acquires: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Mutual exclusion: pairs of holder intervals of one key, of different
+    acquisitions, that intersect (``overlap_ms`` says by how much)."""
+    out: List[Dict[str, Any]] = []
     per_key: Dict[str, List[Interval]] = defaultdict(list)
     for iv in intervals:
         per_key[iv.key].append(iv)
@@ -218,15 +226,21 @@ def check(events: Iterable[Dict[str, Any]]) -> Report:
             for a in active:
                 if a.lock == iv.lock:
                     continue
-                rep.overlaps.append({
+                out.append({
                     "key": key,
                     "overlap_ms": round((min(a.end, iv.end) - iv.start) / 1e6, 3),
                     "first": dict(a.to_dict(), acquire=_brief(acquires[a.lock])),
                     "second": dict(iv.to_dict(), acquire=_brief(acquires[iv.lock])),
                 })
             active.append(iv)
+    return out
 
-    # -- fence regressions -----------------------------------------------
+
+def find_fence_regressions(acquires: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Fencing monotonicity: an acquisition of a key that began after another
+    one had completed must carry a strictly larger fence; each one that does
+    not is reported with the largest earlier fence it should have exceeded."""
+    out: List[Dict[str, Any]] = []
     fenced_acq: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
     for acq in acquires.values():
         if acq.get("ok") and acq.get("complete") is not None and isinstance(acq.get("fence"), int):
@@ -243,28 +257,32 @@ def check(events: Iterable[Dict[str, Any]]) -> Report:
                     best = a
                 i += 1
             if best is not None and best["id"] != b["id"] and b["fence"] <= best["fence"]:
-                rep.fence_regressions.append({"key": key, "earlier": _brief(best), "later": _brief(b)})
+                out.append({"key": key, "earlier": _brief(best), "later": _brief(b)})
+    return out
 
-    # -- storage: stale writes, lost updates -----------------------------
-    writes: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
-    raisers: Dict[str, List[Dict[str, Any]]] = defaultdict(list)  # accepted ops carrying a fence
+
+def find_stale_writes(ops: List[Dict[str, Any]]) -> tuple:
+    """``(accepted, rejected)`` stale storage ops.
+
+    Accepted: a write the storage took with a fence below one it had already
+    accepted from another acquisition (a write, or a fenced read) before the
+    write began.  Rejected: every read or write the storage answered
+    ``stale`` (the evidence that fencing made an overlap harmless)."""
+    accepted: List[Dict[str, Any]] = []
+    rejected: List[Dict[str, Any]] = []
+    raisers: Dict[Any, List[Dict[str, Any]]] = defaultdict(list)  # accepted ops carrying a fence
     for op in ops:
         kind = op.get("op")
-        skey = op.get("skey")
-        if kind == "write":
-            writes[skey].append(op)
-            if op.get("status") == "stale":
-                rep.stale_rejected.append(_brief(op))
-        if kind == "read" and op.get("status") == "stale":
-            rep.stale_rejected.append(_brief(op))
+        if kind in _STORAGE_OPS and op.get("status") == "stale":
+            rejected.append(_brief(op) or {})
         if op.get("status") == "ok" and isinstance(op.get("fence"), int) and op.get("complete") is not None:
             if kind == "write" or (kind == "read" and op.get("fenced")):
-                raisers[skey].append(op)
+                raisers[op.get("skey")].append(op)
     for skey, lst in raisers.items():
         by_complete = sorted(lst, key=lambda o: int(o["complete"]))
         accepted_writes = sorted((o for o in lst if o["op"] == "write"), key=lambda o: int(o["invoke"]))
         i = 0
-        best = None
+        best: Optional[Dict[str, Any]] = None
         for w in accepted_writes:
             while i < len(by_complete) and int(by_complete[i]["complete"]) < int(w["invoke"]):
                 o = by_complete[i]
@@ -272,12 +290,23 @@ def check(events: Iterable[Dict[str, Any]]) -> Report:
                     best = o
                 i += 1
             if best is not None and best.get("lock") != w.get("lock") and w["fence"] < best["fence"]:
-                rep.stale_accepted.append({"skey": skey, "write": _brief(w), "newer": _brief(best)})
+                accepted.append({"skey": skey, "write": _brief(w), "newer": _brief(best)})
+    return accepted, rejected
 
-    counters = final.get("counters") or {}
-    skeys = set(writes) | set(counters)
+
+def find_lost_updates(ops: List[Dict[str, Any]], counters: Dict[str, Any]) -> tuple:
+    """``(lost updates, writes accepted)`` on the protected counters.
+
+    Per storage key: the accepted writes that wrote the same value (each
+    such pair read the same count), and a final counter below the number of
+    accepted increments.  Writes with an unknown outcome are not counted."""
+    out: List[Dict[str, Any]] = []
+    writes: Dict[Any, List[Dict[str, Any]]] = defaultdict(list)
+    for op in ops:
+        if op.get("op") == "write":
+            writes[op.get("skey")].append(op)
     accepted_total = 0
-    for skey in sorted(k for k in skeys if k is not None):
+    for skey in sorted(k for k in set(writes) | set(counters) if k is not None):
         ws = writes.get(skey, [])
         ok = [w for w in ws if w.get("status") == "ok"]
         unknown = [w for w in ws if w.get("status") in ("unknown", "error")]
@@ -294,7 +323,7 @@ def check(events: Iterable[Dict[str, Any]]) -> Report:
             if fv < len(ok):
                 lost_by_count = len(ok) - fv
         if dup_lost or lost_by_count:
-            rep.lost_updates.append({
+            out.append({
                 "skey": skey,
                 "accepted": len(ok),
                 "unknown": len(unknown),
@@ -302,12 +331,22 @@ def check(events: Iterable[Dict[str, Any]]) -> Report:
                 "lost": max(dup_lost, lost_by_count),
                 "same_value_writes": [[_brief(w) for w in g] for g in dups][:20],
             })
+    return out, accepted_total
 
-    # -- leftover keys ---------------------------------------------------
+
+def find_leftover_keys(acquires: Dict[str, Dict[str, Any]], ops: List[Dict[str, Any]],
+                       final: Dict[str, Any]) -> tuple:
+    """``(leftover, immortal)`` lock keys of the ``final`` event.
+
+    Each leftover key is attributed to the attempt whose token it holds, with
+    why it stayed (liveness only while it has an expiry); a key without an
+    expiry (``pttl == -1``) never frees and is also listed as immortal."""
+    leftover: List[Dict[str, Any]] = []
+    immortal: List[Dict[str, Any]] = []
     tokens: Dict[str, Dict[str, Any]] = {}
-    for acq in acquires.values():
-        if acq.get("token"):
-            tokens[acq["token"]] = acq
+    for a in acquires.values():
+        if a.get("token"):
+            tokens[a["token"]] = a
     released = {op["lock"] for op in ops if op.get("op") == "release" and op.get("ok")}
     release_failed = {op["lock"] for op in ops if op.get("op") == "release" and not op.get("ok")}
     for entry in final.get("locks") or ():
@@ -324,19 +363,39 @@ def check(events: Iterable[Dict[str, Any]]) -> Report:
         else:
             why = "never released (holder stopped or crashed)"
         item = dict(entry, why=why, acquire=_brief(acq))
-        rep.leftover.append(item)
+        leftover.append(item)
         if entry.get("pttl") == -1:
-            rep.immortal.append(item)
+            immortal.append(item)
+    return leftover, immortal
 
-    n_acq = sum(1 for a in acquires.values())
+
+def check(events: Iterable[Dict[str, Any]]) -> Report:
+    """Check a history (an iterable of event dicts); return a :class:`Report`.
+
+    Runs each analysis of this module on the same events: the holder
+    intervals and :func:`find_overlaps`, :func:`find_fence_regressions`,
+    :func:`find_stale_writes`, :func:`find_lost_updates`,
+    :func:`find_leftover_keys` and :func:`check_client`."""
+    evs = list(events)
+    ops = [e for e in evs if e.get("type") == "op"]
+    finals = [e for e in evs if e.get("type") == "final"]
+    final = finals[-1] if finals else {}
+    rep = Report()
+    acquires, by_lock = _index_acquires(ops)
+    rep.intervals = holder_intervals(acquires, by_lock)
+    rep.overlaps = find_overlaps(rep.intervals, acquires)
+    rep.fence_regressions = find_fence_regressions(acquires)
+    rep.stale_accepted, rep.stale_rejected = find_stale_writes(ops)
+    rep.lost_updates, accepted_total = find_lost_updates(ops, final.get("counters") or {})
+    rep.leftover, rep.immortal = find_leftover_keys(acquires, ops, final)
     rep.client = check_client(evs)
     rep.stats = {
         "ops": len(ops),
-        "acquire_attempts": n_acq,
+        "acquire_attempts": len(acquires),
         "acquired": sum(1 for a in acquires.values() if a.get("ok")),
         "writes_accepted": accepted_total,
         "faults": sum(1 for e in evs if e.get("type") == "fault"),
-        "keys": len(per_key),
+        "keys": len({iv.key for iv in rep.intervals}),
     }
     return rep
 

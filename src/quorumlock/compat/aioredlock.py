@@ -35,13 +35,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from .. import _policy
 from . import (AioSharedManager, Script, Tally, aio_manager, background, describe, failed_count, lease_timeout,
                node_list, run_script_async, usable_ttl_ms)
 
@@ -307,25 +307,32 @@ class Aioredlock:
         # Proportional drift time to the length of the lock (the Redlock rule).
         drift = lease_time * 0.01 + 0.002
         try:
-            for n in range(self.retry_count):
-                log.debug('Acquiring lock "%s" try %d/%d', resource, n + 1, self.retry_count)
-                if n != 0:
-                    await asyncio.sleep(random.uniform(self.retry_delay_min, self.retry_delay_max))
+            if self.retry_count < 1:
+                raise error
+            lo, hi = self.retry_delay_min, self.retry_delay_max
+            retry = _policy.Retry(attempts=self.retry_count, timeout=None, delay=(min(lo, hi), max(lo, hi)),
+                                  now=0.0)
+
+            async def attempt() -> Optional[bool]:
+                nonlocal error
+                log.debug('Acquiring lock "%s" try %d/%d', resource, retry.attempts + 1, self.retry_count)
                 try:
                     if new:
                         await self._acquire_once(resource, lock_identifier, lease_time)
-                        return
+                        return True
                     elapsed = await self._set_once(resource, lock_identifier, lease_time)
                 except LockError as exc:
                     error = exc
-                    continue
+                    return None
                 if lease_time - elapsed - drift <= 0:
                     error = LockError("Lock timeout")
                     log.debug('Timeout in acquiring the lock "%s"', resource)
-                    continue
-                return
-            assert error is not None
-            raise error
+                    return None
+                return True
+
+            if await _policy.run_async(attempt, retry) is None:
+                assert error is not None
+                raise error
         except (Exception, asyncio.CancelledError):
             if new:
                 raise  # the engine released its failed (or cancelled) attempts itself

@@ -30,7 +30,6 @@ import functools
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -39,7 +38,7 @@ from typing import Any, Callable, ClassVar, FrozenSet, Iterable, List, Optional,
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .. import _scripts
+from .. import _policy, _scripts
 from .._backend import core
 from ..blocking import check_px
 from . import (
@@ -439,18 +438,16 @@ class Redlock(_RedlockBase):
         """
         if blocking:
             self._check_blocking_ttl()
-            enqueued = False
             started = time.monotonic()
-            while timeout == -1 or time.monotonic() - started < timeout:
-                if self._acquire_masters(raise_on_redis_errors=raise_on_redis_errors):
-                    if enqueued:
-                        self._log_time_enqueued(started, acquired=True)
-                    return True
-                enqueued = True
-                time.sleep(random.uniform(0, self._RETRY_DELAY))  # nosec - jitter, not a secret
-            if enqueued:
-                self._log_time_enqueued(started, acquired=False)
-            return False
+            if timeout != -1 and timeout <= 0:
+                return False
+            retry = _policy.Retry.until(None if timeout == -1 else timeout, delay=(0, self._RETRY_DELAY),
+                                        now=started)
+            got = _policy.run_blocking(lambda: self._acquire_masters(raise_on_redis_errors=raise_on_redis_errors)
+                                       or None, retry)
+            if retry.attempts:   # waited in the queue
+                self._log_time_enqueued(started, acquired=got is not None)
+            return got is not None
         if timeout == -1:
             return self._acquire_masters(raise_on_redis_errors=raise_on_redis_errors)
         raise ValueError("can't specify a timeout for a non-blocking call")
@@ -583,18 +580,19 @@ class AIORedlock(_RedlockBase):
         """Lock the lock (the same arguments and results as ``Redlock.acquire``)."""
         if blocking:
             self._check_blocking_ttl()
-            enqueued = False
             started = time.monotonic()
-            while timeout == -1 or time.monotonic() - started < timeout:
-                if await self._acquire_masters(raise_on_redis_errors=raise_on_redis_errors):
-                    if enqueued:
-                        self._log_time_enqueued(started, acquired=True)
-                    return True
-                enqueued = True
-                await asyncio.sleep(random.uniform(0, self._RETRY_DELAY))  # nosec - jitter
-            if enqueued:
-                self._log_time_enqueued(started, acquired=False)
-            return False
+            if timeout != -1 and timeout <= 0:
+                return False
+            retry = _policy.Retry.until(None if timeout == -1 else timeout, delay=(0, self._RETRY_DELAY),
+                                        now=started)
+
+            async def attempt() -> Optional[bool]:
+                return await self._acquire_masters(raise_on_redis_errors=raise_on_redis_errors) or None
+
+            got = await _policy.run_async(attempt, retry)
+            if retry.attempts:   # waited in the queue
+                self._log_time_enqueued(started, acquired=got is not None)
+            return got is not None
         if timeout == -1:
             return await self._acquire_masters(raise_on_redis_errors=raise_on_redis_errors)
         raise ValueError("can't specify a timeout for a non-blocking call")

@@ -50,7 +50,7 @@ import redis.exceptions as _rexc
 from redis.connection import Encoder
 from redis.exceptions import LockError, LockNotOwnedError
 
-from .. import _scripts
+from .. import _policy, _scripts
 from ..errors import LockNotOwned, NodeOutcome, QuorumError, QuorumLockError
 from . import (
     AioSharedManager,
@@ -409,19 +409,14 @@ class Lock(_LockBase):
             blocking = self.blocking
         if blocking_timeout is None:
             blocking_timeout = self.blocking_timeout
-        stop_trying_at = None
-        if blocking_timeout is not None:
-            stop_trying_at = mod_time.monotonic() + blocking_timeout
-        while True:
-            if self.do_acquire(token):
-                self.local.token = token
-                return True
-            if not blocking:
-                return False
-            next_try_at = mod_time.monotonic() + sleep
-            if stop_trying_at is not None and next_try_at > stop_trying_at:
-                return False
-            mod_time.sleep(sleep)
+        # The clock is read as redis-py reads it (a fake clock sees the same calls).
+        now = mod_time.monotonic() if blocking_timeout is not None else 0.0
+        retry = _policy.Retry.fixed(sleep, timeout=blocking_timeout, now=now, once=not blocking)
+        if _policy.run_blocking(lambda: self.do_acquire(token) or None, retry,
+                                wait=mod_time.sleep, clock=mod_time.monotonic) is None:
+            return False
+        self.local.token = token
+        return True
 
     def do_acquire(self, token: bytes) -> bool:
         """One quorum attempt: ``SET name token NX [PX timeout]`` on every
@@ -593,19 +588,17 @@ class AsyncLock(_LockBase):
             blocking = self.blocking
         if blocking_timeout is None:
             blocking_timeout = self.blocking_timeout
-        stop_trying_at = None
-        if blocking_timeout is not None:
-            stop_trying_at = asyncio.get_running_loop().time() + blocking_timeout
-        while True:
-            if await self.do_acquire(token):
-                self.local.token = token
-                return True
-            if not blocking:
-                return False
-            next_try_at = asyncio.get_running_loop().time() + sleep
-            if stop_trying_at is not None and next_try_at > stop_trying_at:
-                return False
-            await asyncio.sleep(sleep)
+        clock = asyncio.get_running_loop().time
+        now = clock() if blocking_timeout is not None else 0.0
+        retry = _policy.Retry.fixed(sleep, timeout=blocking_timeout, now=now, once=not blocking)
+
+        async def attempt() -> Optional[bool]:
+            return await self.do_acquire(token) or None
+
+        if await _policy.run_async(attempt, retry, wait=asyncio.sleep, clock=clock) is None:
+            return False
+        self.local.token = token
+        return True
 
     async def do_acquire(self, token: bytes) -> bool:
         """One quorum attempt: ``SET name token NX [PX timeout]`` on every

@@ -69,6 +69,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor as _ThreadPoolExecutor
 from apscheduler.triggers.interval import IntervalTrigger
 from apscheduler.util import iscoroutinefunction_partial
 
+from .. import _faces
 from ..jobs import _sem_acquire, _sem_acquire_async, aclaim, claim
 
 __all__ = ["ThreadPoolExecutor", "AsyncIOExecutor", "interval_trigger", "scheduled_run_time", "tick_key", "EPOCH"]
@@ -135,7 +136,7 @@ class _TickLocks:
         log.info("skipped tick %s of job %r: %d runs of it are in progress", rt, job.id, self.limit)
 
     def _drop_lease(self, lock: Any) -> None:
-        leases = getattr(self.locks, "_leases", None)
+        leases = getattr(self.locks, "lease_renewer", None)
         st = lock._state
         if leases is not None and st is not None:
             leases.discard(st)
@@ -168,7 +169,7 @@ class ThreadPoolExecutor(_TickLocks, _ThreadPoolExecutor):
     def __init__(self, locks: Any, max_workers: int = 10, *, prefix: str = "apscheduler:",
                  ttl: Optional[float] = None, skew: float = 5.0, max_hold: Optional[float] = None,
                  pool_kwargs: Optional[dict] = None, limit: Optional[int] = None) -> None:
-        if hasattr(locks, "_require"):
+        if _faces.is_async(locks, "ThreadPoolExecutor"):
             raise TypeError("ThreadPoolExecutor needs a blocking quorumlock.LockManager")
         self._setup(locks, prefix, ttl, skew, max_hold, limit)
         super().__init__(max_workers, pool_kwargs)
@@ -222,7 +223,7 @@ class AsyncIOExecutor(_TickLocks, _AsyncIOExecutor):
 
     def __init__(self, locks: Any, *, prefix: str = "apscheduler:", ttl: Optional[float] = None,
                  skew: float = 5.0, max_hold: Optional[float] = None, limit: Optional[int] = None) -> None:
-        if not hasattr(locks, "_require"):
+        if not _faces.is_async(locks, "AsyncIOExecutor"):
             raise TypeError("AsyncIOExecutor needs a quorumlock.aio.LockManager")
         self._setup(locks, prefix, ttl, skew, max_hold, limit)
         super().__init__()

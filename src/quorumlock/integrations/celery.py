@@ -149,8 +149,8 @@ class ExclusiveTask(celery.Task):
             result = super().__call__(*args, **kwargs)
         finally:
             st = lock._state
-            if locks._leases is not None and st is not None:
-                locks._leases.discard(st)
+            if locks.lease_renewer is not None and st is not None:
+                locks.lease_renewer.discard(st)
             locks.release(lock)
         st = lock._state
         if st is not None and st.reason is not None:

@@ -205,8 +205,8 @@ class QuorumLock(Middleware):
         lock = held[0]
         locks = self.managers.get()
         st = lock._state
-        if locks._leases is not None and st is not None:
-            locks._leases.discard(st)
+        if locks.lease_renewer is not None and st is not None:
+            locks.lease_renewer.discard(st)
         try:
             locks.release(lock)
         except Exception:  # the key expires by itself

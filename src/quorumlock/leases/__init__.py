@@ -49,13 +49,13 @@ LEASE_OPTIONS = ("auto_extend", "max_hold", "on_lost", "margin", "renew_fraction
 
 def close_manager(mgr: Any) -> None:
     """Stop the renewer and the release subscriber of ``mgr`` (its close())."""
-    r = mgr.__dict__.get("_leases")
+    r = getattr(mgr, "lease_renewer", None)
     if r is not None:
         r.close()
-    sub = mgr.__dict__.get("_subscriber")
+    sub = getattr(mgr, "release_subscriber", None)
     if sub is not None:
         try:
             sub.close()
         except Exception:  # pragma: no cover - closing is best effort
             pass
-        mgr._subscriber = None
+        mgr.release_subscriber = None

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from functools import partial
 from typing import Any, Callable, Optional, Set
 
+from .. import _policy
 from .. import metrics as _metrics
-from .._config import check_int, check_seconds
 from ..errors import LockTimeout
 from ._lease import (
     DEFAULT_RENEW_FRACTION, Lease, call_on_lost, check_fraction, check_lock, check_opt_seconds,
@@ -29,7 +28,7 @@ from .._clock import now_ns as _now_ns  # the lease clock (CLOCK_BOOTTIME)
 
 
 class AsyncRenewer:
-    """The renewals and guard of one asyncio manager (``mgr._leases``)."""
+    """The renewals and guard of one asyncio manager (``mgr.lease_renewer``)."""
 
     def __init__(self, mgr: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.mgr = mgr
@@ -87,34 +86,19 @@ class AsyncRenewer:
         if self.closed:
             return
         now = _now_ns()
-        eng = self.mgr._engine
-        next_at: Optional[int] = None
-        batch = []
-        for lease in list(self.leases):
-            lock = lease.lock
-            if lock.released or lease.reason is not None:
-                self.leases.discard(lease)
-                continue
-            doom = lease.doom_ns
-            if now >= doom:
-                self._lose(lease, lease.doom_reason(now))
-                continue
-            t = doom
-            if lease.due(now) and eng is not None:
-                ttl_ms = lease.renew_ttl_ms(now, self.mgr.options.drift_factor)
-                if ttl_ms is not None:
-                    batch.append((lease, ttl_ms))
-            elif lease.auto_extend and not lease.inflight and not lease.capped:
-                t = min(t, lease.next_renew_ns)
-            next_at = t if next_at is None else min(next_at, t)
+        eng = self.mgr.engine
+        p = _policy.plan(self.leases, now, self.mgr.options.drift_factor, can_renew=eng is not None)
+        for lease in p.drop:
+            self.leases.discard(lease)
+        for lease, reason in p.lost:
+            self._lose(lease, reason)
         # All extends of this round are issued in this one loop iteration: the
         # engine writes them to each node with one transport.write.
-        for lease, ttl_ms in batch:
-            lease.inflight = True
+        for lease, ttl_ms in p.renew:
             op = eng.extend_op(lease.lock, ttl_ms)
             op.waiter.add_done_callback(partial(self._extended, lease, op, _now_ns()))
-        if next_at is not None:
-            self._arm(next_at)
+        if p.next_at is not None:
+            self._arm(p.next_at)
 
     def _extended(self, lease: Lease, op: Any, t0: int, fut: Any) -> None:
         lease.inflight = False
@@ -123,26 +107,20 @@ class AsyncRenewer:
         now = _now_ns()
         ok = not fut.cancelled() and fut.exception() is None and fut.result() is True
         _metrics.record(self.mgr, "extend", (now - t0) / 1e9, ok)
-        lock = lease.lock
-        if lock.released or lease.reason is not None:
+        if lease.released or lease.reason is not None:
             self.leases.discard(lease)
             return
         if ok:
             self.renewals += 1
-            lease.renewals += 1
-            lease.failures = 0
-            lease.next_renew_ns = now + lease.renew_every_ns
+            lost = _policy.renewed(lease, now, True, False)
         else:
             self.renewal_failures += 1
-            lease.failures += 1
-            lease.last_failure = describe_outcomes(op.outcomes())
-            if refused_by_majority(op, self.mgr.n, self.mgr.quorum):
-                self._lose(lease, f"renewal refused: the key is not ours on a majority ({lease.last_failure})")
+            lost = _policy.renewed(lease, now, False, refused_by_majority(op, self.mgr.n, self.mgr.quorum),
+                                   describe_outcomes(op.outcomes()))
+            if lost is not None:
+                self._lose(lease, lost)
                 return
-            # Nodes did not answer (down, timeout): try again soon, until the
-            # guard moment decides.
-            lease.next_renew_ns = now + max(lease.renew_every_ns // 8, 10_000_000)
-            log.debug("renewal of %r failed (%s); retrying", lock.key, lease.last_failure)
+            log.debug("renewal of %r failed (%s); retrying", lease.lock.key, lease.last_failure)
         self._arm(min(lease.next_renew_ns, lease.doom_ns)
                   if not lease.capped else lease.doom_ns)
 
@@ -177,11 +155,11 @@ class AsyncRenewer:
 
 
 def renewer(mgr: Any) -> AsyncRenewer:
-    r = getattr(mgr, "_leases", None)
+    r = getattr(mgr, "lease_renewer", None)
     loop = asyncio.get_running_loop()
     if r is None or r.closed or r.loop is not loop:
         r = AsyncRenewer(mgr, loop)
-        mgr._leases = r
+        mgr.lease_renewer = r
     return r
 
 
@@ -248,7 +226,7 @@ class AsyncLeaseContext:
         try:
             self._lease = guard(self._mgr, lock, **self._opts)
         except BaseException:
-            await asyncio.shield(self._mgr._release(lock))
+            await asyncio.shield(self._mgr.release_lock(lock))
             raise
         return lock
 
@@ -259,11 +237,11 @@ class AsyncLeaseContext:
             return
         if lease is not None:
             lease.in_body = False
-            r = self._mgr._leases
+            r = self._mgr.lease_renewer
             if r is not None:
                 r.discard(lease)
         # Shielded: a cancelled block still releases.
-        await asyncio.shield(self._mgr._release(lock))
+        await asyncio.shield(self._mgr.release_lock(lock))
         if lease is None or lease.reason is None:
             return
         if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and lease.cancelled:
@@ -291,91 +269,80 @@ async def acquire(mgr: Any, key: Any, ttl: Any, *, timeout: Optional[float], ret
     from ..aio import receive as _receive
 
     mode = resolve_wait(mgr, wait)
-    eng = mgr._require()
-    ttl_ms = mgr._ttl_ms(ttl)
-    attempts_left: Optional[int] = None
-    deadline: Optional[float] = None
-    if timeout is not None:
-        deadline = time.monotonic() + check_seconds("timeout", timeout, allow_zero=True)
-    else:
-        attempts_left = check_int("retry_count", mgr.options.retry_count if retry_count is None else retry_count,
-                                  minimum=1)
-    lo, hi = mgr.options.retry_delay
+    eng = mgr.checkout()
+    ttl_ms = mgr.ttl_ms(ttl)
+    retry = _policy.from_options(mgr.options, timeout=timeout, retry_count=retry_count, now=time.monotonic())
     n, quorum = mgr.n, mgr.quorum
-    m = getattr(mgr, "_metrics", None)
+    m = mgr.meter
     t_start = _now_ns()
-    attempts = 0
-    watch = None
-    sub = None
+    op: Any = None
+    watch: Any = None
+    sub: Any = None
     woke = asyncio.Event()
-    try:
-        while True:
-            if watch is not None:
-                watch.mark()
-                woke.clear()
-            t0 = _now_ns()
-            op = eng.attempt(key, ttl_ms)
-            attempts += 1
-            # Cancelled after the grant: the lock is released (quorumlock.aio.receive).
-            lock = await _receive(eng, op.waiter)
-            if m is not None:
-                m.observe("acquire", (_now_ns() - t0) / 1e9, lock is not None)
-            if lock is not None:
-                if m is not None:
-                    m.held += 1
-                    m.observe("acquire_wait", (_now_ns() - t_start) / 1e9, True)
-                return lock
-            if attempts == 1 and m is not None:
-                m.waits += 1
-            if attempts_left is not None:
-                attempts_left -= 1
-                if attempts_left <= 0:
-                    break
-            delay = random.uniform(lo, hi)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                delay = min(delay, left)
-            if mode == "notify" and sub is None:
-                # Subscribe after the first failed attempt, then retry at once:
-                # a release between that attempt and the subscription is
-                # covered by the retry, every later one by a message.
-                from .notify import async_subscriber
 
-                sub = async_subscriber(mgr)
-                try:
-                    watch = await sub.watch(_kb(key), woke.set)
-                except Exception as exc:  # no subscription: plain polling
-                    log.debug("cannot subscribe for %r: %r; polling", key, exc)
-                    watch = None
-                if watch is not None:
-                    continue
-            if watch is None:
-                await asyncio.sleep(delay)
-            else:
-                held = {i for i, o in enumerate(op.outcomes()) if o.status in ("held", "pending")}
-                end = time.monotonic() + delay
-                while len(held - watch.freed) > n - quorum:
-                    left = end - time.monotonic()
-                    if left <= 0:
-                        break
-                    try:
-                        await asyncio.wait_for(woke.wait(), left)
-                    except asyncio.TimeoutError:
-                        break
-                    woke.clear()
-                else:
-                    if m is not None:
-                        m.notified += 1
-            if deadline is not None and time.monotonic() >= deadline:
+    async def attempt() -> Optional[Any]:
+        nonlocal op
+        if watch is not None:
+            watch.mark()
+            woke.clear()
+        t0 = _now_ns()
+        op = eng.attempt(key, ttl_ms)
+        # Cancelled after the grant: the lock is released (quorumlock.aio.receive).
+        lock = await _receive(eng, op.waiter)
+        if m is not None:
+            m.observe("acquire", (_now_ns() - t0) / 1e9, lock is not None)
+            if lock is None and retry.attempts == 0:
+                m.waits += 1
+        return lock
+
+    async def wait_for_release(delay: float) -> bool:
+        nonlocal watch, sub
+        if mode == "notify" and sub is None:
+            # Subscribe after the first failed attempt, then retry at once:
+            # a release between that attempt and the subscription is
+            # covered by the retry, every later one by a message.
+            from .notify import async_subscriber
+
+            sub = async_subscriber(mgr)
+            try:
+                watch = await sub.watch(_kb(key), woke.set)
+            except Exception as exc:  # no subscription: plain polling
+                log.debug("cannot subscribe for %r: %r; polling", key, exc)
+                watch = None
+            if watch is not None:
+                return True
+        if watch is None:
+            await asyncio.sleep(delay)
+            return False
+        held = {i for i, o in enumerate(op.outcomes()) if o.status in ("held", "pending")}
+        end = time.monotonic() + delay
+        while len(held - watch.freed) > n - quorum:
+            left = end - time.monotonic()
+            if left <= 0:
                 break
+            try:
+                await asyncio.wait_for(woke.wait(), left)
+            except asyncio.TimeoutError:
+                break
+            woke.clear()
+        else:
+            if m is not None:
+                m.notified += 1
+        return False
+
+    try:
+        lock = await _policy.run_async(attempt, retry, wait=wait_for_release)
     finally:
         if watch is not None and sub is not None:
             sub.unwatch(watch)
+    if lock is not None:
+        if m is not None:
+            m.held += 1
+            m.observe("acquire_wait", (_now_ns() - t_start) / 1e9, True)
+        return lock
     if m is not None:
         m.observe("acquire_wait", (_now_ns() - t_start) / 1e9, False)
-    raise LockTimeout(key, attempts, op.outcomes())
+    raise LockTimeout(key, retry.attempts, op.outcomes())
 
 
 def _kb(key: Any) -> bytes:
@@ -384,7 +351,7 @@ def _kb(key: Any) -> bytes:
 
 def resolve_wait(mgr: Any, wait: Optional[str]) -> str:
     if wait is None:
-        return "notify" if getattr(mgr, "_notify", False) else "poll"
+        return "notify" if mgr.notify else "poll"
     if wait not in ("poll", "notify"):
         raise ValueError(f"wait must be 'poll' or 'notify', got {wait!r}")
     return wait

@@ -78,6 +78,11 @@ class Lease:
         self.renewals = 0
 
     @property
+    def released(self) -> bool:
+        """The lock was released (the lease needs no more watching)."""
+        return bool(self.lock.released)
+
+    @property
     def doom_ns(self) -> int:
         """Monotonic ns at which the guard declares the lease lost."""
         return self.lock.deadline_ns - self.margin_ns

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 import weakref
 from typing import Any, Callable, List, Optional, Set, Tuple
 
+from .. import _policy
 from .. import metrics as _metrics
-from .._config import check_int, check_seconds
 from ..errors import LockTimeout
 from ._lease import (
     DEFAULT_RENEW_FRACTION, Lease, call_on_lost, check_fraction, check_opt_seconds, describe_outcomes,
@@ -33,7 +32,7 @@ _all_renewers: "weakref.WeakSet[ThreadRenewer]" = weakref.WeakSet()
 
 
 class ThreadRenewer:
-    """The renewals and guard of one blocking manager (``mgr._leases``)."""
+    """The renewals and guard of one blocking manager (``mgr.lease_renewer``)."""
 
     def __init__(self, mgr: Any) -> None:
         self.mgr = mgr
@@ -100,26 +99,12 @@ class ThreadRenewer:
                     if self.closed:
                         return
                     now = _now_ns()
-                    next_at: Optional[int] = None
-                    for lease in list(self.leases):
-                        lock = lease.lock
-                        if lock.released or lease.reason is not None:
-                            self.leases.discard(lease)
-                            continue
-                        doom = lease.doom_ns
-                        if now >= doom:
-                            self.leases.discard(lease)
-                            lost.append((lease, lease.doom_reason(now)))
-                            continue
-                        t = doom
-                        if lease.due(now):
-                            ttl_ms = lease.renew_ttl_ms(now, self.mgr.options.drift_factor)
-                            if ttl_ms is not None:
-                                lease.inflight = True
-                                batch.append((lease, ttl_ms))
-                        elif lease.auto_extend and not lease.capped:
-                            t = min(t, lease.next_renew_ns)
-                        next_at = t if next_at is None else min(next_at, t)
+                    p = _policy.plan(self.leases, now, self.mgr.options.drift_factor)
+                    for lease in p.drop:
+                        self.leases.discard(lease)
+                    for lease, _ in p.lost:
+                        self.leases.discard(lease)
+                    lost, batch, next_at = p.lost, p.renew, p.next_at
                     if not lost and not batch:
                         timeout = 5.0 if next_at is None else max(0.0, (next_at - now) / 1e9) + 0.0002
                         self.cond.wait(timeout)
@@ -137,7 +122,7 @@ class ThreadRenewer:
 
     def _renew(self, batch: List[Tuple[Lease, int]]) -> None:
         try:
-            eng = self.mgr._checkout()
+            eng = self.mgr.checkout()
         except RuntimeError:   # the manager was closed
             for lease, _ in batch:
                 lease.inflight = False
@@ -150,25 +135,21 @@ class ThreadRenewer:
             lease.inflight = False
             ok = op.result is True
             _metrics.record(self.mgr, "extend", (now - t0) / 1e9, ok)
-            lock = lease.lock
-            if lock.released or lease.reason is not None:
+            if lease.released or lease.reason is not None:
                 self.discard(lease)
                 continue
             if ok:
                 self.renewals += 1
-                lease.renewals += 1
-                lease.failures = 0
-                lease.next_renew_ns = now + lease.renew_every_ns
+                _policy.renewed(lease, now, True, False)
                 continue
             self.renewal_failures += 1
-            lease.failures += 1
-            lease.last_failure = describe_outcomes(op.outcomes())
-            if refused_by_majority(op, self.mgr.n, self.mgr.quorum):
+            lost = _policy.renewed(lease, now, False, refused_by_majority(op, self.mgr.n, self.mgr.quorum),
+                                   describe_outcomes(op.outcomes()))
+            if lost is not None:
                 self.discard(lease)
-                self._lose(lease, f"renewal refused: the key is not ours on a majority ({lease.last_failure})")
+                self._lose(lease, lost)
                 continue
-            lease.next_renew_ns = now + max(lease.renew_every_ns // 8, 10_000_000)
-            log.debug("renewal of %r failed (%s); retrying", lock.key, lease.last_failure)
+            log.debug("renewal of %r failed (%s); retrying", lease.lock.key, lease.last_failure)
 
     def _lose(self, lease: Lease, reason: str) -> None:
         if lease.reason is not None:
@@ -193,13 +174,13 @@ if hasattr(os, "register_at_fork"):
 
 
 def renewer(mgr: Any) -> ThreadRenewer:
-    r = getattr(mgr, "_leases", None)
+    r = getattr(mgr, "lease_renewer", None)
     if r is None or r.closed:
-        with mgr._mutex:
-            r = getattr(mgr, "_leases", None)
+        with mgr.state_mutex:
+            r = getattr(mgr, "lease_renewer", None)
             if r is None or r.closed:
                 r = ThreadRenewer(mgr)
-                mgr._leases = r
+                mgr.lease_renewer = r
     return r
 
 
@@ -267,7 +248,7 @@ class LeaseContext:
         try:
             self._lease = guard(self._mgr, lock, **self._opts)
         except BaseException:
-            self._mgr._release(lock)
+            self._mgr.release_lock(lock)
             raise
         return lock
 
@@ -278,10 +259,10 @@ class LeaseContext:
             return
         if lease is not None:
             lease.in_body = False
-            r = self._mgr._leases
+            r = self._mgr.lease_renewer
             if r is not None:
                 r.discard(lease)
-        self._mgr._release(lock)
+        self._mgr.release_lock(lock)
         if lease is not None and lease.reason is not None and exc_type is None:
             raise lost_error(lock, lease)
 
@@ -295,84 +276,72 @@ def acquire(mgr: Any, key: Any, ttl: Any, *, timeout: Optional[float], retry_cou
     from ._async import _kb, resolve_wait
 
     mode = resolve_wait(mgr, wait)
-    ttl_ms = mgr._ttl_ms(ttl)
-    attempts_left: Optional[int] = None
-    deadline: Optional[float] = None
-    if timeout is not None:
-        deadline = time.monotonic() + check_seconds("timeout", timeout, allow_zero=True)
-    else:
-        attempts_left = check_int("retry_count", mgr.options.retry_count if retry_count is None else retry_count,
-                                  minimum=1)
-    lo, hi = mgr.options.retry_delay
+    ttl_ms = mgr.ttl_ms(ttl)
+    retry = _policy.from_options(mgr.options, timeout=timeout, retry_count=retry_count, now=time.monotonic())
     n, quorum = mgr.n, mgr.quorum
-    m = getattr(mgr, "_metrics", None)
-    mutex = getattr(m, "_mutex", None) if m is not None else None
+    m = mgr.meter
+    mutex = m.mutex if m is not None else None
     t_start = _now_ns()
-    attempts = 0
-    watch = None
-    sub = None
+    op: Any = None
+    watch: Any = None
+    sub: Any = None
     woke = threading.Event()
 
-    def observe(op: str, dt: float, ok: bool) -> None:
+    def observe(name: str, dt: float, ok: bool) -> None:
         if m is not None:
             with mutex:  # type: ignore[union-attr]
-                m.observe(op, dt, ok)
+                m.observe(name, dt, ok)
+
+    def attempt() -> Optional[Any]:
+        nonlocal op
+        if watch is not None:
+            watch.mark()
+            woke.clear()
+        t0 = _now_ns()
+        op = mgr.attempt_op(key, ttl_ms)
+        lock = op.result
+        observe("acquire", (_now_ns() - t0) / 1e9, lock is not None)
+        if lock is None and retry.attempts == 0:
+            _metrics.bump(mgr, "waits")
+        return lock
+
+    def wait_for_release(delay: float) -> bool:
+        nonlocal watch, sub
+        if mode == "notify" and sub is None:
+            from .notify import thread_subscriber
+
+            sub = thread_subscriber(mgr)
+            try:
+                watch = sub.watch(_kb(key), woke.set)
+            except Exception as exc:
+                log.debug("cannot subscribe for %r: %r; polling", key, exc)
+                watch = None
+            if watch is not None:
+                return True
+        if watch is None:
+            time.sleep(delay)
+            return False
+        held = {i for i, o in enumerate(op.outcomes()) if o.status in ("held", "pending")}
+        end = time.monotonic() + delay
+        while len(held - watch.freed) > n - quorum:
+            left = end - time.monotonic()
+            if left <= 0 or not woke.wait(left):
+                break
+            woke.clear()
+        else:
+            _metrics.bump(mgr, "notified")
+        return False
 
     try:
-        while True:
-            if watch is not None:
-                watch.mark()
-                woke.clear()
-            t0 = _now_ns()
-            op = mgr._attempt(key, ttl_ms)
-            attempts += 1
-            lock = op.result
-            observe("acquire", (_now_ns() - t0) / 1e9, lock is not None)
-            if lock is not None:
-                if m is not None:
-                    with mutex:  # type: ignore[union-attr]
-                        m.held += 1
-                        m.observe("acquire_wait", (_now_ns() - t_start) / 1e9, True)
-                return lock
-            if attempts == 1:
-                _metrics.bump(mgr, "waits")
-            if attempts_left is not None:
-                attempts_left -= 1
-                if attempts_left <= 0:
-                    break
-            delay = random.uniform(lo, hi)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                delay = min(delay, left)
-            if mode == "notify" and sub is None:
-                from .notify import thread_subscriber
-
-                sub = thread_subscriber(mgr)
-                try:
-                    watch = sub.watch(_kb(key), woke.set)
-                except Exception as exc:
-                    log.debug("cannot subscribe for %r: %r; polling", key, exc)
-                    watch = None
-                if watch is not None:
-                    continue
-            if watch is None:
-                time.sleep(delay)
-            else:
-                held = {i for i, o in enumerate(op.outcomes()) if o.status in ("held", "pending")}
-                end = time.monotonic() + delay
-                while len(held - watch.freed) > n - quorum:
-                    left = end - time.monotonic()
-                    if left <= 0 or not woke.wait(left):
-                        break
-                    woke.clear()
-                else:
-                    _metrics.bump(mgr, "notified")
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        lock = _policy.run_blocking(attempt, retry, wait=wait_for_release)
     finally:
         if watch is not None and sub is not None:
             sub.unwatch(watch)
+    if lock is not None:
+        if m is not None:
+            with mutex:  # type: ignore[union-attr]
+                m.held += 1
+                m.observe("acquire_wait", (_now_ns() - t_start) / 1e9, True)
+        return lock
     observe("acquire_wait", (_now_ns() - t_start) / 1e9, False)
-    raise LockTimeout(key, attempts, op.outcomes())
+    raise LockTimeout(key, retry.attempts, op.outcomes())

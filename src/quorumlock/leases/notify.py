@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 import hiredis
 
+from .. import _handshake
 from .._scripts import RELEASE_CHANNEL_PREFIX
 
 log = logging.getLogger("quorumlock")
@@ -228,17 +229,12 @@ class AsyncSubscriber:
             if delay:
                 await asyncio.sleep(delay)
             proto = _SubProtocol(self, i)
-            if spec.path:
-                coro = self.loop.create_unix_connection(lambda: proto, spec.path, ssl=spec.ssl)
-            else:
-                coro = self.loop.create_connection(lambda: proto, spec.host, spec.port, ssl=spec.ssl,
-                                                   server_hostname=spec.server_hostname)
-            await asyncio.wait_for(coro, self.connect_timeout)
-            if spec.password is not None:
+            await _handshake.open_async(self.loop, spec, proto, self.connect_timeout)
+            auth = _handshake.auth_command(spec)
+            if auth is not None:
                 fut = self.loop.create_future()
                 proto.handshake.append(fut)
-                args = [b"AUTH"] + ([_b(spec.username)] if spec.username else []) + [_b(spec.password)]
-                proto.send(_resp(*args))
+                proto.send(_resp(*(_b(a) for a in auth)))
                 r = await asyncio.wait_for(fut, self.connect_timeout)
                 if isinstance(r, hiredis.ReplyError):
                     log.error("pub/sub AUTH to %s failed: %s", spec.name, r)
@@ -315,10 +311,10 @@ def _confirm_timeout(mgr: Any) -> float:
 def async_subscriber(mgr: Any) -> AsyncSubscriber:
     """The subscriber of an asyncio manager (made on first use)."""
     loop = asyncio.get_running_loop()
-    sub = getattr(mgr, "_subscriber", None)
+    sub = getattr(mgr, "release_subscriber", None)
     if sub is None or sub.closed or sub.loop is not loop:
-        sub = AsyncSubscriber(mgr._specs, loop, mgr.options.connect_timeout, _confirm_timeout(mgr))
-        mgr._subscriber = sub
+        sub = AsyncSubscriber(mgr.node_specs, loop, mgr.options.connect_timeout, _confirm_timeout(mgr))
+        mgr.release_subscriber = sub
     return sub
 
 
@@ -359,7 +355,7 @@ class ThreadSubscriber:
         self.loop = _background_loop()
         self.pid = os.getpid()
         self.confirm_timeout = _confirm_timeout(mgr)
-        specs, ct = mgr._specs, mgr.options.connect_timeout
+        specs, ct = mgr.node_specs, mgr.options.connect_timeout
 
         async def make() -> AsyncSubscriber:
             return AsyncSubscriber(specs, self.loop, ct, self.confirm_timeout)
@@ -386,11 +382,11 @@ class ThreadSubscriber:
 def thread_subscriber(mgr: Any) -> ThreadSubscriber:
     """The subscriber of a blocking manager (made on first use; a forked
     child makes its own)."""
-    sub = getattr(mgr, "_subscriber", None)
+    sub = getattr(mgr, "release_subscriber", None)
     if sub is None or sub.closed:
-        with mgr._mutex:
-            sub = getattr(mgr, "_subscriber", None)
+        with mgr.state_mutex:
+            sub = getattr(mgr, "release_subscriber", None)
             if sub is None or sub.closed:
                 sub = ThreadSubscriber(mgr)
-                mgr._subscriber = sub
+                mgr.release_subscriber = sub
     return sub
