@@ -508,7 +508,7 @@ class LockManager(ManagerBase):
         majority, with an optional wake-up pushed on the list ``signal``
         (``signal_ms``: its expiry).  As ``quorumlock.LockManager.release_token``:
         returns the decided operation (``.result``, ``.outcomes()``)."""
-        eng = self._require()
+        eng = self.checkout()
         t = 0.0 if timeout is None else check_seconds("timeout", timeout)
         op = eng.release_token(key, token, signal, signal_ms, t)
         await op.waiter

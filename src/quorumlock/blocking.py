@@ -554,7 +554,7 @@ class LockManager(ManagerBase):
         ``.result`` True if deleted on a majority, ``.outcomes()`` per node.
         ``timeout``: the per-node reply deadline, s (default ``node_timeout``)."""
         t = 0.0 if timeout is None else check_seconds("timeout", timeout)
-        eng = self._checkout()
+        eng = self.checkout()
         op = eng.release_token(key, token, signal, signal_ms, t)
         eng.wait(op)
         return op
