@@ -169,7 +169,12 @@ def test_async_renewals_share_one_round(run, core, clusters):
             assert all(lk.valid for lk in held)
             # one renewal every ttl/3 = 0.3 s (6 in 1.8 s; fewer when the loop
             # is starved), all 200 locks in each round
-            assert rounds and max(rounds) == 200 and rounds.count(200) >= len(rounds) - 1, rounds
+            # (once a round may split in two ticks: a few leases whose last
+            # renewal answered late are planned a tick later; seen in CI as
+            # [200, 200, 200, 197, 3, 200] on the pure build)
+            whole = rounds.count(200)
+            split = [(a, b) for a, b in zip(rounds, rounds[1:]) if a < 200 and b < 200 and a + b == 200]
+            assert rounds and max(rounds) == 200 and whole + 2 * min(len(split), 1) >= len(rounds) - 1, rounds
             assert 3 <= len(rounds) <= 9, rounds
             assert await locks.release_many(held) == [True] * 200
 
